@@ -1,0 +1,179 @@
+//! The backend-agnostic client: one session, mutexes by name, plain reads and writes.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::{BackendKind, Config};
+use crate::error::{Error, Result};
+use crate::lost::LostSignal;
+use crate::mutex::DistributedMutex;
+use crate::name::validate_name;
+
+/// One entry of a lock's queue, as [`Client::queue`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// The backend key or node path.
+    pub key: String,
+    /// The entry's fencing token (create revision, czxid).
+    pub fencing_token: u64,
+    /// The owning session (etcd lease id, ZooKeeper session id), in hex.
+    pub session: String,
+}
+
+/// What each backend's client provides to [`Client`].
+#[async_trait]
+pub(crate) trait Backend: Send + Sync + 'static {
+    fn mutex(&self, name: String) -> Arc<dyn DistributedMutex>;
+    fn session_lost(&self) -> LostSignal;
+    fn session_id(&self) -> String;
+    async fn close(&self) -> Result<()>;
+    fn abandon(&self);
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<()>;
+    async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>>;
+}
+
+/// A connection to a lock backend, owning one session (an etcd lease kept alive in the
+/// background, a ZooKeeper session, or a memory-store session).
+///
+/// Locks taken through this client live as long as its session. If the session is lost
+/// (see [`session_lost`](Self::session_lost)), every guard of it reports the loss and the
+/// next acquisition opens a new session. Cheap to clone; clones share the session.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> fairlock::Result<()> {
+/// let client = fairlock::Client::connect("memory://doc-example").await?;
+/// let stock = client.mutex("stock")?;
+///
+/// let guard = stock.lock().await?;
+/// assert!(stock.try_lock().await?.is_none()); // held: try_lock does not wait
+/// println!("holding {} with token {}", guard.key(), guard.fencing_token());
+/// guard.release().await?;
+///
+/// client.close().await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    backend: Arc<dyn Backend>,
+    kind: BackendKind,
+}
+
+impl Client {
+    /// Connects to the backend named by `url` (see [`Config`] for the forms) and opens a
+    /// session.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidConfig`]: a malformed URL, or a TTL below the server's minimum.
+    /// - [`Error::Unreachable`]: no server answered within the connect timeout.
+    /// - [`Error::Backend`]: the server refused (e.g. authentication).
+    pub async fn connect(url: &str) -> Result<Client> {
+        Client::from_config(&Config::from_url(url)?).await
+    }
+
+    /// Connects as `config` says and opens a session. Errors as [`connect`](Self::connect).
+    pub async fn from_config(config: &Config) -> Result<Client> {
+        config.validate()?;
+        let backend: Arc<dyn Backend> = match config.backend {
+            BackendKind::Memory => Arc::new(crate::memory::MemoryClient::connect(config)?),
+            #[cfg(feature = "etcd")]
+            BackendKind::Etcd => Arc::new(crate::etcd::EtcdClient::connect(config).await?),
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(Error::config(format!(
+                    "fairlock was built without the {other} feature"
+                )))
+            }
+        };
+        Ok(Client {
+            backend,
+            kind: config.backend,
+        })
+    }
+
+    /// The backend this client talks to.
+    pub fn backend(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The mutex named `name`. Creating it costs nothing; each acquisition through it holds
+    /// its own queue entry, so tasks may share one mutex or create their own.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`]; see [`validate_name`].
+    pub fn mutex(&self, name: &str) -> Result<Arc<dyn DistributedMutex>> {
+        validate_name(name)?;
+        Ok(self.backend.mutex(name.to_owned()))
+    }
+
+    /// A signal that completes when the current session is lost (expired, revoked, or
+    /// closed). Guards of that session complete their own [`lost`](crate::LockGuard::lost)
+    /// signals at the same time.
+    pub fn session_lost(&self) -> LostSignal {
+        self.backend.session_lost()
+    }
+
+    /// The current session's id (etcd lease id or ZooKeeper session id, hex).
+    pub fn session_id(&self) -> String {
+        self.backend.session_id()
+    }
+
+    /// Ends the session at once: revokes the etcd lease or closes the ZooKeeper session,
+    /// which releases every lock and queue entry of this client. Guards report
+    /// [`LostReason::SessionClosed`](crate::LostReason::SessionClosed); later calls fail with
+    /// [`Error::Closed`]. Closing twice is a no-op.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] or [`Error::Backend`] if the backend did not confirm; the session
+    /// then still ends when its TTL runs out, since nothing keeps it alive any more.
+    pub async fn close(&self) -> Result<()> {
+        self.backend.close().await
+    }
+
+    /// Stops keeping the session alive without ending it, as if this process had crashed:
+    /// its locks stay held until the backend expires the session after its TTL. For
+    /// failover tests. Later calls behave as after [`close`](Self::close).
+    pub fn abandon(&self) {
+        self.backend.abandon()
+    }
+
+    /// Reads `key` from the backend's key space (etcd key, ZooKeeper node data, memory
+    /// store key), outside any lock. Pair it with
+    /// [`LockGuard::guarded_write`](crate::LockGuard::guarded_write).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::Backend`].
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.backend.get(key).await
+    }
+
+    /// Writes `key` unconditionally (no lock, no fencing). For set-up and for comparisons
+    /// with guarded writes.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::Backend`].
+    pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<()> {
+        self.backend.put(key, value.into()).await
+    }
+
+    /// The queue of lock `name`: the holder first, then the waiters in order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::Timeout`], [`Error::Backend`].
+    pub async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {
+        validate_name(name)?;
+        self.backend.queue(name).await
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("backend", &self.kind)
+            .field("session", &self.backend.session_id())
+            .finish()
+    }
+}

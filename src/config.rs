@@ -1,0 +1,400 @@
+//! Backend configuration: a URL or a serde struct with the same fields.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which backend a [`Config`] selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// etcd v3 (`etcd://`).
+    Etcd,
+    /// Apache ZooKeeper (`zk://`).
+    #[serde(alias = "zk")]
+    Zookeeper,
+    /// In-process, for tests (`memory://`).
+    Memory,
+}
+
+impl BackendKind {
+    /// The URL scheme of this backend.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            BackendKind::Etcd => "etcd",
+            BackendKind::Zookeeper => "zk",
+            BackendKind::Memory => "memory",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Etcd => "etcd",
+            BackendKind::Zookeeper => "zookeeper",
+            BackendKind::Memory => "memory",
+        })
+    }
+}
+
+/// TLS settings. Reserved: fairlock does not speak TLS yet, and a config that sets this is
+/// refused with [`Error::InvalidConfig`] rather than silently connecting in plain text.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA that signed the servers' certificates.
+    pub ca_file: Option<String>,
+    /// PEM file of the client certificate.
+    pub cert_file: Option<String>,
+    /// PEM file of the client key.
+    pub key_file: Option<String>,
+}
+
+/// Where and how to connect: the same fields as a backend URL.
+///
+/// From a URL:
+/// ```
+/// use std::time::Duration;
+/// use fairlock::{BackendKind, Config};
+///
+/// let config: Config = "etcd://10.0.0.1:2379,10.0.0.2:2379/shop?ttl=15s".parse()?;
+/// assert_eq!(config.backend, BackendKind::Etcd);
+/// assert_eq!(config.endpoints, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+/// assert_eq!(config.prefix, "shop");
+/// assert_eq!(config.ttl, Duration::from_secs(15));
+/// # Ok::<(), fairlock::Error>(())
+/// ```
+///
+/// From a service's config file (any serde format; durations as `"10s"`, `"500ms"`):
+/// ```
+/// let config: fairlock::Config = serde_json::from_str(r#"{
+///     "backend": "zookeeper",
+///     "endpoints": ["127.0.0.1:2181"],
+///     "prefix": "/locks",
+///     "ttl": "6s"
+/// }"#)?;
+/// assert_eq!(config.to_url(), "zk://127.0.0.1:2181/locks?ttl=6s&connect_timeout=5s&request_timeout=5s");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+///
+/// URL forms:
+/// - `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]` — lock NAME uses keys under `PREFIX/NAME/`
+///   (default PREFIX `fairlock`), the layout of `etcdctl lock PREFIX/NAME`.
+/// - `zk://HOST:PORT[,HOST:PORT…][/PATH]` — lock NAME uses znodes under `/PATH/NAME`
+///   (default PATH `/fairlock`).
+/// - `memory://[STORE]` — an in-process store; clients with the same STORE name share it.
+///
+/// Query options: `ttl` (session TTL; `session_timeout` is an alias for ZooKeeper users),
+/// `connect_timeout`, `request_timeout`. Values are seconds (`10`) or durations (`10s`,
+/// `1500ms`). `user:password@` before the hosts sets credentials (etcd only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The backend.
+    pub backend: BackendKind,
+    /// `host:port` of each server (empty for `memory`).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// etcd key prefix, ZooKeeper base path, or the memory store's name. Empty means the
+    /// backend's default.
+    #[serde(default)]
+    pub prefix: String,
+    /// Session time-to-live: how long after a crash (or partition) the backend frees the
+    /// session's locks. etcd rounds it up to whole seconds.
+    #[serde(default = "Config::default_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long to wait for the first server answer before [`Error::Unreachable`].
+    #[serde(default = "Config::default_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Upper bound on each request to the backend, cleanup included.
+    #[serde(default = "Config::default_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// User name for authentication (etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password for authentication (etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Reserved for TLS; see [`TlsConfig`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+impl Config {
+    /// Default session TTL: 10 s, as `etcdctl lock`.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+    /// Default connect and request timeout: 5 s.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn default_ttl() -> Duration {
+        Self::DEFAULT_TTL
+    }
+
+    fn default_timeout() -> Duration {
+        Self::DEFAULT_TIMEOUT
+    }
+
+    /// A config for `backend` with default settings and no endpoints.
+    pub fn new(backend: BackendKind) -> Self {
+        Config {
+            backend,
+            endpoints: Vec::new(),
+            prefix: String::new(),
+            ttl: Self::DEFAULT_TTL,
+            connect_timeout: Self::DEFAULT_TIMEOUT,
+            request_timeout: Self::DEFAULT_TIMEOUT,
+            username: None,
+            password: None,
+            tls: None,
+        }
+    }
+
+    /// Parses a backend URL (see the type's documentation).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming what is wrong with the URL.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| Error::config(format!("{url:?} is not a URL (expected SCHEME://…)")))?;
+        let backend = match scheme.to_ascii_lowercase().as_str() {
+            "etcd" => BackendKind::Etcd,
+            "zk" | "zookeeper" => BackendKind::Zookeeper,
+            "memory" => BackendKind::Memory,
+            other => {
+                return Err(Error::config(format!(
+                    "unknown backend {other:?} (expected etcd, zk or memory)"
+                )))
+            }
+        };
+        let mut config = Config::new(backend);
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let hosts = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => {
+                let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                config.username = Some(percent_decode(user)?);
+                config.password = Some(percent_decode(password)?);
+                hosts
+            }
+            None => authority,
+        };
+        if backend == BackendKind::Memory {
+            // memory://NAME or memory:///NAME: either spelling names the store.
+            config.prefix = format!("{hosts}{}", path.trim_start_matches('/'));
+        } else {
+            config.endpoints = hosts
+                .split(',')
+                .map(str::to_owned)
+                .filter(|h| !h.is_empty())
+                .collect();
+            config.prefix = percent_decode(path.trim_matches('/'))?;
+            if backend == BackendKind::Zookeeper && !config.prefix.is_empty() {
+                config.prefix.insert(0, '/');
+            }
+        }
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let duration = || parse_duration(&key, &value);
+            match (&*key, backend) {
+                ("ttl", _) | ("session_timeout", BackendKind::Zookeeper) => {
+                    config.ttl = duration()?
+                }
+                ("connect_timeout", _) => config.connect_timeout = duration()?,
+                ("request_timeout", _) => config.request_timeout = duration()?,
+                _ => return Err(Error::config(format!("unknown option {key:?} in {url:?}"))),
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The URL form of this config (credentials left out).
+    pub fn to_url(&self) -> String {
+        let mut url = format!("{}://{}", self.backend.scheme(), self.endpoints.join(","));
+        if !self.prefix.is_empty() {
+            if !self.prefix.starts_with('/') || self.backend == BackendKind::Memory {
+                url.push('/');
+            }
+            url.push_str(&self.prefix);
+        }
+        if self.backend != BackendKind::Memory {
+            url.push_str(&format!(
+                "?ttl={}&connect_timeout={}&request_timeout={}",
+                humantime::format_duration(self.ttl),
+                humantime::format_duration(self.connect_timeout),
+                humantime::format_duration(self.request_timeout)
+            ));
+        }
+        url
+    }
+
+    /// Checks the fields: endpoints present and well-formed, durations positive, no TLS.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the bad field.
+    pub fn validate(&self) -> Result<()> {
+        if self.tls.is_some() {
+            return Err(Error::config("TLS is not supported yet"));
+        }
+        if self.ttl.is_zero() {
+            return Err(Error::config("ttl must be positive"));
+        }
+        if self.ttl > Duration::from_secs(24 * 3600) {
+            return Err(Error::config("ttl must be at most one day"));
+        }
+        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err(Error::config("timeouts must be positive"));
+        }
+        if self.prefix.contains('\0') || self.prefix.split('/').any(|s| s == "." || s == "..") {
+            return Err(Error::config(format!("bad prefix {:?}", self.prefix)));
+        }
+        match self.backend {
+            BackendKind::Memory => Ok(()),
+            BackendKind::Etcd | BackendKind::Zookeeper => {
+                if self.endpoints.is_empty() {
+                    return Err(Error::config(
+                        "no endpoints (expected HOST:PORT[,HOST:PORT…])",
+                    ));
+                }
+                self.endpoints.iter().try_for_each(|e| check_endpoint(e))
+            }
+        }
+    }
+
+    /// The prefix, or `default` when none was configured.
+    pub(crate) fn prefix_or<'a>(&'a self, default: &'a str) -> &'a str {
+        if self.prefix.is_empty() {
+            default
+        } else {
+            &self.prefix
+        }
+    }
+}
+
+impl FromStr for Config {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<Self> {
+        Config::from_url(url)
+    }
+}
+
+fn check_endpoint(endpoint: &str) -> Result<()> {
+    let bad = |why: &str| Error::config(format!("bad endpoint {endpoint:?}: {why}"));
+    // `url` knows host syntax (names, IPv4, [IPv6]); reuse it through an http URL.
+    let parsed = url::Url::parse(&format!("http://{endpoint}")).map_err(|e| bad(&e.to_string()))?;
+    if parsed.host_str().map_or(true, str::is_empty) {
+        return Err(bad("no host"));
+    }
+    if parsed.port().is_none() && !endpoint.ends_with(":80") {
+        return Err(bad("expected HOST:PORT"));
+    }
+    if parsed.path() != "/" || parsed.query().is_some() || !parsed.username().is_empty() {
+        return Err(bad("expected HOST:PORT"));
+    }
+    Ok(())
+}
+
+fn parse_duration(key: &str, value: &str) -> Result<Duration> {
+    let parsed = match value.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(value).map_err(|e| e.to_string()),
+    };
+    parsed.map_err(|e| Error::config(format!("bad {key} {value:?}: {e}")))
+}
+
+fn percent_decode(s: &str) -> Result<String> {
+    // form_urlencoded would turn `+` into a space; paths and user info keep it.
+    let escaped = s.replace('+', "%2B");
+    let decoded: String = url::form_urlencoded::parse(format!("x={escaped}").as_bytes())
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    Ok(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_etcd_urls() {
+        let c = Config::from_url("etcd://127.0.0.1:2379").unwrap();
+        assert_eq!(c.endpoints, ["127.0.0.1:2379"]);
+        assert_eq!(c.prefix_or("fairlock"), "fairlock");
+        assert_eq!(c.ttl, Config::DEFAULT_TTL);
+
+        let c = Config::from_url("etcd://u:p%40ss@h1:1,[::1]:2/a/b/?connect_timeout=1500ms&ttl=3")
+            .unwrap();
+        assert_eq!(c.endpoints, ["h1:1", "[::1]:2"]);
+        assert_eq!(c.prefix, "a/b");
+        assert_eq!(c.ttl, Duration::from_secs(3));
+        assert_eq!(c.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("u"), Some("p@ss"))
+        );
+    }
+
+    #[test]
+    fn parses_zk_and_memory_urls() {
+        let c = Config::from_url("zk://h:2181/chroot/locks?session_timeout=6s").unwrap();
+        assert_eq!(c.backend, BackendKind::Zookeeper);
+        assert_eq!(c.prefix, "/chroot/locks");
+        assert_eq!(c.ttl, Duration::from_secs(6));
+        assert_eq!(Config::from_url("memory://").unwrap().prefix, "");
+        assert_eq!(Config::from_url("memory://unit").unwrap().prefix, "unit");
+    }
+
+    #[test]
+    fn round_trips_through_url() {
+        for url in [
+            "etcd://h:1/p?ttl=10s&connect_timeout=5s&request_timeout=5s",
+            "memory://x",
+        ] {
+            assert_eq!(Config::from_url(url).unwrap().to_url(), url);
+        }
+    }
+
+    #[test]
+    fn refuses_bad_urls() {
+        for url in [
+            "",
+            "etcd",
+            "redis://h:1",
+            "etcd://",
+            "etcd:///prefix",
+            "etcd://host",
+            "etcd://host:notaport",
+            "etcd://host:99999",
+            "etcd://h:1,,:2",
+            "etcd://h:1/p?ttl=0",
+            "etcd://h:1/p?ttl=abc",
+            "etcd://h:1/p?bogus=1",
+            "etcd://h:1/a/../b",
+            "zk://h:1/p?connect_timeout=0",
+        ] {
+            assert!(
+                matches!(Config::from_url(url), Err(Error::InvalidConfig(_))),
+                "{url:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_tls_until_supported() {
+        let mut c = Config::from_url("etcd://h:1").unwrap();
+        c.tls = Some(TlsConfig::default());
+        assert!(matches!(c.validate(), Err(Error::InvalidConfig(_))));
+    }
+}

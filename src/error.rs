@@ -1,0 +1,98 @@
+//! The one error type of fairlock.
+
+use std::time::Duration;
+
+use crate::lost::LostReason;
+
+/// A boxed error from a backend's client library, kept as the source of [`Error::Backend`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The result type of fairlock.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in fairlock.
+///
+/// Matching should use a wildcard arm: new variants may be added in minor releases.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The lock (or election) name is not acceptable; see [`validate_name`](crate::validate_name).
+    #[error("invalid lock name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// The backend URL or configuration is malformed or not supported.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// No server answered within the connect timeout.
+    #[error("backend unreachable at {endpoints}: {source}")]
+    Unreachable {
+        /// The endpoints that were tried, comma-separated.
+        endpoints: String,
+        /// What the last attempt reported.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The session (etcd lease, ZooKeeper session) ended: expired, revoked or closed.
+    /// Locks held or awaited on it are gone; a later call on the same client starts a new
+    /// session, unless the client was closed.
+    #[error("session expired")]
+    SessionExpired,
+
+    /// The lock is no longer held (or the waiter's queue entry vanished), for the given reason.
+    /// Returned by guarded writes and by `release` of a guard whose lock was lost.
+    #[error("lock lost: {0}")]
+    LockLost(LostReason),
+
+    /// The client was closed with [`Client::close`](crate::Client::close).
+    #[error("client closed")]
+    Closed,
+
+    /// A request did not complete within the request timeout.
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+
+    /// The backend reported an error; the client library's error is the source.
+    #[error("{backend} error: {source}")]
+    Backend {
+        /// Which backend: `etcd`, `zookeeper` or `memory`.
+        backend: &'static str,
+        /// The client library's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::InvalidConfig(message.into())
+    }
+
+    /// Whether retrying the same call later may succeed (timeouts, unreachable servers,
+    /// transport errors, expired sessions), as opposed to errors in the input.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unreachable { .. }
+                | Error::SessionExpired
+                | Error::Timeout(_)
+                | Error::Backend { .. }
+        )
+    }
+}
+
+/// Runs `fut` with the request timeout, mapping expiry to [`Error::Timeout`].
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or(Err(Error::Timeout(timeout)))
+}

@@ -1,0 +1,229 @@
+//! The etcd backend (`etcd://HOST:PORT[,HOST:PORT…][/PREFIX]`).
+//!
+//! - **Session**: one lease per client, granted with the configured TTL and kept alive every
+//!   TTL/3 in the background. It counts as lost when the server says so or when no
+//!   keep-alive succeeded for a whole TTL (a client-side deadline that passes no later than
+//!   the server's expiry). A lost session is replaced for later acquisitions.
+//! - **Queue**: lock NAME keeps one key per acquisition under `PREFIX/NAME/`, attached to the
+//!   lease and ordered by create revision: the layout of `etcdctl lock PREFIX/NAME` and Go's
+//!   `concurrency.Mutex`, which therefore share the same FIFO queue with fairlock.
+//! - **Waiting**: each waiter watches only the key directly ahead of it, on the client's one
+//!   multiplexed watch stream; a release wakes exactly one waiter, which then checks that
+//!   its own key still exists before it reports the lock held.
+//! - **Fencing**: the token is the own key's create revision. [`fence_compare`] gives the
+//!   comparison to put into your own etcd transactions;
+//!   [`LockGuard::guarded_write`](crate::LockGuard::guarded_write) does it for you.
+//! - **Partitions**: a holder cut off from the cluster learns of the loss when its
+//!   client-side deadline passes, at most one TTL after its last successful keep-alive, and
+//!   no later than the cluster frees the lock for the next waiter.
+
+mod session;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget};
+
+use crate::client::{Backend, QueueEntry};
+use crate::config::Config;
+use crate::error::{within, Error, Result};
+use crate::lost::LostSignal;
+use crate::mutex::DistributedMutex;
+use crate::queue::{QueueMutex, QueueSession, SessionSlot, SessionSource};
+use session::EtcdSession;
+use watch::WatchHub;
+
+/// The key prefix used when the URL names none.
+pub const DEFAULT_PREFIX: &str = "fairlock";
+
+/// The etcd comparison that holds exactly while the lock with this key and fencing token is
+/// held: `create_revision(key) == token`. Put it in the `when` of your own `Txn` to make any
+/// etcd write conditional on still holding the lock.
+///
+/// ```
+/// # fn f(guard: &fairlock::LockGuard) {
+/// use etcd_client::{Txn, TxnOp};
+/// let txn = Txn::new()
+///     .when([fairlock::etcd::fence_compare(guard.key(), guard.fencing_token())])
+///     .and_then([TxnOp::put("shop/stock", "2", None)]);
+/// # }
+/// ```
+pub fn fence_compare(key: &str, token: u64) -> Compare {
+    Compare::create_revision(key.as_bytes(), CompareOp::Equal, token as i64)
+}
+
+pub(crate) fn etcd_error(e: etcd_client::Error) -> Error {
+    Error::Backend {
+        backend: "etcd",
+        source: Box::new(e),
+    }
+}
+
+/// What sessions need from the configuration.
+pub(crate) struct Settings {
+    prefix: String,
+    ttl_secs: i64,
+    request_timeout: Duration,
+}
+
+pub(crate) struct EtcdClient {
+    client: etcd_client::Client,
+    hub: WatchHub,
+    settings: Arc<Settings>,
+    slot: SessionSlot<EtcdSession>,
+}
+
+impl EtcdClient {
+    pub(crate) async fn connect(config: &Config) -> Result<Arc<Self>> {
+        let settings = Arc::new(Settings {
+            prefix: config.prefix_or(DEFAULT_PREFIX).to_owned(),
+            ttl_secs: config.ttl.as_secs_f64().ceil() as i64,
+            request_timeout: config.request_timeout,
+        });
+        let endpoints: Vec<String> = config
+            .endpoints
+            .iter()
+            .map(|e| format!("http://{e}"))
+            .collect();
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            // HTTP/2 pings notice a dead connection, so watches reconnect promptly.
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
+        if let Some(user) = &config.username {
+            options = options
+                .with_user(user.clone(), config.password.clone().unwrap_or_default())
+                .with_auto_token_refresh(true);
+        }
+        let unreachable = |source: crate::BoxError| Error::Unreachable {
+            endpoints: config.endpoints.join(","),
+            source,
+        };
+        let connected = tokio::time::timeout(
+            config.connect_timeout,
+            etcd_client::Client::connect(&endpoints, Some(options)),
+        )
+        .await;
+        let client = match connected {
+            Ok(Ok(client)) => client,
+            Ok(Err(e @ etcd_client::Error::GRpcStatus(_))) => return Err(etcd_error(e)),
+            Ok(Err(e)) => return Err(unreachable(Box::new(e))),
+            Err(_) => return Err(unreachable("connect timed out".into())),
+        };
+        let hub = WatchHub::start(client.clone(), config.request_timeout);
+        // The first lease grant proves the cluster answers.
+        let connect_settings = Arc::new(Settings {
+            prefix: settings.prefix.clone(),
+            ttl_secs: settings.ttl_secs,
+            request_timeout: config.connect_timeout,
+        });
+        let first = match EtcdSession::open(&client, &hub, &connect_settings).await {
+            Ok(session) => session,
+            Err(Error::Timeout(_)) => {
+                return Err(unreachable(
+                    format!("no answer within {:?}", config.connect_timeout).into(),
+                ))
+            }
+            Err(Error::Backend { source, .. }) if is_transport(&*source) => {
+                return Err(unreachable(source))
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Arc::new(EtcdClient {
+            client,
+            hub,
+            settings,
+            slot: SessionSlot::new(first),
+        }))
+    }
+}
+
+fn is_transport(e: &(dyn std::error::Error + 'static)) -> bool {
+    match e.downcast_ref::<etcd_client::Error>() {
+        Some(etcd_client::Error::TransportError(_)) => true,
+        // gRPC status code 14: UNAVAILABLE.
+        Some(etcd_client::Error::GRpcStatus(s)) => i32::from(s.code()) == 14,
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl SessionSource for EtcdClient {
+    type Session = EtcdSession;
+
+    async fn session(&self) -> Result<Arc<EtcdSession>> {
+        self.slot
+            .live(|| EtcdSession::open(&self.client, &self.hub, &self.settings))
+            .await
+    }
+}
+
+#[async_trait]
+impl Backend for Arc<EtcdClient> {
+    fn mutex(&self, name: String) -> Arc<dyn DistributedMutex> {
+        Arc::new(QueueMutex::new(self.clone(), name))
+    }
+
+    fn session_lost(&self) -> LostSignal {
+        self.slot.current().trigger().signal()
+    }
+
+    fn session_id(&self) -> String {
+        format!("{:x}", self.slot.current().lease)
+    }
+
+    async fn close(&self) -> Result<()> {
+        match self.slot.close() {
+            Some(session) => session.close().await,
+            None => Ok(()),
+        }
+    }
+
+    fn abandon(&self) {
+        if let Some(session) = self.slot.close() {
+            session.abandon();
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let mut kv = self.client.kv_client();
+        let resp = within(self.settings.request_timeout, async move {
+            kv.get(key, None).await.map_err(etcd_error)
+        })
+        .await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        let mut kv = self.client.kv_client();
+        within(self.settings.request_timeout, async move {
+            kv.put(key, value, None).await.map_err(etcd_error)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {
+        let prefix = format!("{}/{name}/", self.settings.prefix);
+        let mut kv = self.client.kv_client();
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_keys_only();
+        let resp = within(self.settings.request_timeout, async move {
+            kv.get(prefix, Some(options)).await.map_err(etcd_error)
+        })
+        .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| QueueEntry {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                fencing_token: kv.create_revision() as u64,
+                session: format!("{:x}", kv.lease()),
+            })
+            .collect())
+    }
+}

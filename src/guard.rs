@@ -1,0 +1,226 @@
+//! The lock guard: proof of holding, fencing token, lost signal, guarded write, release.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::lost::{LostReason, LostSignal};
+
+/// One write of a [`LockGuard::guarded_write`].
+///
+/// Keys are the backend's own: an etcd key, a ZooKeeper path (absolute, parents must
+/// exist), or a key of the memory store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Set `key` to `value`, creating it if needed.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Delete `key` if it exists.
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+impl WriteOp {
+    /// A [`WriteOp::Put`].
+    pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        WriteOp::Put {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    /// A [`WriteOp::Delete`].
+    pub fn delete(key: impl Into<String>) -> Self {
+        WriteOp::Delete { key: key.into() }
+    }
+}
+
+/// What a backend keeps for one held lock. The guard drives it.
+#[async_trait]
+pub(crate) trait HeldLock: Send + Sync {
+    /// Deletes the own entry, guarded by its token. `Ok(false)`: it was already gone.
+    async fn release(&self) -> Result<bool>;
+    /// Starts the release without waiting; must not block or panic, in or out of a runtime.
+    fn release_in_background(&self);
+    /// Applies `ops` atomically, only while the own entry still exists.
+    async fn guarded_write(&self, ops: &[WriteOp]) -> Result<()>;
+    /// Fires the guard's signal with [`LostReason::Released`].
+    fn mark_released(&self);
+}
+
+/// Proof that this process holds a lock, until [`release`](Self::release) or drop.
+///
+/// - [`fencing_token`](Self::fencing_token): strictly increasing across successive holders
+///   of one lock name; pass it to the resource you protect so it can refuse stale holders.
+/// - [`lost`](Self::lost): completes when the lock is known to be lost.
+/// - [`guarded_write`](Self::guarded_write): writes to the backend that happen only while
+///   this guard still holds the lock.
+///
+/// Dropping the guard starts a best-effort release in the background; it never blocks and
+/// never panics, also outside a tokio runtime. Prefer [`release`](Self::release), which
+/// reports errors.
+#[must_use = "the lock is released (in the background) as soon as the guard is dropped"]
+pub struct LockGuard {
+    name: String,
+    key: String,
+    token: u64,
+    lost: LostSignal,
+    held: Option<Box<dyn HeldLock>>,
+}
+
+impl LockGuard {
+    pub(crate) fn new(
+        name: String,
+        key: String,
+        token: u64,
+        lost: LostSignal,
+        held: Box<dyn HeldLock>,
+    ) -> Self {
+        LockGuard {
+            name,
+            key,
+            token,
+            lost,
+            held: Some(held),
+        }
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The backend key (etcd) or node path (ZooKeeper) of this holder's queue entry.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The fencing token: strictly greater than the token of every earlier holder of this
+    /// lock name. etcd: the create revision of the own key; ZooKeeper: the czxid of the own
+    /// node; memory: the store's revision at enqueue.
+    pub fn fencing_token(&self) -> u64 {
+        self.token
+    }
+
+    /// A signal that completes when the lock is known lost (session expired or closed,
+    /// entry deleted by someone else), or with [`LostReason::Released`] once released.
+    ///
+    /// How fast a loss is noticed: a deletion or a lease revocation as soon as the
+    /// backend's notification arrives; a partition from the backend when the session's
+    /// client-side deadline passes (at most the TTL after the last successful keep-alive),
+    /// which is no later than the backend itself expires the session.
+    pub fn lost(&self) -> LostSignal {
+        self.lost.clone()
+    }
+
+    /// Whether the lock is already known lost (or released).
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_lost()
+    }
+
+    /// Applies `ops` in one atomic backend transaction that succeeds only while this guard
+    /// still holds the lock: an etcd Txn comparing the own key's create revision, a
+    /// ZooKeeper multi-op that first checks the own node. This is the fencing primitive.
+    ///
+    /// # Errors
+    /// - [`Error::LockLost`](crate::Error::LockLost): the lock is no longer held; nothing
+    ///   was written.
+    /// - [`Error::Timeout`](crate::Error::Timeout), [`Error::Backend`](crate::Error::Backend):
+    ///   the write's outcome is unknown.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future may or may not leave the write applied.
+    pub async fn guarded_write(&self, ops: &[WriteOp]) -> Result<()> {
+        if let Some(reason) = self.lost.reason() {
+            return Err(crate::Error::LockLost(reason));
+        }
+        match &self.held {
+            Some(held) => held.guarded_write(ops).await,
+            None => Err(crate::Error::LockLost(LostReason::Released)),
+        }
+    }
+
+    /// Releases the lock and waits for the backend to confirm.
+    ///
+    /// # Errors
+    /// - [`Error::LockLost`](crate::Error::LockLost): the lock had been lost before this
+    ///   call; the critical section was not fully protected.
+    /// - [`Error::Timeout`](crate::Error::Timeout), [`Error::Backend`](crate::Error::Backend):
+    ///   the release could not be confirmed; it goes on in the background until it succeeds
+    ///   or the session ends, so the entry is never left behind.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in effect: if the future is dropped, the release continues in the
+    /// background as on drop.
+    pub async fn release(mut self) -> Result<()> {
+        let Some(held) = self.held.take() else {
+            return Ok(());
+        };
+        // If this future is dropped mid-way, the drop guard below still releases.
+        let guard = ReleaseOnDrop(Some(held));
+        let lost_before = self.lost.reason();
+        let held = guard.0.as_ref().expect("set above");
+        let result = held.release().await;
+        let held = guard.disarm();
+        match result {
+            Ok(removed) => {
+                held.mark_released();
+                match lost_before {
+                    Some(reason) if reason != LostReason::Released => {
+                        Err(crate::Error::LockLost(reason))
+                    }
+                    _ if !removed => Err(crate::Error::LockLost(
+                        self.lost.reason().unwrap_or(LostReason::Deleted),
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            Err(err) => {
+                held.release_in_background();
+                Err(err)
+            }
+        }
+    }
+}
+
+struct ReleaseOnDrop(Option<Box<dyn HeldLock>>);
+
+impl ReleaseOnDrop {
+    fn disarm(mut self) -> Box<dyn HeldLock> {
+        self.0.take().expect("armed")
+    }
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if let Some(held) = self.0.take() {
+            held.release_in_background();
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            held.release_in_background();
+        }
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("name", &self.name)
+            .field("key", &self.key)
+            .field("fencing_token", &self.token)
+            .field("lost", &self.lost.reason())
+            .finish()
+    }
+}

@@ -1,0 +1,257 @@
+//! The in-process backend (`memory://STORE`): the same queue semantics as etcd, without a
+//! server, for users' unit tests and zero-setup demos.
+//!
+//! A [`MemoryStore`] is a small key space with revisions, sessions and delete notifications,
+//! modelled on etcd: lock NAME keeps its queue under `fairlock/NAME/`, ordered by create
+//! revision, and the fencing token is the entry's create revision. All clients of one
+//! process that name the same store share it. Session TTLs matter only for
+//! [`Client::abandon`](crate::Client::abandon), which expires the session one TTL later.
+
+mod store;
+
+pub use store::MemoryStore;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use crate::client::{Backend, QueueEntry};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::guard::WriteOp;
+use crate::lost::{LossTrigger, LostReason, LostSignal};
+use crate::mutex::DistributedMutex;
+use crate::queue::{Entry, Predecessor, QueueMutex, QueueSession, SessionSlot, SessionSource};
+use store::{Notify, WatchHandle};
+
+const LOCK_ROOT: &str = "fairlock";
+
+fn queue_prefix(name: &str) -> String {
+    format!("{LOCK_ROOT}/{name}/")
+}
+
+pub(crate) struct MemoryClient {
+    store: MemoryStore,
+    ttl: Duration,
+    slot: SessionSlot<MemorySession>,
+}
+
+impl MemoryClient {
+    pub(crate) fn connect(config: &Config) -> Result<Arc<Self>> {
+        let store = MemoryStore::named(&config.prefix);
+        let first = MemorySession::open(&store);
+        Ok(Arc::new(MemoryClient {
+            store,
+            ttl: config.ttl,
+            slot: SessionSlot::new(first),
+        }))
+    }
+}
+
+#[async_trait]
+impl SessionSource for MemoryClient {
+    type Session = MemorySession;
+
+    async fn session(&self) -> Result<Arc<MemorySession>> {
+        self.slot
+            .live(|| async { Ok(MemorySession::open(&self.store)) })
+            .await
+    }
+}
+
+#[async_trait]
+impl Backend for Arc<MemoryClient> {
+    fn mutex(&self, name: String) -> Arc<dyn DistributedMutex> {
+        Arc::new(QueueMutex::new(self.clone(), name))
+    }
+
+    fn session_lost(&self) -> LostSignal {
+        self.slot.current().trigger.signal()
+    }
+
+    fn session_id(&self) -> String {
+        format!("{:x}", self.slot.current().id)
+    }
+
+    async fn close(&self) -> Result<()> {
+        if let Some(session) = self.slot.close() {
+            session.end(LostReason::SessionClosed);
+        }
+        Ok(())
+    }
+
+    fn abandon(&self) {
+        let Some(session) = self.slot.close() else {
+            return;
+        };
+        session.abandoned.store(true, Ordering::SeqCst);
+        let (store, id, ttl) = (self.store.clone(), session.id, self.ttl);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(ttl).await;
+                    store.end_session(id, LostReason::SessionExpired);
+                });
+            }
+            Err(_) => {
+                store.end_session(id, LostReason::SessionExpired);
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.store.get(key))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.store.put(key, value, None);
+        Ok(())
+    }
+
+    async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {
+        Ok(self.store.queue(&queue_prefix(name)))
+    }
+}
+
+/// A session of the memory store.
+pub(crate) struct MemorySession {
+    store: MemoryStore,
+    id: u64,
+    trigger: LossTrigger,
+    next_entry: AtomicU64,
+    abandoned: AtomicBool,
+}
+
+impl MemorySession {
+    fn open(store: &MemoryStore) -> Arc<Self> {
+        let trigger = LossTrigger::new();
+        let id = store.open_session(trigger.clone());
+        Arc::new(MemorySession {
+            store: store.clone(),
+            id,
+            trigger,
+            next_entry: AtomicU64::new(0),
+            abandoned: AtomicBool::new(false),
+        })
+    }
+
+    fn end(&self, reason: LostReason) {
+        self.store.end_session(self.id, reason);
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        match self.trigger.signal().reason() {
+            Some(reason) => Err(crate::queue::session_error(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Why `own` is gone: the session ended, or someone deleted it.
+    fn gone(&self) -> Error {
+        match self.trigger.signal().reason() {
+            Some(reason) => crate::queue::session_error(reason),
+            None => Error::LockLost(LostReason::Deleted),
+        }
+    }
+}
+
+impl Drop for MemorySession {
+    fn drop(&mut self) {
+        if !self.abandoned.load(Ordering::SeqCst) {
+            self.end(LostReason::SessionClosed);
+        }
+    }
+}
+
+/// Waits for one key's deletion; unregisters when dropped.
+pub(crate) struct OwnWatch(#[allow(dead_code)] Option<WatchHandle>);
+
+#[async_trait]
+impl QueueSession for MemorySession {
+    type OwnWatch = OwnWatch;
+
+    fn trigger(&self) -> &LossTrigger {
+        &self.trigger
+    }
+
+    fn new_entry(&self, name: &str) -> Entry {
+        let seq = self.next_entry.fetch_add(1, Ordering::Relaxed);
+        Entry {
+            key: format!("{}{:x}-{seq}", queue_prefix(name), self.id),
+            token: 0,
+            order: 0,
+        }
+    }
+
+    async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {
+        self.check_alive()?;
+        match self
+            .store
+            .create_if_empty(&queue_prefix(name), &entry.key, self.id)
+        {
+            Some(revision) => {
+                entry.order = revision;
+                entry.token = revision as u64;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn enqueue(&self, name: &str, entry: &mut Entry) -> Result<Option<Predecessor>> {
+        self.check_alive()?;
+        let revision = self.store.put(&entry.key, Vec::new(), Some(self.id));
+        entry.order = revision;
+        entry.token = revision as u64;
+        self.predecessor(name, entry).await
+    }
+
+    async fn predecessor(&self, name: &str, own: &Entry) -> Result<Option<Predecessor>> {
+        self.store
+            .predecessor(&queue_prefix(name), own)
+            .ok_or_else(|| self.gone())
+    }
+
+    async fn deleted(&self, pred: &Predecessor) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        let _handle = self
+            .store
+            .watch_delete(&pred.key, pred.revision, Notify::Once(tx));
+        // A dropped sender means the store let go of the watch without a deletion; the
+        // caller's re-check then decides.
+        let _ = rx.await;
+        Ok(())
+    }
+
+    async fn remove(&self, own: &Entry) -> Result<bool> {
+        Ok(self.store.delete_entry(own))
+    }
+
+    fn remove_in_background(self: &Arc<Self>, own: Entry) {
+        // In-process: done at once, no waiting involved.
+        self.store.delete_entry(&own);
+    }
+
+    fn watch_own(&self, own: &Entry, trigger: LossTrigger) -> OwnWatch {
+        OwnWatch(
+            self.store
+                .watch_delete(&own.key, own.order, Notify::Lost(trigger)),
+        )
+    }
+
+    async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()> {
+        if self.store.guarded_write(own, ops) {
+            Ok(())
+        } else {
+            Err(Error::LockLost(
+                self.trigger
+                    .signal()
+                    .reason()
+                    .unwrap_or(LostReason::Deleted),
+            ))
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The memory store: a revisioned key space with sessions and delete notifications.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use tokio::sync::oneshot;
+
+use crate::client::QueueEntry;
+use crate::guard::WriteOp;
+use crate::lost::{LossTrigger, LostReason};
+use crate::queue::{Entry, Predecessor};
+
+struct Kv {
+    value: Vec<u8>,
+    create_revision: i64,
+    session: Option<u64>,
+}
+
+/// Who to tell when a key is deleted.
+pub(crate) enum Notify {
+    Once(oneshot::Sender<()>),
+    Lost(LossTrigger),
+}
+
+#[derive(Default)]
+struct State {
+    revision: i64,
+    kvs: BTreeMap<String, Kv>,
+    watchers: HashMap<String, Vec<(u64, Notify)>>,
+    sessions: HashMap<u64, LossTrigger>,
+    next_id: u64,
+}
+
+impl State {
+    fn put(&mut self, key: &str, value: Vec<u8>, session: Option<u64>) -> i64 {
+        self.revision += 1;
+        let revision = self.revision;
+        self.kvs
+            .entry(key.to_owned())
+            .and_modify(|kv| kv.value.clone_from(&value))
+            .or_insert(Kv {
+                value,
+                create_revision: revision,
+                session,
+            });
+        revision
+    }
+
+    fn delete(&mut self, key: &str) -> bool {
+        if self.kvs.remove(key).is_none() {
+            return false;
+        }
+        self.revision += 1;
+        for (_, notify) in self.watchers.remove(key).unwrap_or_default() {
+            match notify {
+                Notify::Once(tx) => {
+                    let _ = tx.send(());
+                }
+                Notify::Lost(trigger) => trigger.fire(LostReason::Deleted),
+            }
+        }
+        true
+    }
+
+    fn holds(&self, own: &Entry) -> bool {
+        self.kvs
+            .get(&own.key)
+            .is_some_and(|kv| kv.create_revision == own.order)
+    }
+
+    fn entries<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Kv)> {
+        self.kvs
+            .range(prefix.to_owned()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
+    }
+}
+
+/// An in-process store shared by every `memory://STORE` client of this process that names
+/// the same STORE. Tests can inspect it and inject failures: list keys, delete a key or end
+/// a session "from outside".
+#[derive(Clone)]
+pub struct MemoryStore(Arc<Mutex<State>>);
+
+impl MemoryStore {
+    /// The store named `name` (`memory://NAME`), created empty on first use. Stores live
+    /// until the process exits.
+    pub fn named(name: &str) -> MemoryStore {
+        static STORES: OnceLock<Mutex<HashMap<String, MemoryStore>>> = OnceLock::new();
+        let mut stores = STORES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        stores
+            .entry(name.to_owned())
+            .or_insert_with(|| MemoryStore(Arc::default()))
+            .clone()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // No code path panics while holding the lock; if one ever did, the data is still
+        // consistent enough to go on with.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The keys starting with `prefix`, in key order.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        self.state()
+            .entries(prefix)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Deletes `key`, as another process could; returns whether it existed.
+    pub fn delete(&self, key: &str) -> bool {
+        self.state().delete(key)
+    }
+
+    /// Ends session `id` (hex, as [`Client::session_id`](crate::Client::session_id) gives
+    /// it) as an expiry would: its keys go, its guards report
+    /// [`LostReason::SessionExpired`]. Returns whether the session existed.
+    pub fn expire_session(&self, id: &str) -> bool {
+        match u64::from_str_radix(id, 16) {
+            Ok(id) => self.end_session(id, LostReason::SessionExpired),
+            Err(_) => false,
+        }
+    }
+
+    pub(crate) fn open_session(&self, trigger: LossTrigger) -> u64 {
+        let mut state = self.state();
+        state.next_id += 1;
+        let id = state.next_id;
+        state.sessions.insert(id, trigger);
+        id
+    }
+
+    pub(crate) fn end_session(&self, id: u64, reason: LostReason) -> bool {
+        let mut state = self.state();
+        let Some(trigger) = state.sessions.remove(&id) else {
+            return false;
+        };
+        // The session's reason first, so guards report it rather than `Deleted`.
+        trigger.fire(reason);
+        let owned: Vec<String> = state
+            .kvs
+            .iter()
+            .filter(|(_, kv)| kv.session == Some(id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in owned {
+            state.delete(&key);
+        }
+        true
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.state().kvs.get(key).map(|kv| kv.value.clone())
+    }
+
+    pub(crate) fn put(&self, key: &str, value: Vec<u8>, session: Option<u64>) -> i64 {
+        self.state().put(key, value, session)
+    }
+
+    pub(crate) fn create_if_empty(&self, prefix: &str, key: &str, session: u64) -> Option<i64> {
+        let mut state = self.state();
+        if state.entries(prefix).next().is_some() {
+            return None;
+        }
+        Some(state.put(key, Vec::new(), Some(session)))
+    }
+
+    /// `None` if `own` is gone; else the newest entry created before it, if any.
+    pub(crate) fn predecessor(&self, prefix: &str, own: &Entry) -> Option<Option<Predecessor>> {
+        let state = self.state();
+        if !state.holds(own) {
+            return None;
+        }
+        let pred = state
+            .entries(prefix)
+            .filter(|(_, kv)| kv.create_revision < own.order)
+            .max_by_key(|(_, kv)| kv.create_revision)
+            .map(|(k, _)| Predecessor {
+                key: k.clone(),
+                revision: state.revision,
+            });
+        Some(pred)
+    }
+
+    pub(crate) fn queue(&self, prefix: &str) -> Vec<QueueEntry> {
+        let state = self.state();
+        let mut entries: Vec<(&String, &Kv)> = state.entries(prefix).collect();
+        entries.sort_by_key(|(_, kv)| kv.create_revision);
+        entries
+            .into_iter()
+            .map(|(k, kv)| QueueEntry {
+                key: k.clone(),
+                fencing_token: kv.create_revision as u64,
+                session: kv.session.map(|s| format!("{s:x}")).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Deletes `own` if it is still the same entry (any entry at its key if unconfirmed).
+    pub(crate) fn delete_entry(&self, own: &Entry) -> bool {
+        let mut state = self.state();
+        if own.order == 0 || state.holds(own) {
+            state.delete(&own.key)
+        } else {
+            false
+        }
+    }
+
+    /// Registers `notify` for the deletion of `key`; notifies at once if it is gone.
+    pub(crate) fn watch_delete(
+        &self,
+        key: &str,
+        _since: i64,
+        notify: Notify,
+    ) -> Option<WatchHandle> {
+        let mut state = self.state();
+        if !state.kvs.contains_key(key) {
+            drop(state);
+            if let Notify::Lost(trigger) = notify {
+                trigger.fire(LostReason::Deleted);
+            }
+            return None; // a dropped `Once` sender wakes its receiver
+        }
+        state.next_id += 1;
+        let id = state.next_id;
+        state
+            .watchers
+            .entry(key.to_owned())
+            .or_default()
+            .push((id, notify));
+        Some(WatchHandle {
+            store: self.clone(),
+            key: key.to_owned(),
+            id,
+        })
+    }
+
+    pub(crate) fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> bool {
+        let mut state = self.state();
+        if !state.holds(own) {
+            return false;
+        }
+        for op in ops {
+            match op {
+                WriteOp::Put { key, value } => {
+                    state.put(key, value.clone(), None);
+                }
+                WriteOp::Delete { key } => {
+                    state.delete(key);
+                }
+            }
+        }
+        true
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("MemoryStore")
+            .field("revision", &state.revision)
+            .field("keys", &state.kvs.len())
+            .field("sessions", &state.sessions.len())
+            .finish()
+    }
+}
+
+/// Unregisters a delete watch when dropped.
+pub(crate) struct WatchHandle {
+    store: MemoryStore,
+    key: String,
+    id: u64,
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        let mut state = self.store.state();
+        if let Some(list) = state.watchers.get_mut(&self.key) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                state.watchers.remove(&self.key);
+            }
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The fair-queue lock algorithm, written once for every backend.
+//!
+//! Each acquisition appends its own entry to the lock's queue (an etcd key ordered by create
+//! revision, a ZooKeeper sequential node, a memory-store key), then waits for the deletion of
+//! the one entry directly ahead of it, and re-checks. The entry at the head holds the lock.
+//! Backends supply the primitives through [`QueueSession`]; this module owns the control
+//! flow that users rely on: FIFO order, the post-wait check, timeouts, and removal of the
+//! own entry on every path that does not end in a guard (error, timeout, cancellation).
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::guard::{HeldLock, LockGuard, WriteOp};
+use crate::lost::{LossTrigger, LostReason};
+use crate::mutex::{Acquire, DistributedMutex};
+
+/// One queue entry. Before the backend confirmed it, `order` is 0 and `key` may be
+/// provisional (whatever the backend needs to find and remove it).
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    /// The backend key or node path.
+    pub key: String,
+    /// The fencing token.
+    pub token: u64,
+    /// The position in the queue (etcd create revision, ZooKeeper sequence number).
+    pub order: i64,
+}
+
+/// The entry directly ahead of a waiter, as seen at `revision`.
+#[derive(Clone, Debug)]
+pub(crate) struct Predecessor {
+    pub key: String,
+    pub revision: i64,
+}
+
+/// What a backend provides for one session. Every method must be bounded in time (the
+/// request timeout) and must clean up after itself when its future is dropped.
+#[async_trait]
+pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
+    /// Keeps the guard's own entry watched for deletion while it lives.
+    type OwnWatch: Send + Sync + 'static;
+
+    /// The session's loss trigger; guards hang their own triggers below it.
+    fn trigger(&self) -> &LossTrigger;
+
+    /// A provisional entry for lock `name`, before anything is written.
+    fn new_entry(&self, name: &str) -> Entry;
+
+    /// Creates the entry only if the queue of `name` is empty.
+    async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool>;
+
+    /// Appends the entry to the queue of `name`; returns the predecessor, if any.
+    async fn enqueue(&self, name: &str, entry: &mut Entry) -> Result<Option<Predecessor>>;
+
+    /// The entry directly ahead of `own`, re-read. Fails if `own` no longer exists.
+    async fn predecessor(&self, name: &str, own: &Entry) -> Result<Option<Predecessor>>;
+
+    /// Completes once `pred` is deleted.
+    async fn deleted(&self, pred: &Predecessor) -> Result<()>;
+
+    /// Deletes the own entry if it is still the same one; `Ok(false)` if it was gone.
+    async fn remove(&self, own: &Entry) -> Result<bool>;
+
+    /// Deletes the own entry in the background, retrying until done or the session ends.
+    /// Never blocks, never panics.
+    fn remove_in_background(self: &Arc<Self>, own: Entry);
+
+    /// Fires `trigger` with [`LostReason::Deleted`] when `own` is deleted.
+    fn watch_own(&self, own: &Entry, trigger: LossTrigger) -> Self::OwnWatch;
+
+    /// Applies `ops` only while `own` exists; [`Error::LockLost`] otherwise.
+    async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()>;
+}
+
+/// Maps the end of a session to the error a waiter reports.
+pub(crate) fn session_error(reason: LostReason) -> Error {
+    match reason {
+        LostReason::SessionClosed => Error::Closed,
+        _ => Error::SessionExpired,
+    }
+}
+
+/// The current session of a client; replaced by a new one once it is lost.
+pub(crate) struct SessionSlot<S> {
+    current: StdMutex<Arc<S>>,
+    renewing: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+}
+
+impl<S: QueueSession> SessionSlot<S> {
+    pub(crate) fn new(first: Arc<S>) -> Self {
+        SessionSlot {
+            current: StdMutex::new(first),
+            renewing: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The session in use now, lost or not.
+    pub(crate) fn current(&self) -> Arc<S> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A live session: the current one, or a new one from `open` if it was lost.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] after [`close`](Self::close); whatever `open` returns.
+    pub(crate) async fn live<F>(&self, open: impl FnOnce() -> F) -> Result<Arc<S>>
+    where
+        F: Future<Output = Result<Arc<S>>>,
+    {
+        self.check_open()?;
+        let current = self.current();
+        if !current.trigger().signal().is_lost() {
+            return Ok(current);
+        }
+        let _renewing = self.renewing.lock().await;
+        self.check_open()?;
+        let current = self.current();
+        if !current.trigger().signal().is_lost() {
+            return Ok(current);
+        }
+        let fresh = open().await?;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// Marks the slot closed; returns the session to end, unless closed already.
+    pub(crate) fn close(&self) -> Option<Arc<S>> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            None
+        } else {
+            Some(self.current())
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Where a [`QueueMutex`] gets its live session from.
+#[async_trait]
+pub(crate) trait SessionSource: Send + Sync + 'static {
+    type Session: QueueSession;
+    async fn session(&self) -> Result<Arc<Self::Session>>;
+}
+
+/// A [`DistributedMutex`] over any [`QueueSession`] backend.
+pub(crate) struct QueueMutex<S: SessionSource> {
+    source: Arc<S>,
+    name: String,
+}
+
+impl<S: SessionSource> QueueMutex<S> {
+    pub(crate) fn new(source: Arc<S>, name: String) -> Self {
+        QueueMutex { source, name }
+    }
+
+    /// Enqueues and waits until the entry heads the queue. Cancel safe: `pending` keeps the
+    /// entry and removes it when dropped unarmed.
+    async fn wait_turn(&self, pending: &mut Pending<S::Session>) -> Result<()> {
+        let session = pending.session.clone();
+        let lost = session.trigger().signal();
+        let mut pred = session.enqueue(&self.name, &mut pending.entry).await?;
+        while let Some(p) = pred {
+            tokio::select! {
+                deleted = session.deleted(&p) => deleted?,
+                reason = lost.wait() => return Err(session_error(reason)),
+            }
+            // Post-wait check: fails if the own entry vanished (session expired while queued).
+            pred = session.predecessor(&self.name, &pending.entry).await?;
+        }
+        Ok(())
+    }
+}
+
+impl<S: SessionSource> fmt::Debug for QueueMutex<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DistributedMutex")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<S: SessionSource> DistributedMutex for QueueMutex<S> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn acquire(&self, mode: Acquire) -> Result<Option<LockGuard>> {
+        let deadline = match mode {
+            Acquire::Timeout(timeout) => Some(Instant::now() + timeout),
+            Acquire::Wait | Acquire::Try => None,
+        };
+        let session = match deadline {
+            Some(deadline) => {
+                match tokio::time::timeout_at(deadline, self.source.session()).await {
+                    Ok(session) => session?,
+                    Err(_) => return Ok(None),
+                }
+            }
+            None => self.source.session().await?,
+        };
+        let entry = session.new_entry(&self.name);
+        let mut pending = Pending {
+            session,
+            entry,
+            armed: true,
+        };
+        let outcome = match mode {
+            Acquire::Try => {
+                let session = pending.session.clone();
+                session
+                    .enqueue_if_empty(&self.name, &mut pending.entry)
+                    .await
+            }
+            Acquire::Wait => self.wait_turn(&mut pending).await.map(|()| true),
+            Acquire::Timeout(_) => {
+                let deadline = deadline.unwrap_or_else(Instant::now);
+                tokio::time::timeout_at(deadline, self.wait_turn(&mut pending))
+                    .await
+                    .map_or(Ok(false), |r| r.map(|()| true))
+            }
+        };
+        match outcome {
+            Ok(true) => Ok(Some(pending.into_guard(&self.name))),
+            Ok(false) if mode == Acquire::Try => {
+                pending.armed = false; // nothing was written
+                Ok(None)
+            }
+            Ok(false) => {
+                pending.remove().await;
+                Ok(None)
+            }
+            Err(err) => {
+                pending.remove().await;
+                Err(err)
+            }
+        }
+    }
+}
+
+/// An entry that is not (yet) a guard: removed when dropped armed.
+struct Pending<S: QueueSession> {
+    session: Arc<S>,
+    entry: Entry,
+    armed: bool,
+}
+
+impl<S: QueueSession> Pending<S> {
+    /// Removes the entry now (bounded), or in the background if the backend fails.
+    async fn remove(mut self) {
+        self.armed = false;
+        if self.session.remove(&self.entry).await.is_err() {
+            self.session.remove_in_background(self.entry.clone());
+        }
+    }
+
+    fn into_guard(mut self, name: &str) -> LockGuard {
+        self.armed = false;
+        let trigger = self.session.trigger().child();
+        let watch = self.session.watch_own(&self.entry, trigger.clone());
+        let held = Held {
+            session: self.session.clone(),
+            entry: self.entry.clone(),
+            trigger: trigger.clone(),
+            watch: StdMutex::new(Some(watch)),
+        };
+        LockGuard::new(
+            name.to_owned(),
+            self.entry.key.clone(),
+            self.entry.token,
+            trigger.signal(),
+            Box::new(held),
+        )
+    }
+}
+
+impl<S: QueueSession> Drop for Pending<S> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.session.remove_in_background(self.entry.clone());
+        }
+    }
+}
+
+/// The backend side of a [`LockGuard`].
+struct Held<S: QueueSession> {
+    session: Arc<S>,
+    entry: Entry,
+    trigger: LossTrigger,
+    watch: StdMutex<Option<S::OwnWatch>>,
+}
+
+#[async_trait]
+impl<S: QueueSession> HeldLock for Held<S> {
+    async fn release(&self) -> Result<bool> {
+        self.session.remove(&self.entry).await
+    }
+
+    fn release_in_background(&self) {
+        self.mark_released();
+        self.session.remove_in_background(self.entry.clone());
+    }
+
+    async fn guarded_write(&self, ops: &[WriteOp]) -> Result<()> {
+        match self.session.guarded_write(&self.entry, ops).await {
+            Err(Error::LockLost(reason)) => Err(Error::LockLost(
+                self.trigger.signal().reason().unwrap_or(reason),
+            )),
+            other => other,
+        }
+    }
+
+    fn mark_released(&self) {
+        self.trigger.fire(LostReason::Released);
+        self.watch.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}

@@ -1,0 +1,188 @@
+//! Test support: a harness per backend, giving each test its own namespace and an outside
+//! view of the backend (raw client, not fairlock) to check what fairlock left behind.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fairlock::Client;
+
+/// Generous upper bound for anything that should happen "soon" on a slow shared machine.
+pub const SOON: Duration = Duration::from_secs(20);
+
+pub fn etcd_endpoint() -> String {
+    std::env::var("FAIRLOCK_TEST_ETCD").unwrap_or_else(|_| "127.0.0.1:2379".into())
+}
+
+/// A name unique to this test process and call.
+pub fn unique(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{tag}-{}-{}-{nanos:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `check` every 20 ms until it returns true or `SOON` passes.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + SOON;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Awaits `fut` with the `SOON` bound.
+pub async fn soon<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(SOON, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// One backend, seen from inside (fairlock clients) and outside (raw access).
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    /// The backend URL for this test's namespace, with session TTL `ttl_secs`.
+    fn url(&self, ttl_secs: u64) -> String;
+    /// The keys (or nodes) of lock `name`'s queue, read without fairlock.
+    async fn entries(&self, name: &str) -> Vec<String>;
+    /// Ends `client`'s session from outside (lease revoke, session expiry).
+    async fn expire_session(&self, client: &Client);
+    /// Deletes a queue entry from outside.
+    async fn delete_entry(&self, key: &str);
+    /// A data key usable with get/put/guarded_write.
+    fn data_key(&self, tag: &str) -> String;
+
+    async fn client(&self) -> Client {
+        self.client_ttl(10).await
+    }
+
+    async fn client_ttl(&self, ttl_secs: u64) -> Client {
+        Client::connect(&self.url(ttl_secs)).await.expect("connect")
+    }
+}
+
+pub struct MemoryHarness {
+    store: String,
+}
+
+impl MemoryHarness {
+    pub fn new() -> Self {
+        MemoryHarness {
+            store: unique("mem"),
+        }
+    }
+}
+
+#[async_trait]
+impl Harness for MemoryHarness {
+    fn url(&self, ttl_secs: u64) -> String {
+        let _ = ttl_secs; // memory sessions only expire through abandon(), after the TTL
+        format!("memory://{}", self.store)
+    }
+
+    async fn client_ttl(&self, ttl_secs: u64) -> Client {
+        let mut config = fairlock::Config::from_url(&self.url(ttl_secs)).unwrap();
+        config.ttl = Duration::from_secs(ttl_secs);
+        Client::from_config(&config).await.unwrap()
+    }
+
+    async fn entries(&self, name: &str) -> Vec<String> {
+        fairlock::memory::MemoryStore::named(&self.store).keys(&format!("fairlock/{name}/"))
+    }
+
+    async fn expire_session(&self, client: &Client) {
+        assert!(
+            fairlock::memory::MemoryStore::named(&self.store).expire_session(&client.session_id())
+        );
+    }
+
+    async fn delete_entry(&self, key: &str) {
+        assert!(fairlock::memory::MemoryStore::named(&self.store).delete(key));
+    }
+
+    fn data_key(&self, tag: &str) -> String {
+        format!("data/{tag}")
+    }
+}
+
+pub struct EtcdHarness {
+    prefix: String,
+    raw: etcd_client::Client,
+}
+
+impl EtcdHarness {
+    pub async fn new() -> Self {
+        let raw = etcd_client::Client::connect([format!("http://{}", etcd_endpoint())], None)
+            .await
+            .expect("etcd client");
+        EtcdHarness {
+            prefix: unique("fairlock-test"),
+            raw,
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn raw(&self) -> etcd_client::Client {
+        self.raw.clone()
+    }
+}
+
+#[async_trait]
+impl Harness for EtcdHarness {
+    fn url(&self, ttl_secs: u64) -> String {
+        format!("etcd://{}/{}?ttl={ttl_secs}", etcd_endpoint(), self.prefix)
+    }
+
+    async fn entries(&self, name: &str) -> Vec<String> {
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_keys_only();
+        let resp = self
+            .raw
+            .kv_client()
+            .get(format!("{}/{name}/", self.prefix), Some(options))
+            .await
+            .expect("etcd get");
+        resp.kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn expire_session(&self, client: &Client) {
+        let lease = i64::from_str_radix(&client.session_id(), 16).unwrap();
+        self.raw.lease_client().revoke(lease).await.expect("revoke");
+    }
+
+    async fn delete_entry(&self, key: &str) {
+        let resp = self
+            .raw
+            .kv_client()
+            .delete(key, None)
+            .await
+            .expect("delete");
+        assert_eq!(resp.deleted(), 1, "{key} did not exist");
+    }
+
+    fn data_key(&self, tag: &str) -> String {
+        format!("{}-data/{tag}", self.prefix)
+    }
+}

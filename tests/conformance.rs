@@ -1,0 +1,392 @@
+//! The lock contract, written once and run against every backend.
+//!
+//! Each scenario is a function of a [`Harness`]; the macro at the bottom instantiates all of
+//! them per backend. No scenario may special-case a backend: if one seems to need it, the
+//! contract is wrong.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{eventually, soon, unique, Harness};
+use fairlock::{Error, LostReason, WriteOp};
+
+/// 16 contenders on separate sessions increment a counter with a deliberate
+/// read–sleep–write race; under the lock no update may be lost and no two may overlap.
+pub async fn mutual_exclusion(h: Arc<dyn Harness>) {
+    let name = unique("mutex");
+    let counter = Arc::new(AtomicU64::new(0));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (h, name, counter, inside) = (h.clone(), name.clone(), counter.clone(), inside.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = h.client().await;
+            let mutex = client.mutex(&name).unwrap();
+            for _ in 0..3 {
+                let guard = mutex.lock().await.unwrap();
+                assert_eq!(
+                    inside.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two holders at once"
+                );
+                let read = counter.load(Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                counter.store(read + 1, Ordering::SeqCst);
+                inside.fetch_sub(1, Ordering::SeqCst);
+                guard.release().await.unwrap();
+            }
+            client.close().await.unwrap();
+        }));
+    }
+    for task in tasks {
+        soon("contender", task).await.unwrap();
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), 48);
+    assert!(h.entries(&name).await.is_empty());
+}
+
+/// Waiters acquire in the order they queued.
+pub async fn fifo_order(h: Arc<dyn Harness>) {
+    let name = unique("fifo");
+    let holder = h.client().await;
+    let first = holder.mutex(&name).unwrap().lock().await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let (h2, name2, order2) = (h.clone(), name.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = h2.client().await;
+            let guard = client.mutex(&name2).unwrap().lock().await.unwrap();
+            order2.lock().unwrap().push(i);
+            guard.release().await.unwrap();
+            client.close().await.unwrap();
+        }));
+        // The next waiter starts only once this one is queued.
+        eventually("waiter queued", || async {
+            h.entries(&name).await.len() == i + 2
+        })
+        .await;
+    }
+    first.release().await.unwrap();
+    for task in tasks {
+        soon("waiter", task).await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4]);
+    holder.close().await.unwrap();
+}
+
+/// `try_lock` on a held lock returns `None` at once and leaves no entry.
+pub async fn try_lock_leaves_no_entry(h: Arc<dyn Harness>) {
+    let name = unique("try");
+    let (a, b) = (h.client().await, h.client().await);
+    let held = a
+        .mutex(&name)
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap()
+        .expect("free lock");
+    let mutex_b = b.mutex(&name).unwrap();
+    assert!(mutex_b.try_lock().await.unwrap().is_none());
+    assert_eq!(h.entries(&name).await, [held.key().to_owned()]);
+    held.release().await.unwrap();
+    let taken = mutex_b.try_lock().await.unwrap().expect("released lock");
+    taken.release().await.unwrap();
+    assert!(h.entries(&name).await.is_empty());
+}
+
+/// `try_lock` does not jump a queue: with a holder gone but a waiter queued it says no.
+pub async fn try_lock_respects_waiters(h: Arc<dyn Harness>) {
+    let name = unique("try-queue");
+    let (a, b, c) = (h.client().await, h.client().await, h.client().await);
+    let held = a.mutex(&name).unwrap().lock().await.unwrap();
+    let mutex_b = b.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex_b.lock().await.map(|g| g.fencing_token()) });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    assert!(c.mutex(&name).unwrap().try_lock().await.unwrap().is_none());
+    held.release().await.unwrap();
+    soon("waiter", waiter).await.unwrap().unwrap();
+}
+
+/// `lock_timeout` gives up after the timeout and leaves no entry.
+pub async fn timeout_leaves_no_entry(h: Arc<dyn Harness>) {
+    let name = unique("timeout");
+    let (a, b) = (h.client().await, h.client().await);
+    let held = a.mutex(&name).unwrap().lock().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let got = b
+        .mutex(&name)
+        .unwrap()
+        .lock_timeout(Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(got.is_none());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(h.entries(&name).await, [held.key().to_owned()]);
+    held.release().await.unwrap();
+    // A free lock is taken well within the timeout.
+    let guard = b
+        .mutex(&name)
+        .unwrap()
+        .lock_timeout(common::SOON)
+        .await
+        .unwrap();
+    assert!(guard.is_some());
+}
+
+/// Dropping a waiting `lock()` future removes its entry; the next one is not blocked.
+pub async fn dropped_waiter_leaves_no_entry(h: Arc<dyn Harness>) {
+    let name = unique("cancel");
+    let (a, b, c) = (h.client().await, h.client().await, h.client().await);
+    let held = a.mutex(&name).unwrap().lock().await.unwrap();
+    let mutex_b = b.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex_b.lock().await.map(drop) });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    eventually("cancelled entry removed", || async {
+        h.entries(&name).await.len() == 1
+    })
+    .await;
+    held.release().await.unwrap();
+    let next = c.mutex(&name).unwrap().try_lock().await.unwrap();
+    assert!(next.is_some(), "a cancelled waiter still blocks the lock");
+}
+
+/// Several waiters of one client each hold their own place (they must not share a key).
+pub async fn one_client_many_waiters(h: Arc<dyn Harness>) {
+    let name = unique("shared-session");
+    let client = h.client().await;
+    let mutex = client.mutex(&name).unwrap();
+    let first = mutex.lock().await.unwrap();
+    let m2 = mutex.clone();
+    let second = tokio::spawn(async move { m2.lock().await.unwrap() });
+    eventually("second queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    assert!(
+        !second.is_finished(),
+        "a second waiter of one session thinks it holds the lock"
+    );
+    assert!(mutex.try_lock().await.unwrap().is_none());
+    let first_token = first.fencing_token();
+    first.release().await.unwrap();
+    let second = soon("second acquires", second).await.unwrap();
+    assert!(second.fencing_token() > first_token);
+    second.release().await.unwrap();
+}
+
+/// A holder whose session is dropped without release is replaced after its TTL.
+pub async fn crashed_holder_replaced_after_ttl(h: Arc<dyn Harness>) {
+    let name = unique("crash");
+    let crashed = h.client_ttl(3).await;
+    let held = crashed.mutex(&name).unwrap().lock().await.unwrap();
+    let token = held.fencing_token();
+    let successor = h.client().await;
+    let mutex = successor.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
+    eventually("successor queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    // Crash: stop the keep-alive, never release.
+    crashed.abandon();
+    std::mem::forget(held);
+    let guard = soon("successor takes over after the TTL", waiter)
+        .await
+        .unwrap();
+    assert!(guard.fencing_token() > token);
+    guard.release().await.unwrap();
+}
+
+/// Fencing tokens strictly increase across successive holders.
+pub async fn fencing_tokens_increase(h: Arc<dyn Harness>) {
+    let name = unique("fence");
+    let clients = [h.client().await, h.client().await, h.client().await];
+    let mut last = 0;
+    for round in 0..9 {
+        let guard = clients[round % 3]
+            .mutex(&name)
+            .unwrap()
+            .lock()
+            .await
+            .unwrap();
+        assert!(guard.fencing_token() > last, "token did not increase");
+        last = guard.fencing_token();
+        guard.release().await.unwrap();
+    }
+}
+
+/// The guarded write applies while held and is rejected after the session is revoked;
+/// `lost()` completes.
+pub async fn lost_when_session_revoked(h: Arc<dyn Harness>) {
+    let name = unique("revoked");
+    let key = h.data_key(&name);
+    let client = h.client().await;
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    guard
+        .guarded_write(&[WriteOp::put(&key, "1")])
+        .await
+        .unwrap();
+    assert_eq!(client.get(&key).await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(!guard.is_lost());
+
+    h.expire_session(&client).await;
+    assert_eq!(
+        soon("lost signal", guard.lost()).await,
+        LostReason::SessionExpired
+    );
+    assert_eq!(
+        soon("session lost", client.session_lost()).await,
+        LostReason::SessionExpired
+    );
+    let write = guard.guarded_write(&[WriteOp::put(&key, "2")]).await;
+    assert!(
+        matches!(write, Err(Error::LockLost(LostReason::SessionExpired))),
+        "{write:?}"
+    );
+    assert_eq!(client.get(&key).await.unwrap().as_deref(), Some(&b"1"[..]));
+    let release = guard.release().await;
+    assert!(matches!(release, Err(Error::LockLost(_))), "{release:?}");
+
+    // The client opens a new session for later locks.
+    let again = client.mutex(&name).unwrap().lock().await.unwrap();
+    again
+        .guarded_write(&[WriteOp::put(&key, "3")])
+        .await
+        .unwrap();
+    again.release().await.unwrap();
+}
+
+/// An entry deleted from outside: `lost()` completes and guarded writes are rejected.
+pub async fn lost_when_entry_deleted(h: Arc<dyn Harness>) {
+    let name = unique("deleted");
+    let key = h.data_key(&name);
+    let client = h.client().await;
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    h.delete_entry(guard.key()).await;
+    assert_eq!(soon("lost signal", guard.lost()).await, LostReason::Deleted);
+    let write = guard.guarded_write(&[WriteOp::put(&key, "x")]).await;
+    assert!(
+        matches!(write, Err(Error::LockLost(LostReason::Deleted))),
+        "{write:?}"
+    );
+    assert_eq!(client.get(&key).await.unwrap(), None);
+    assert!(
+        !client.session_lost().is_lost(),
+        "the session itself is fine"
+    );
+}
+
+/// A waiter whose session ends while queued gets an error, never a guard.
+pub async fn waiter_session_expires_while_queued(h: Arc<dyn Harness>) {
+    let name = unique("queued-expiry");
+    let (a, b) = (h.client().await, h.client().await);
+    let held = a.mutex(&name).unwrap().lock().await.unwrap();
+    let mutex_b = b.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex_b.lock().await });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    h.expire_session(&b).await;
+    let result = soon("waiter fails", waiter).await.unwrap();
+    assert!(matches!(result, Err(Error::SessionExpired)), "{result:?}");
+    assert_eq!(h.entries(&name).await, [held.key().to_owned()]);
+    held.release().await.unwrap();
+}
+
+/// Dropping a guard releases in the background.
+pub async fn dropped_guard_releases(h: Arc<dyn Harness>) {
+    let name = unique("drop");
+    let (a, b) = (h.client().await, h.client().await);
+    let guard = a.mutex(&name).unwrap().lock().await.unwrap();
+    let lost = guard.lost();
+    drop(guard);
+    assert_eq!(soon("released signal", lost).await, LostReason::Released);
+    let mutex_b = b.mutex(&name).unwrap();
+    let next = soon("lock free after drop", mutex_b.lock()).await.unwrap();
+    next.release().await.unwrap();
+}
+
+/// `close()` releases everything at once; the client refuses further work.
+pub async fn close_releases_everything(h: Arc<dyn Harness>) {
+    let name = unique("close");
+    let (a, b) = (h.client().await, h.client().await);
+    let guard = a.mutex(&name).unwrap().lock().await.unwrap();
+    let mutex_b = b.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex_b.lock().await.unwrap() });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    a.close().await.unwrap();
+    assert_eq!(
+        soon("lost on close", guard.lost()).await,
+        LostReason::SessionClosed
+    );
+    soon("waiter takes over", waiter)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert!(matches!(
+        a.mutex(&name).unwrap().lock().await,
+        Err(Error::Closed)
+    ));
+    a.close().await.unwrap(); // twice is fine
+}
+
+/// Bad names are refused with a typed error.
+pub async fn bad_names_refused(h: Arc<dyn Harness>) {
+    let client = h.client().await;
+    let long = "n".repeat(300);
+    for name in ["", "a/b", "..", "x/../y", "nul\0", long.as_str()] {
+        assert!(
+            matches!(client.mutex(name), Err(Error::InvalidName { .. })),
+            "{name:?} accepted"
+        );
+    }
+}
+
+macro_rules! conformance {
+    ($backend:ident, $harness:expr) => {
+        mod $backend {
+            use super::*;
+
+            async fn harness() -> Arc<dyn Harness> {
+                Arc::new($harness)
+            }
+
+            conformance!(@tests
+                mutual_exclusion, fifo_order, try_lock_leaves_no_entry, try_lock_respects_waiters,
+                timeout_leaves_no_entry, dropped_waiter_leaves_no_entry, one_client_many_waiters,
+                crashed_holder_replaced_after_ttl, fencing_tokens_increase,
+                lost_when_session_revoked, lost_when_entry_deleted,
+                waiter_session_expires_while_queued, dropped_guard_releases,
+                close_releases_everything, bad_names_refused);
+        }
+    };
+    (@tests $($test:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test(harness().await).await;
+            }
+        )*
+    };
+}
+
+conformance!(memory, common::MemoryHarness::new());
+conformance!(etcd, common::EtcdHarness::new().await);
