@@ -221,21 +221,22 @@ impl Config {
 
     /// The URL form of this config (credentials left out).
     pub fn to_url(&self) -> String {
+        if self.backend == BackendKind::Memory {
+            return format!("memory://{}", self.prefix);
+        }
         let mut url = format!("{}://{}", self.backend.scheme(), self.endpoints.join(","));
         if !self.prefix.is_empty() {
-            if !self.prefix.starts_with('/') || self.backend == BackendKind::Memory {
+            if !self.prefix.starts_with('/') {
                 url.push('/');
             }
             url.push_str(&self.prefix);
         }
-        if self.backend != BackendKind::Memory {
-            url.push_str(&format!(
-                "?ttl={}&connect_timeout={}&request_timeout={}",
-                humantime::format_duration(self.ttl),
-                humantime::format_duration(self.connect_timeout),
-                humantime::format_duration(self.request_timeout)
-            ));
-        }
+        url.push_str(&format!(
+            "?ttl={}&connect_timeout={}&request_timeout={}",
+            humantime::format_duration(self.ttl),
+            humantime::format_duration(self.connect_timeout),
+            humantime::format_duration(self.request_timeout)
+        ));
         url
     }
 

@@ -1,0 +1,114 @@
+//! `fairlock`: run a command while holding a distributed lock, like `flock(1)` across hosts.
+//!
+//! Exit codes: the command's own; 75 not acquired (`--try`, `--timeout`); 74 lock lost while
+//! the command ran; 130/143 interrupted while waiting; 2 bad arguments, URL or name; 69
+//! backend unreachable or failing; 126/127 command not executable / not found.
+
+mod exit;
+mod lock;
+mod supervise;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Distributed locks on etcd and ZooKeeper, for scripts.
+#[derive(Parser, Debug)]
+#[command(name = "fairlock", version, about, long_about = None)]
+struct Cli {
+    /// Backend URL: etcd://HOST:PORT[,…]/PREFIX, zk://HOST:PORT[,…]/PATH or memory://.
+    #[arg(
+        long,
+        global = true,
+        env = "FAIRLOCK_BACKEND",
+        default_value = "etcd://127.0.0.1:2379/fairlock"
+    )]
+    backend: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run COMMAND while holding lock NAME; exit with COMMAND's exit code.
+    Lock(LockArgs),
+}
+
+#[derive(Args, Debug)]
+struct LockArgs {
+    /// Session TTL in seconds: how soon the lock frees itself if this process dies.
+    #[arg(long, value_name = "SECONDS")]
+    ttl: Option<u64>,
+
+    /// Give up (exit 75) if the lock is not acquired within DURATION (e.g. 30s, 500ms, 2m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "try_")]
+    timeout: Option<Duration>,
+
+    /// Take the lock only if it is free now; else exit 75 at once.
+    #[arg(long = "try", id = "try_")]
+    try_: bool,
+
+    /// After a lost lock, how long COMMAND gets between SIGTERM and SIGKILL.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    grace: Duration,
+
+    /// The lock's name.
+    name: String,
+
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print(); // --help, --version
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's first paragraph, folded onto one line (usage and hints dropped).
+            let rendered = e.render().to_string();
+            let first: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!(
+                "fairlock: {}",
+                first.join(" ").trim_start_matches("error: ")
+            );
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("fairlock: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Lock(args) => lock::run(&cli.backend, args).await,
+        }
+    });
+    // Background releases were awaited already; don't wait for anything else.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    ExitCode::from(code)
+}

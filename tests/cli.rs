@@ -1,0 +1,275 @@
+//! The `fairlock lock` command line: exit codes, environment, signals, lost locks.
+#![cfg(all(feature = "cli", feature = "etcd"))]
+
+mod common;
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::{eventually, soon, unique, EtcdHarness, Harness};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn fairlock(backend: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fairlock"));
+    cmd.env("FAIRLOCK_BACKEND", backend)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn output(mut cmd: Command) -> Output {
+    soon("fairlock exits", cmd.output()).await.unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exit code, and stderr is a single line without a panic.
+fn assert_one_line_failure(out: &Output, code: i32) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn signal(child: &Child, signal: Signal) {
+    kill(Pid::from_raw(child.id().unwrap() as i32), signal).unwrap();
+}
+
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// Starts `fairlock lock NAME -- sh -c SCRIPT` holding the lock; returns once SCRIPT runs,
+/// with the rest of its output.
+async fn hold(h: &EtcdHarness, name: &str, script: &str) -> (Child, Lines) {
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args([
+        "lock",
+        name,
+        "--",
+        "sh",
+        "-c",
+        &format!("echo started; {script}"),
+    ]);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = soon("holder starts", lines.next_line()).await.unwrap();
+    assert_eq!(line.as_deref(), Some("started"));
+    (child, lines)
+}
+
+#[tokio::test]
+async fn runs_command_with_env_and_passes_its_exit_code() {
+    let h = EtcdHarness::new().await;
+    let name = unique("cli-env");
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args([
+        "lock",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo $FAIRLOCK_NAME $FAIRLOCK_TOKEN $FAIRLOCK_KEY; exit 7",
+    ]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(fields[0], name);
+    assert!(fields[1].parse::<u64>().unwrap() > 0);
+    assert!(fields[2].starts_with(&format!("{}/{name}/", h.prefix())));
+    assert!(h.entries(&name).await.is_empty(), "lock not released");
+}
+
+#[tokio::test]
+async fn try_and_timeout_exit_75_and_leave_no_entry() {
+    let h = EtcdHarness::new().await;
+    let name = unique("cli-busy");
+    let (mut holder, _) = hold(&h, &name, "sleep 60").await;
+
+    let mut try_cmd = fairlock(&h.url(10));
+    try_cmd.args(["lock", "--try", &name, "--", "true"]);
+    assert_one_line_failure(&output(try_cmd).await, 75);
+
+    let mut timeout_cmd = fairlock(&h.url(10));
+    timeout_cmd.args(["lock", "--timeout", "300ms", &name, "--", "true"]);
+    assert_one_line_failure(&output(timeout_cmd).await, 75);
+
+    assert_eq!(
+        h.entries(&name).await.len(),
+        1,
+        "a refused attempt left an entry"
+    );
+    holder.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn signals_while_waiting_leave_the_queue() {
+    let h = EtcdHarness::new().await;
+    let name = unique("cli-sig");
+    let (mut holder, _) = hold(&h, &name, "sleep 60").await;
+    for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let mut cmd = fairlock(&h.url(10));
+        cmd.args(["lock", &name, "--", "true"]);
+        let waiter = cmd.spawn().unwrap();
+        eventually("waiter queued", || async {
+            h.entries(&name).await.len() == 2
+        })
+        .await;
+        signal(&waiter, sig);
+        let out = soon("waiter exits", waiter.wait_with_output())
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{}", stderr(&out));
+        assert_eq!(h.entries(&name).await.len(), 1, "the waiter's entry stayed");
+    }
+    holder.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn signals_while_holding_go_to_the_command() {
+    let h = EtcdHarness::new().await;
+    let name = unique("cli-forward");
+    let (holder, _) = hold(
+        &h,
+        &name,
+        "trap 'exit 42' TERM; while true; do sleep 0.1; done",
+    )
+    .await;
+    signal(&holder, Signal::SIGTERM);
+    let out = soon("holder exits", holder.wait_with_output())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(42), "{}", stderr(&out));
+    assert!(h.entries(&name).await.is_empty(), "lock not released");
+}
+
+#[tokio::test]
+async fn lost_lock_stops_the_command_and_exits_74() {
+    let h = EtcdHarness::new().await;
+    let name = unique("cli-lost");
+    let (holder, mut lines) = hold(
+        &h,
+        &name,
+        "trap 'echo got-term; exit 0' TERM; while true; do sleep 0.1; done",
+    )
+    .await;
+    let entries = h.entries(&name).await;
+    h.delete_entry(&entries[0]).await;
+    let out = soon("holder exits", holder.wait_with_output())
+        .await
+        .unwrap();
+    assert_one_line_failure(&out, 74);
+    assert_eq!(
+        lines.next_line().await.unwrap().as_deref(),
+        Some("got-term")
+    );
+}
+
+#[tokio::test]
+async fn command_that_ignores_sigterm_is_killed_after_grace() {
+    let h = EtcdHarness::new().await;
+    let name = unique("cli-grace");
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args([
+        "lock",
+        "--grace",
+        "500ms",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; echo started; sleep 60",
+    ]);
+    let mut holder = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    soon("holder starts", lines.next_line()).await.unwrap();
+    let entries = h.entries(&name).await;
+    h.delete_entry(&entries[0]).await;
+    let status = soon("holder exits", holder.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(74));
+}
+
+#[tokio::test]
+async fn bad_input_exits_2_with_one_line() {
+    let h = EtcdHarness::new().await;
+    let url = h.url(10);
+    let long = "n".repeat(300);
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (url.clone(), vec!["lock", "", "--", "true"]),
+        (url.clone(), vec!["lock", "a/../b", "--", "true"]),
+        (url.clone(), vec!["lock", "a\u{1}b", "--", "true"]),
+        (url.clone(), vec!["lock", &long, "--", "true"]),
+        (url.clone(), vec!["lock", "--ttl", "0", "x", "--", "true"]),
+        (url.clone(), vec!["lock", "--ttl", "1", "x", "--", "true"]),
+        (url.clone(), vec!["lock", "--ttl", "-5", "x", "--", "true"]),
+        (
+            url.clone(),
+            vec!["lock", "--timeout", "soon", "x", "--", "true"],
+        ),
+        (
+            url.clone(),
+            vec!["lock", "--try", "--timeout", "1s", "x", "--", "true"],
+        ),
+        (url.clone(), vec!["lock", "x"]),
+        (url.clone(), vec!["lock"]),
+        (url.clone(), vec!["unlock", "x"]),
+        (
+            "redis://127.0.0.1:6379".into(),
+            vec!["lock", "x", "--", "true"],
+        ),
+        ("etcd://".into(), vec!["lock", "x", "--", "true"]),
+        (
+            "etcd://127.0.0.1:notaport/x".into(),
+            vec!["lock", "x", "--", "true"],
+        ),
+        ("not a url".into(), vec!["lock", "x", "--", "true"]),
+    ];
+    for (backend, args) in cases {
+        let mut cmd = fairlock(&backend);
+        cmd.args(&args);
+        let out = output(cmd).await;
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{backend} {args:?}: {err}");
+        assert_one_line_failure(&out, 2);
+    }
+}
+
+#[tokio::test]
+async fn unreachable_backend_exits_69_with_one_line() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = format!(
+        "etcd://{}/x?connect_timeout=1s",
+        listener.local_addr().unwrap()
+    );
+    for backend in ["etcd://127.0.0.1:1/x?connect_timeout=1s", silent.as_str()] {
+        let started = std::time::Instant::now();
+        let mut cmd = fairlock(backend);
+        cmd.args(["lock", "x", "--", "true"]);
+        let out = output(cmd).await;
+        assert_one_line_failure(&out, 69);
+        assert!(started.elapsed() < Duration::from_secs(15));
+    }
+}
+
+#[tokio::test]
+async fn missing_command_exits_127() {
+    let h = EtcdHarness::new().await;
+    let name = unique("cli-missing");
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(["lock", &name, "--", "/nonexistent/command"]);
+    assert_one_line_failure(&output(cmd).await, 127);
+    assert!(h.entries(&name).await.is_empty());
+}
+
+#[tokio::test]
+async fn memory_backend_works_without_servers() {
+    let mut cmd = fairlock("memory://");
+    cmd.args(["lock", "x", "--", "sh", "-c", "exit 5"]);
+    assert_eq!(output(cmd).await.status.code(), Some(5));
+}

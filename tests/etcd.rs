@@ -1,0 +1,193 @@
+//! etcd-specific behaviour: the key layout shared with `etcdctl lock`, interoperability in
+//! both directions, server-side limits and unreachable endpoints.
+#![cfg(feature = "etcd")]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{etcd_endpoint, eventually, soon, unique, EtcdHarness, Harness};
+use fairlock::{Client, Error};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+fn etcdctl() -> Command {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(etcd_endpoint())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test]
+async fn keys_follow_the_etcdctl_layout() {
+    let h = EtcdHarness::new().await;
+    let client = h.client().await;
+    let name = unique("layout");
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    let expected = format!("{}/{name}/{}-", h.prefix(), client.session_id());
+    assert!(
+        guard.key().starts_with(&expected),
+        "{} !~ {expected}",
+        guard.key()
+    );
+    // The token is the key's create revision, as etcd reports it.
+    let resp = h.raw().kv_client().get(guard.key(), None).await.unwrap();
+    assert_eq!(
+        resp.kvs()[0].create_revision() as u64,
+        guard.fencing_token()
+    );
+    assert_eq!(
+        client.queue(&name).await.unwrap()[0].fencing_token,
+        guard.fencing_token()
+    );
+    guard.release().await.unwrap();
+}
+
+/// fairlock holds; `etcdctl lock` queues behind it and gets the lock only after release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_waits_for_fairlock() {
+    let h = EtcdHarness::new().await;
+    let name = unique("interop-a");
+    let client = h.client().await;
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+
+    let mut peer = etcdctl()
+        .args([
+            "lock",
+            &format!("{}/{name}", h.prefix()),
+            "echo",
+            "peer-acquired",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("etcdctl");
+    eventually("etcdctl queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    // Queued behind us: it must still be waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        peer.try_wait().unwrap().is_none(),
+        "etcdctl acquired a held lock"
+    );
+
+    guard.release().await.unwrap();
+    let out = soon("etcdctl acquires", peer.wait_with_output())
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "peer-acquired");
+    eventually("etcdctl released", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
+}
+
+/// `etcdctl lock` holds; fairlock queues behind it and gets the lock only after release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairlock_waits_for_etcdctl() {
+    let h = EtcdHarness::new().await;
+    let name = unique("interop-b");
+    let mut peer = etcdctl()
+        .args(["lock", &format!("{}/{name}", h.prefix())])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("etcdctl");
+    // etcdctl prints its key once it holds the lock.
+    let mut lines = BufReader::new(peer.stdout.take().unwrap()).lines();
+    let peer_key = soon("etcdctl acquires", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(peer_key.starts_with(&format!("{}/{name}/", h.prefix())));
+
+    let client = h.client().await;
+    let mutex = client.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
+    eventually("fairlock queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    assert!(
+        !waiter.is_finished(),
+        "fairlock acquired a lock etcdctl holds"
+    );
+
+    // etcdctl releases (revokes its session) on SIGINT.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(peer.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let guard = soon("fairlock acquires", waiter).await.unwrap();
+    assert_eq!(h.entries(&name).await, [guard.key().to_owned()]);
+    guard.release().await.unwrap();
+    let _ = peer.wait().await;
+}
+
+#[tokio::test]
+async fn ttl_below_server_minimum_is_refused() {
+    let h = EtcdHarness::new().await;
+    let result = Client::connect(&h.url(1)).await;
+    assert!(matches!(result, Err(Error::InvalidConfig(_))), "{result:?}");
+}
+
+#[tokio::test]
+async fn refused_endpoint_is_unreachable() {
+    let started = std::time::Instant::now();
+    let result = Client::connect("etcd://127.0.0.1:1/x?connect_timeout=2s").await;
+    assert!(
+        matches!(result, Err(Error::Unreachable { .. })),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// A server that accepts connections but never answers: the connect timeout must hold.
+#[tokio::test]
+async fn silent_endpoint_is_unreachable_after_connect_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let result = Client::connect(&format!("etcd://127.0.0.1:{port}/x?connect_timeout=1s")).await;
+    assert!(
+        matches!(result, Err(Error::Unreachable { .. })),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(listener);
+}
+
+/// Release is guarded by create revision: a guard never deletes a newer key at its path.
+#[tokio::test]
+async fn release_after_loss_does_not_touch_a_newer_key() {
+    let h = EtcdHarness::new().await;
+    let client = h.client().await;
+    let name = unique("guarded-release");
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    let key = guard.key().to_owned();
+    h.delete_entry(&key).await;
+    soon("lost", guard.lost()).await;
+    // Someone re-creates a key at the same path (as a retried blind put could).
+    h.raw()
+        .kv_client()
+        .put(key.as_str(), "newer", None)
+        .await
+        .unwrap();
+    assert!(matches!(guard.release().await, Err(Error::LockLost(_))));
+    let resp = h.raw().kv_client().get(key.as_str(), None).await.unwrap();
+    assert_eq!(
+        resp.kvs().len(),
+        1,
+        "release deleted a key it did not create"
+    );
+    h.raw()
+        .kv_client()
+        .delete(key.as_str(), None)
+        .await
+        .unwrap();
+}
