@@ -11,7 +11,6 @@
 //! (`scripts/demo` runs it on every backend, with and without the lock.)
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fairlock::{Client, WriteOp};

@@ -33,6 +33,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()>;
     async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>>;
+    /// Whether the session is unconfirmed right now (keep-alives failing, disconnected).
+    fn is_suspended(&self) -> bool {
+        false
+    }
+    /// For backend-specific helpers that downcast.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// A connection to a lock backend, owning one session (an etcd lease kept alive in the
@@ -81,6 +87,8 @@ impl Client {
             BackendKind::Memory => Arc::new(crate::memory::MemoryClient::connect(config)?),
             #[cfg(feature = "etcd")]
             BackendKind::Etcd => Arc::new(crate::etcd::EtcdClient::connect(config).await?),
+            #[cfg(feature = "zookeeper")]
+            BackendKind::Zookeeper => Arc::new(crate::zookeeper::ZkClient::connect(config).await?),
             #[allow(unreachable_patterns)]
             other => {
                 return Err(Error::config(format!(
@@ -119,6 +127,18 @@ impl Client {
     /// The current session's id (etcd lease id or ZooKeeper session id, hex).
     pub fn session_id(&self) -> String {
         self.backend.session_id()
+    }
+
+    /// Whether the session is *suspended*: the backend has not confirmed it lately (etcd
+    /// keep-alives failing, ZooKeeper disconnected). Locks are not lost yet (their `lost()`
+    /// signals complete when they are), but a holder cannot be sure it still holds them and
+    /// should not start new work that relies on the lock until this clears.
+    pub fn is_suspended(&self) -> bool {
+        self.backend.is_suspended()
+    }
+
+    pub(crate) fn backend_any(&self) -> &dyn std::any::Any {
+        self.backend.as_any()
     }
 
     /// Ends the session at once: revokes the etcd lease or closes the ZooKeeper session,

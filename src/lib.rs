@@ -40,6 +40,8 @@
 //! ## Backends
 //! - [`etcd`] (feature `etcd`): one key per waiter under `PREFIX/NAME/`, the layout of
 //!   `etcdctl lock` and Go's `concurrency.Mutex`, so they share one queue.
+//! - [`zookeeper`] (feature `zookeeper`): ephemeral sequential znodes named as Curator's
+//!   InterProcessMutex names them, so Curator and kazoo share the queue.
 //! - [`memory`]: in-process, same semantics, for unit tests.
 
 #![warn(missing_docs)]
@@ -56,6 +58,8 @@ mod queue;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod memory;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 pub use client::{Client, QueueEntry};
 pub use config::{BackendKind, Config, TlsConfig};

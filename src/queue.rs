@@ -78,6 +78,29 @@ pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
     async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()>;
 }
 
+/// Retries removing `own` until done, or until the session ends (its entries then go with
+/// the session). The body of every backend's `remove_in_background`.
+pub(crate) async fn remove_until_done<S: QueueSession>(session: Arc<S>, own: Entry) {
+    use backon::{ExponentialBuilder, Retryable};
+
+    let lost = session.trigger().signal();
+    let attempt = || async { session.remove(&own).await };
+    let retries = attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(std::time::Duration::from_millis(100))
+                .with_max_delay(std::time::Duration::from_secs(2))
+                .without_max_times(),
+        )
+        .when(|e: &Error| e.is_transient());
+    tokio::select! {
+        result = retries => if let Err(e) = result {
+            tracing::warn!("could not remove queue entry {}: {e}", own.key);
+        },
+        _ = lost => {}
+    }
+}
+
 /// Maps the end of a session to the error a waiter reports.
 pub(crate) fn session_error(reason: LostReason) -> Error {
     match reason {

@@ -205,6 +205,10 @@ impl Backend for Arc<EtcdClient> {
         Ok(())
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {
         let prefix = format!("{}/{name}/", self.settings.prefix);
         let mut kv = self.client.kv_client();

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
 use etcd_client::{
     Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
     TxnOpResponse, TxnResponse,
@@ -24,7 +23,7 @@ use super::{etcd_error, Settings};
 use crate::error::{within, Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
-use crate::queue::{session_error, Entry, Predecessor, QueueSession};
+use crate::queue::{remove_until_done, session_error, Entry, Predecessor, QueueSession};
 
 pub(crate) struct EtcdSession {
     pub(super) lease: i64,
@@ -427,28 +426,8 @@ impl QueueSession for EtcdSession {
     }
 
     fn remove_in_background(self: &Arc<Self>, own: Entry) {
-        let session = self.clone();
-        // Retry until done, or until the session ends (its keys then go with the lease).
-        let work = async move {
-            let lost = session.trigger.signal();
-            let attempt = || async { session.remove(&own).await };
-            let retries = attempt
-                .retry(
-                    ExponentialBuilder::default()
-                        .with_min_delay(Duration::from_millis(100))
-                        .with_max_delay(Duration::from_secs(2))
-                        .without_max_times(),
-                )
-                .when(|e: &Error| e.is_transient());
-            tokio::select! {
-                result = retries => if let Err(e) = result {
-                    tracing::warn!("etcd: could not remove queue entry {}: {e}", own.key);
-                },
-                _ = lost.wait() => {}
-            }
-        };
         // Spawning on a runtime that shut down drops the task; it never panics.
-        self.runtime.spawn(work);
+        self.runtime.spawn(remove_until_done(self.clone(), own));
     }
 
     fn watch_own(&self, own: &Entry, trigger: LossTrigger) -> OwnWatch {

@@ -111,6 +111,10 @@ impl Backend for Arc<MemoryClient> {
         Ok(())
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {
         Ok(self.store.queue(&queue_prefix(name)))
     }

@@ -186,3 +186,88 @@ impl Harness for EtcdHarness {
         format!("{}-data/{tag}", self.prefix)
     }
 }
+
+pub fn zk_endpoint() -> String {
+    std::env::var("FAIRLOCK_TEST_ZK").unwrap_or_else(|_| "127.0.0.1:2181".into())
+}
+
+pub struct ZkHarness {
+    base: String,
+    raw: zookeeper_client::Client,
+}
+
+impl ZkHarness {
+    pub async fn new() -> Self {
+        let raw = zookeeper_client::Client::connect(&zk_endpoint())
+            .await
+            .expect("zookeeper client");
+        ZkHarness {
+            base: format!("/{}", unique("fairlock-test")),
+            raw,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn raw(&self) -> &zookeeper_client::Client {
+        &self.raw
+    }
+}
+
+#[async_trait]
+impl Harness for ZkHarness {
+    fn url(&self, ttl_secs: u64) -> String {
+        format!("zk://{}{}?ttl={ttl_secs}", zk_endpoint(), self.base)
+    }
+
+    async fn entries(&self, name: &str) -> Vec<String> {
+        let path = format!("{}/{name}", self.base);
+        match self.raw.list_children(&path).await {
+            Ok(mut children) => {
+                children.sort();
+                children
+                    .into_iter()
+                    .map(|c| format!("{path}/{c}"))
+                    .collect()
+            }
+            Err(zookeeper_client::Error::NoNode) => Vec::new(),
+            Err(e) => panic!("list {path}: {e}"),
+        }
+    }
+
+    async fn expire_session(&self, client: &Client) {
+        // A second connection to the same session closes it: for the first, an expiry. The
+        // first connection, kicked off by the second, may reconnect and take the session
+        // back before the close goes through; then close again.
+        let info = fairlock::zookeeper::session_info(client).expect("a zookeeper client");
+        for _ in 0..10 {
+            let connected = zookeeper_client::Client::connector()
+                .with_session(info.clone())
+                .connect(&zk_endpoint())
+                .await;
+            if let Ok(other) = connected {
+                let mut states = other.state_watcher();
+                drop(other);
+                while !states.changed().await.is_terminated() {}
+            }
+            let lost = client.session_lost();
+            if tokio::time::timeout(Duration::from_secs(2), lost)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        panic!("could not expire the session from outside");
+    }
+
+    async fn delete_entry(&self, key: &str) {
+        self.raw.delete(key, None).await.expect("delete");
+    }
+
+    fn data_key(&self, tag: &str) -> String {
+        format!("{}-data/{tag}", self.base)
+    }
+}

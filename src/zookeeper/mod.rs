@@ -1,0 +1,232 @@
+//! The ZooKeeper backend (`zk://HOST:PORT[,HOST:PORT…][/PATH]`).
+//!
+//! - **Session**: one ZooKeeper session per client, with the TTL as session timeout
+//!   (ZooKeeper clamps it to [2, 20] × the server's tickTime; a TTL below the minimum is
+//!   refused). An expired session is replaced by a new one for later acquisitions.
+//! - **Queue**: lock NAME is the znode `/PATH/NAME` (default PATH `/fairlock`; parents are
+//!   created as containers). Each acquisition creates an ephemeral sequential child named
+//!   exactly as Curator's InterProcessMutex does (`_c_<uuid>-lock-<seq>`), so
+//!   `new InterProcessMutex(client, "/PATH/NAME")` is the same lock. kazoo's nodes
+//!   (`…__lock__<seq>`) count as contenders too: every party recognised by its sequence
+//!   number, so mutual exclusion holds with Curator and kazoo alike.
+//! - **Waiting**: each waiter sets a data watch on the node directly ahead of it (one
+//!   release wakes one waiter), then re-lists the children: its own node must still be
+//!   there (the post-wait check) and nothing else ahead of it.
+//! - **Protected create**: after a connection loss during create, the waiter finds its
+//!   node by the uuid in its name (checking the ephemeral owner) instead of creating a
+//!   second one.
+//! - **Fencing**: the token is the own node's czxid, a strictly increasing transaction id.
+//!   [`LockGuard::guarded_write`](crate::LockGuard::guarded_write) is a multi-op that first
+//!   checks the own node still exists.
+//! - **Disconnections**: while disconnected, the session is *suspended*
+//!   ([`Client::is_suspended`](crate::Client::is_suspended)): the holder cannot know
+//!   whether it still holds the lock, and should not start new protected work. A
+//!   disconnection shorter than half the session timeout loses nothing. Past that, the lock
+//!   counts as lost (the server may expire the session any moment after), `lost()`
+//!   completes, and fairlock closes the session so no stale node lingers. A session the
+//!   server expired is reported as soon as the client reconnects.
+//! - **Partitions**: a holder cut off from the ensemble learns of the loss half a session
+//!   timeout after its connection was declared dead, which is before the server frees the
+//!   lock for the next waiter.
+
+mod names;
+mod session;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use zookeeper_client as zk;
+
+use crate::client::{Backend, QueueEntry};
+use crate::config::Config;
+use crate::error::{within, Error, Result};
+use crate::lost::LostSignal;
+use crate::mutex::DistributedMutex;
+use crate::queue::{QueueMutex, QueueSession, SessionSlot, SessionSource};
+use session::{is_no_node, ZkSession};
+
+pub use zookeeper_client::SessionInfo;
+
+/// The base path used when the URL names none.
+pub const DEFAULT_PATH: &str = "/fairlock";
+
+pub(crate) fn zk_error(e: zk::Error) -> Error {
+    Error::Backend {
+        backend: "zookeeper",
+        source: Box::new(e),
+    }
+}
+
+/// The id and password of a ZooKeeper client's current session, for tools that must act on
+/// it from another connection (for example, to expire it in a failover test). `None` for
+/// clients of other backends.
+pub fn session_info(client: &crate::Client) -> Option<SessionInfo> {
+    let zk = client.backend_any().downcast_ref::<Arc<ZkClient>>()?;
+    Some(zk.slot.current().info().clone())
+}
+
+/// What sessions need from the configuration.
+pub(crate) struct Settings {
+    cluster: String,
+    base: String,
+    ttl: Duration,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+pub(crate) struct ZkClient {
+    settings: Arc<Settings>,
+    slot: SessionSlot<ZkSession>,
+}
+
+impl ZkClient {
+    pub(crate) async fn connect(config: &Config) -> Result<Arc<Self>> {
+        let base = config
+            .prefix_or(DEFAULT_PATH)
+            .trim_end_matches('/')
+            .to_owned();
+        let settings = Arc::new(Settings {
+            cluster: config.endpoints.join(","),
+            base,
+            ttl: config.ttl,
+            connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
+        });
+        let unreachable = |source: crate::BoxError| Error::Unreachable {
+            endpoints: settings.cluster.clone(),
+            source,
+        };
+        let first = match ZkSession::open(&settings).await {
+            Ok(session) => session,
+            Err(Error::Timeout(t)) => {
+                return Err(unreachable(format!("no session within {t:?}").into()))
+            }
+            Err(Error::Backend { source, .. }) => return Err(unreachable(source)),
+            Err(e) => return Err(e),
+        };
+        Ok(Arc::new(ZkClient {
+            settings,
+            slot: SessionSlot::new(first),
+        }))
+    }
+
+    async fn request<T, Fut>(&self, op: impl FnOnce(zk::Client) -> Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T, zk::Error>>,
+    {
+        let client = self.session().await?.client()?;
+        within(self.settings.request_timeout, async move {
+            op(client).await.map_err(zk_error)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SessionSource for ZkClient {
+    type Session = ZkSession;
+
+    async fn session(&self) -> Result<Arc<ZkSession>> {
+        self.slot.live(|| ZkSession::open(&self.settings)).await
+    }
+}
+
+#[async_trait]
+impl Backend for Arc<ZkClient> {
+    fn mutex(&self, name: String) -> Arc<dyn DistributedMutex> {
+        Arc::new(QueueMutex::new(self.clone(), name))
+    }
+
+    fn session_lost(&self) -> LostSignal {
+        self.slot.current().trigger().signal()
+    }
+
+    fn session_id(&self) -> String {
+        format!("{:x}", self.slot.current().id)
+    }
+
+    fn is_suspended(&self) -> bool {
+        self.slot
+            .current()
+            .suspended
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn close(&self) -> Result<()> {
+        match self.slot.close() {
+            Some(session) => session.close().await,
+            None => Ok(()),
+        }
+    }
+
+    fn abandon(&self) {
+        if let Some(session) = self.slot.close() {
+            session.abandon();
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.request(|c| async move { c.get_data(key).await }).await {
+            Ok((data, _)) => Ok(Some(data)),
+            Err(Error::Backend { source, .. }) if is_no_node(&*source) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.request(|c| async move {
+            match c.set_data(key, &value, None).await {
+                Err(zk::Error::NoNode) => {
+                    if let Some((parent, _)) = key.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+                        let dirs = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                        c.mkdir(parent, &dirs).await?;
+                    }
+                    let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                    match c.create(key, &value, &options).await {
+                        Err(zk::Error::NodeExists) => c.set_data(key, &value, None).await.map(drop),
+                        other => other.map(drop),
+                    }
+                }
+                other => other.map(drop),
+            }
+        })
+        .await
+    }
+
+    async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {
+        let path = format!("{}/{name}", self.settings.base);
+        let children = match self
+            .request(|c| async move { c.list_children(&path).await })
+            .await
+        {
+            Err(Error::Backend { source, .. }) if is_no_node(&*source) => return Ok(Vec::new()),
+            other => other?,
+        };
+        let mut entries = Vec::new();
+        for (_, child) in names::contenders(&children) {
+            let key = format!("{}/{name}/{child}", self.settings.base);
+            let read = self
+                .request(|c| {
+                    let key = key.clone();
+                    async move { c.get_data(&key).await }
+                })
+                .await;
+            match read {
+                Ok((_, stat)) => entries.push(QueueEntry {
+                    key,
+                    fencing_token: stat.czxid as u64,
+                    session: format!("{:x}", stat.ephemeral_owner),
+                }),
+                Err(Error::Backend { source, .. }) if is_no_node(&*source) => {} // just left
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(entries)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

@@ -1,0 +1,560 @@
+//! A ZooKeeper session and the lock queue on top of it.
+//!
+//! Queue layout (that of Curator's InterProcessMutex): lock NAME is the znode `BASE/NAME`;
+//! each acquisition creates an ephemeral sequential child `_c_<uuid>-lock-<seq>`. Children
+//! named by Curator (`…lock-<seq>`) or kazoo (`…__lock__<seq>`) are contenders alike, ordered
+//! by sequence number, so fairlock, Curator and kazoo share one FIFO queue.
+//!
+//! Sessions are connected *detached*: dropping the connection does not close the session,
+//! so [`abandon`](ZkSession::abandon) behaves like a crash. Closing is explicit: a second,
+//! short connection to the same session sends ZooKeeper's CloseSession.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use zookeeper_client as zk;
+
+use super::names;
+use super::{zk_error, Settings};
+use crate::error::{within, Error, Result};
+use crate::guard::WriteOp;
+use crate::lost::{LossTrigger, LostReason};
+use crate::queue::{remove_until_done, session_error, Entry, Predecessor, QueueSession};
+
+fn ephemeral_sequential() -> zk::CreateOptions<'static> {
+    zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all())
+}
+
+pub(crate) fn containers() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Container.with_acls(zk::Acls::anyone_all())
+}
+
+pub(crate) struct ZkSession {
+    /// The connection; `None` once the session is closed, abandoned or lost. Tasks borrow
+    /// it per request and never hold it while waiting, so that dropping it here really
+    /// ends the connection.
+    client: Arc<StdMutex<Option<zk::Client>>>,
+    info: zk::SessionInfo,
+    pub(super) id: i64,
+    settings: Arc<Settings>,
+    trigger: LossTrigger,
+    pub(super) suspended: Arc<AtomicBool>,
+    /// Set once the session was closed or abandoned on purpose.
+    ended: AtomicBool,
+    runtime: Handle,
+}
+
+impl ZkSession {
+    /// Connects a new session.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if no server answered in the connect timeout;
+    /// [`Error::InvalidConfig`] if the server raised the session timeout above the TTL.
+    pub(super) async fn open(settings: &Arc<Settings>) -> Result<Arc<Self>> {
+        let connecting = zk::Client::connector()
+            .with_session_timeout(settings.ttl)
+            .with_detached()
+            .connect(&settings.cluster);
+        let client = within(settings.connect_timeout, async {
+            connecting.await.map_err(zk_error)
+        })
+        .await?;
+        let info = client.session().clone();
+        let negotiated = client.session_timeout();
+        if negotiated > settings.ttl + Duration::from_millis(1) {
+            drop(client);
+            close_session(&settings.cluster, info, settings.request_timeout).await;
+            return Err(Error::config(format!(
+                "ttl {:?} is below the ZooKeeper server's minimum session timeout of {negotiated:?}",
+                settings.ttl
+            )));
+        }
+        let session = Arc::new(ZkSession {
+            id: client.session_id().0,
+            info,
+            trigger: LossTrigger::new(),
+            suspended: Arc::new(AtomicBool::new(false)),
+            ended: AtomicBool::new(false),
+            settings: settings.clone(),
+            runtime: Handle::current(),
+            client: Arc::new(StdMutex::new(None)),
+        });
+        tokio::spawn(watch_state(
+            client.state_watcher(),
+            negotiated,
+            Arc::downgrade(&session),
+        ));
+        *session.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client);
+        Ok(session)
+    }
+
+    pub(super) fn info(&self) -> &zk::SessionInfo {
+        &self.info
+    }
+
+    fn connection(&self) -> Option<zk::Client> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The connection, or the error that says why there is none.
+    pub(super) fn client(&self) -> Result<zk::Client> {
+        self.connection().ok_or_else(|| self.gone_session())
+    }
+
+    fn disconnect(&self) {
+        // Detached: dropping the last handle ends the connection without closing the session.
+        self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Closes the session: its nodes go at once.
+    pub(super) async fn close(&self) -> Result<()> {
+        self.ended.store(true, Ordering::SeqCst);
+        self.trigger.fire(LostReason::SessionClosed);
+        self.disconnect();
+        close_session(
+            &self.settings.cluster,
+            self.info.clone(),
+            self.settings.request_timeout,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Drops the connection without closing the session, as a crash would.
+    pub(super) fn abandon(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        self.disconnect();
+    }
+
+    /// Ends a session found lost: nobody may go on believing in it, and a server that still
+    /// knows it must drop its nodes.
+    fn lost(&self, reason: LostReason) {
+        self.trigger.fire(reason);
+        if self.connection().is_some() && !self.ended.swap(true, Ordering::SeqCst) {
+            self.disconnect();
+            let (cluster, info, timeout) = self.close_args();
+            self.runtime
+                .spawn(async move { close_session(&cluster, info, timeout).await });
+        }
+    }
+
+    fn close_args(&self) -> (String, zk::SessionInfo, Duration) {
+        (
+            self.settings.cluster.clone(),
+            self.info.clone(),
+            self.settings.request_timeout,
+        )
+    }
+
+    fn lock_path(&self, name: &str) -> String {
+        format!("{}/{name}", self.settings.base)
+    }
+
+    fn gone_session(&self) -> Error {
+        session_error(
+            self.trigger
+                .signal()
+                .reason()
+                .unwrap_or(LostReason::SessionExpired),
+        )
+    }
+
+    /// Why `own` is gone: the session ended, or someone deleted the node.
+    fn gone(&self) -> Error {
+        match self.trigger.signal().reason() {
+            Some(reason) => session_error(reason),
+            None => Error::LockLost(LostReason::Deleted),
+        }
+    }
+
+    /// Maps a ZooKeeper error, noticing a session that ended.
+    fn error(&self, e: zk::Error) -> Error {
+        match e {
+            zk::Error::SessionExpired => {
+                self.lost(LostReason::SessionExpired);
+                Error::SessionExpired
+            }
+            zk::Error::ClientClosed => self.gone_session(),
+            e => zk_error(e),
+        }
+    }
+
+    /// Runs `op` within the request timeout, retrying connection losses (ZooKeeper gives no
+    /// answer for them: the request may or may not have been applied, so every `op` here
+    /// is idempotent or checks first).
+    async fn request<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, zk::Error>>,
+    {
+        let retried = op
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(20))
+                    .with_max_delay(Duration::from_millis(500))
+                    .without_max_times(),
+            )
+            .when(|e| *e == zk::Error::ConnectionLoss);
+        within(self.settings.request_timeout, async {
+            retried.await.map_err(|e| self.error(e))
+        })
+        .await
+    }
+
+    /// Own node of an unconfirmed entry, found by its attempt marker and checked to belong
+    /// to this session (Curator's protected create).
+    async fn find_own(&self, own: &Entry) -> Result<Option<(String, zk::Stat)>> {
+        let client = self.client()?;
+        let (parent, prefix) = own.key.rsplit_once('/').unwrap_or(("", &own.key));
+        let marker = names::attempt_marker(prefix);
+        let children = match self.request(|| client.list_children(parent)).await {
+            Err(Error::Backend { source, .. }) if is_no_node(&*source) => return Ok(None),
+            other => other?,
+        };
+        for child in children.iter().filter(|c| c.starts_with(marker)) {
+            let path = format!("{parent}/{child}");
+            match self.request(|| client.get_data(&path)).await {
+                Ok((_, stat)) if stat.ephemeral_owner == self.id => return Ok(Some((path, stat))),
+                Ok(_) => {}
+                Err(Error::Backend { source, .. }) if is_no_node(&*source) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Creates the own node (and the lock's parent znodes if needed).
+    async fn create(&self, name: &str, entry: &mut Entry) -> Result<()> {
+        let client = self.client()?;
+        for _ in 0..3 {
+            let created = client
+                .create(&entry.key, b"", &ephemeral_sequential())
+                .await;
+            let (path, stat) = match created {
+                Ok((stat, sequence)) => (format!("{}{sequence}", entry.key), stat),
+                Err(zk::Error::NoNode) => {
+                    let (lock_path, dirs) = (self.lock_path(name), containers());
+                    self.request(|| client.mkdir(&lock_path, &dirs)).await?;
+                    continue;
+                }
+                Err(zk::Error::ConnectionLoss) => match self.find_own(entry).await? {
+                    Some(found) => found,
+                    None => continue, // the create did not happen: try again
+                },
+                Err(e) => return Err(self.error(e)),
+            };
+            entry.order = path
+                .rsplit('/')
+                .next()
+                .and_then(names::sequence)
+                .ok_or_else(|| Error::Backend {
+                    backend: "zookeeper",
+                    source: format!("unexpected node name {path}").into(),
+                })?;
+            entry.key = path;
+            entry.token = stat.czxid as u64;
+            return Ok(());
+        }
+        Err(Error::Backend {
+            backend: "zookeeper",
+            source: "could not create the lock node (parent keeps vanishing)".into(),
+        })
+    }
+
+    async fn children(&self, name: &str) -> Result<Vec<String>> {
+        let client = self.client()?;
+        let path = self.lock_path(name);
+        match self.request(|| client.list_children(&path)).await {
+            Err(Error::Backend { source, .. }) if is_no_node(&*source) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+}
+
+pub(super) fn is_no_node(e: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(e.downcast_ref::<zk::Error>(), Some(zk::Error::NoNode))
+}
+
+impl Drop for ZkSession {
+    fn drop(&mut self) {
+        if !self.ended.swap(true, Ordering::SeqCst) {
+            self.disconnect();
+            let (cluster, info, timeout) = self.close_args();
+            self.runtime
+                .spawn(async move { close_session(&cluster, info, timeout).await });
+        }
+    }
+}
+
+/// Closes a session through a second connection: ZooKeeper's CloseSession, which the
+/// client library sends when its last handle of a non-detached connection goes.
+pub(super) async fn close_session(cluster: &str, info: zk::SessionInfo, timeout: Duration) {
+    let connecting = zk::Client::connector().with_session(info).connect(cluster);
+    if let Ok(Ok(client)) = tokio::time::timeout(timeout, connecting).await {
+        let mut states = client.state_watcher();
+        drop(client);
+        let _ = tokio::time::timeout(timeout, async {
+            while !states.changed().await.is_terminated() {}
+        })
+        .await;
+    }
+}
+
+/// Follows the session's state: suspended while disconnected; lost when expired, or when a
+/// disconnection lasts long enough that the server may have expired it.
+///
+/// The client library notices a dead connection after 2/5 of the session timeout without
+/// an answer, and the server expires the session one timeout after it last heard from us.
+/// So counting `timeout/2` from the disconnection declares the loss no later than the
+/// server can act on it, with a tenth of the timeout to spare.
+async fn watch_state(mut states: zk::StateWatcher, timeout: Duration, session: Weak<ZkSession>) {
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let state = tokio::select! {
+            state = states.changed() => state,
+            _ = sleep_until(deadline) => {
+                if let Some(session) = session.upgrade() {
+                    tracing::warn!("zookeeper disconnected for half the session timeout: session lost");
+                    session.lost(LostReason::SessionExpired);
+                }
+                return;
+            }
+        };
+        let Some(session) = session.upgrade() else {
+            return;
+        };
+        match state {
+            zk::SessionState::Disconnected => {
+                session.suspended.store(true, Ordering::SeqCst);
+                deadline.get_or_insert(Instant::now() + timeout / 2);
+            }
+            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                session.suspended.store(false, Ordering::SeqCst);
+                deadline = None;
+            }
+            zk::SessionState::Closed => {
+                // Our own disconnect (close, abandon) or the library giving up.
+                if !session.ended.load(Ordering::SeqCst) {
+                    session.lost(LostReason::SessionExpired);
+                }
+                return;
+            }
+            _ => {
+                session.lost(LostReason::SessionExpired); // Expired, AuthFailed
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Keeps a held lock's node watched; dropping it stops the watching task.
+pub(crate) struct OwnWatch(JoinHandle<()>);
+
+impl Drop for OwnWatch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[async_trait]
+impl QueueSession for ZkSession {
+    type OwnWatch = OwnWatch;
+
+    fn trigger(&self) -> &LossTrigger {
+        &self.trigger
+    }
+
+    fn new_entry(&self, name: &str) -> Entry {
+        let prefix = names::protected_prefix(&uuid::Uuid::new_v4());
+        Entry {
+            key: format!("{}/{prefix}", self.lock_path(name)),
+            token: 0,
+            order: 0,
+        }
+    }
+
+    async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {
+        // ZooKeeper cannot create "only if the parent has no children" atomically: look
+        // first (no write if taken), then create and confirm being first; else step back.
+        if !names::contenders(&self.children(name).await?).is_empty() {
+            return Ok(false);
+        }
+        self.create(name, entry).await?;
+        if self.predecessor(name, entry).await?.is_none() {
+            return Ok(true);
+        }
+        self.remove(entry).await?;
+        entry.order = 0;
+        Ok(false)
+    }
+
+    async fn enqueue(&self, name: &str, entry: &mut Entry) -> Result<Option<Predecessor>> {
+        self.create(name, entry).await?;
+        self.predecessor(name, entry).await
+    }
+
+    async fn predecessor(&self, name: &str, own: &Entry) -> Result<Option<Predecessor>> {
+        let children = self.children(name).await?;
+        let own_name = own.key.rsplit('/').next().unwrap_or_default();
+        if !children.iter().any(|c| c == own_name) {
+            return Err(self.gone());
+        }
+        let pred = names::contenders(&children)
+            .into_iter()
+            .take_while(|(sequence, _)| *sequence < own.order)
+            .last()
+            .map(|(_, child)| Predecessor {
+                key: format!("{}/{child}", self.lock_path(name)),
+                revision: 0,
+            });
+        Ok(pred)
+    }
+
+    async fn deleted(&self, pred: &Predecessor) -> Result<()> {
+        let watcher = {
+            let client = self.client()?;
+            match self.request(|| client.get_and_watch_data(&pred.key)).await {
+                // Gone already: the caller re-lists at once.
+                Err(Error::Backend { source, .. }) if is_no_node(&*source) => return Ok(()),
+                Err(e) => return Err(e),
+                Ok((_, _, watcher)) => watcher,
+            }
+        };
+        // Deletion, data change or session event: the caller re-lists either way.
+        watcher.changed().await;
+        Ok(())
+    }
+
+    async fn remove(&self, own: &Entry) -> Result<bool> {
+        if self.trigger.signal().is_lost() {
+            return Ok(false); // ephemeral: the node went with the session (which we closed)
+        }
+        let path = if own.order == 0 {
+            match self.find_own(own).await? {
+                Some((path, _)) => path,
+                None => return Ok(false),
+            }
+        } else {
+            own.key.clone()
+        };
+        // Sequential paths are never reused: deleting our path can only delete our node.
+        let client = self.client()?;
+        match self.request(|| client.delete(&path, None)).await {
+            Ok(()) => Ok(true),
+            Err(Error::Backend { source, .. }) if is_no_node(&*source) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove_in_background(self: &Arc<Self>, own: Entry) {
+        self.runtime.spawn(remove_until_done(self.clone(), own));
+    }
+
+    fn watch_own(&self, own: &Entry, trigger: LossTrigger) -> OwnWatch {
+        let connection = self.client.clone();
+        let current = move || connection.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let path = own.key.clone();
+        let session = self.trigger.clone();
+        OwnWatch(self.runtime.spawn(async move {
+            loop {
+                let Some(client) = current() else { return };
+                let watched = client.check_and_watch_stat(&path).await;
+                drop(client);
+                let watcher = match watched {
+                    Ok((Some(_), watcher)) => watcher,
+                    Ok((None, _)) => break,
+                    Err(zk::Error::ConnectionLoss) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    Err(_) => return, // session over: its trigger reports that
+                };
+                match watcher.changed().await.event_type {
+                    zk::EventType::NodeDeleted => break,
+                    zk::EventType::Session => return,
+                    _ => {}
+                }
+            }
+            // Deleted: by someone else, or by an expiry the server reports on the next request.
+            if let Some(client) = current() {
+                if let Err(zk::Error::SessionExpired) = client.check_stat("/").await {
+                    session.fire(LostReason::SessionExpired);
+                }
+            }
+            trigger.fire(LostReason::Deleted);
+        }))
+    }
+
+    async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()> {
+        let client = self.client()?;
+        // Existence decides between create and set_data, and lets deletes of absent nodes
+        // be no-ops; a race with another writer shows up as a failed op: try again.
+        for _ in 0..3 {
+            let mut exists = Vec::with_capacity(ops.len());
+            for op in ops {
+                let key = match op {
+                    WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
+                };
+                let found = self.request(|| client.check_stat(key)).await?.is_some();
+                if let (WriteOp::Put { .. }, false) = (op, found) {
+                    // Parents are plain directories: creating them needs no fence.
+                    if let Some((parent, _)) = key.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+                        let dirs = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                        self.request(|| client.mkdir(parent, &dirs)).await?;
+                    }
+                }
+                exists.push(found);
+            }
+            let mut writer = client.new_check_writer(&own.key, None).map_err(zk_error)?;
+            for (op, exists) in ops.iter().zip(exists) {
+                match (op, exists) {
+                    (WriteOp::Put { key, value }, true) => writer.add_set_data(key, value, None),
+                    (WriteOp::Put { key, value }, false) => writer.add_create(
+                        key,
+                        value,
+                        &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+                    ),
+                    (WriteOp::Delete { key }, true) => writer.add_delete(key, None),
+                    (WriteOp::Delete { .. }, false) => Ok(()),
+                }
+                .map_err(zk_error)?;
+            }
+            let committed = within(self.settings.request_timeout, async {
+                Ok(writer.commit().await)
+            })
+            .await?;
+            match committed {
+                Ok(_) => return Ok(()),
+                Err(zk::CheckWriteError::CheckFailed { .. }) => return Err(self.gone()),
+                Err(zk::CheckWriteError::OperationFailed {
+                    source: zk::Error::NoNode | zk::Error::NodeExists,
+                    ..
+                }) => continue,
+                Err(zk::CheckWriteError::OperationFailed { source, .. })
+                | Err(zk::CheckWriteError::RequestFailed { source }) => {
+                    return Err(self.error(source))
+                }
+            }
+        }
+        Err(Error::Backend {
+            backend: "zookeeper",
+            source: "guarded write kept racing with other writers".into(),
+        })
+    }
+}
