@@ -174,6 +174,13 @@ impl Backend for Arc<EtcdClient> {
         format!("{:x}", self.slot.current().lease)
     }
 
+    fn is_suspended(&self) -> bool {
+        self.slot
+            .current()
+            .suspended
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn close(&self) -> Result<()> {
         match self.slot.close() {
             Some(session) => session.close().await,

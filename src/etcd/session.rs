@@ -34,6 +34,8 @@ pub(crate) struct EtcdSession {
     /// Stops the keep-alive task.
     stop: CancellationToken,
     abandoned: AtomicBool,
+    /// Set while keep-alives fail; see [`Client::is_suspended`](crate::Client::is_suspended).
+    pub(super) suspended: Arc<AtomicBool>,
     next_entry: AtomicU64,
     runtime: Handle,
 }
@@ -80,6 +82,7 @@ impl EtcdSession {
             trigger: LossTrigger::new(),
             stop: CancellationToken::new(),
             abandoned: AtomicBool::new(false),
+            suspended: Arc::new(AtomicBool::new(false)),
             next_entry: AtomicU64::new(0),
             runtime: Handle::current(),
         });
@@ -90,6 +93,7 @@ impl EtcdSession {
             settings.clone(),
             session.trigger.clone(),
             session.stop.clone(),
+            session.suspended.clone(),
             deadline,
         ));
         Ok(session)
@@ -209,6 +213,7 @@ async fn keep_alive(
     settings: Arc<Settings>,
     trigger: LossTrigger,
     stop: CancellationToken,
+    suspended: Arc<AtomicBool>,
     mut deadline: Instant,
 ) {
     let ttl = Duration::from_secs(settings.ttl_secs as u64);
@@ -229,11 +234,14 @@ async fn keep_alive(
         };
         let outcome: Option<Result<Option<i64>, etcd_client::Error>> = tokio::select! {
             _ = stop.cancelled() => return,
-            outcome = tokio::time::timeout_at(deadline, round) => outcome.ok(),
+            // A round that takes longer than TTL/3 counts as failed (a silent partition
+            // looks like this); the session is suspended and the stream reopened.
+            outcome = tokio::time::timeout_at(deadline.min(sent + ttl / 3), round) => outcome.ok(),
         };
         let retry = match outcome {
             Some(Ok(Some(remaining))) if remaining > 0 => {
                 deadline = sent + Duration::from_secs(remaining as u64);
+                suspended.store(false, Ordering::SeqCst);
                 ttl / 3
             }
             Some(Err(etcd_client::Error::LeaseKeepAliveError(_))) | Some(Ok(Some(_))) => {
@@ -245,10 +253,15 @@ async fn keep_alive(
                 return;
             }
             Some(Ok(None)) | Some(Err(_)) => {
+                suspended.store(true, Ordering::SeqCst);
                 stream = None;
                 Duration::from_millis(250)
             }
-            None => Duration::ZERO, // deadline passed, handled below
+            None => {
+                suspended.store(true, Ordering::SeqCst);
+                stream = None;
+                Duration::ZERO
+            }
         };
         if Instant::now() >= deadline {
             tracing::warn!(

@@ -21,13 +21,13 @@
 //! - **Disconnections**: while disconnected, the session is *suspended*
 //!   ([`Client::is_suspended`](crate::Client::is_suspended)): the holder cannot know
 //!   whether it still holds the lock, and should not start new protected work. A
-//!   disconnection shorter than half the session timeout loses nothing. Past that, the lock
-//!   counts as lost (the server may expire the session any moment after), `lost()`
+//!   disconnection shorter than 2/5 of the session timeout loses nothing. Past that, the
+//!   lock counts as lost (the server may expire the session soon after), `lost()`
 //!   completes, and fairlock closes the session so no stale node lingers. A session the
 //!   server expired is reported as soon as the client reconnects.
-//! - **Partitions**: a holder cut off from the ensemble learns of the loss half a session
-//!   timeout after its connection was declared dead, which is before the server frees the
-//!   lock for the next waiter.
+//! - **Partitions**: the client library declares a silent connection dead after 2/5 of the
+//!   session timeout; 2/5 later the holder learns of the loss: at 4/5 of the timeout after
+//!   it last heard from the server, before the server can free the lock for the next waiter.
 
 mod names;
 mod session;

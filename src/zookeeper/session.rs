@@ -312,10 +312,11 @@ pub(super) async fn close_session(cluster: &str, info: zk::SessionInfo, timeout:
 /// Follows the session's state: suspended while disconnected; lost when expired, or when a
 /// disconnection lasts long enough that the server may have expired it.
 ///
-/// The client library notices a dead connection after 2/5 of the session timeout without
-/// an answer, and the server expires the session one timeout after it last heard from us.
-/// So counting `timeout/2` from the disconnection declares the loss no later than the
-/// server can act on it, with a tenth of the timeout to spare.
+/// The client library declares a connection dead after 2/5 of the session timeout without
+/// an answer (checked every 1/20), and the server expires the session one timeout after it
+/// last heard from us, which is no earlier than we last heard from it. So the server cannot
+/// expire the session before `11/20` of the timeout after the disconnection; counting 2/5
+/// from it declares the loss first, with 3/20 of the timeout to spare.
 async fn watch_state(mut states: zk::StateWatcher, timeout: Duration, session: Weak<ZkSession>) {
     let mut deadline: Option<Instant> = None;
     loop {
@@ -323,7 +324,7 @@ async fn watch_state(mut states: zk::StateWatcher, timeout: Duration, session: W
             state = states.changed() => state,
             _ = sleep_until(deadline) => {
                 if let Some(session) = session.upgrade() {
-                    tracing::warn!("zookeeper disconnected for half the session timeout: session lost");
+                    tracing::warn!("zookeeper disconnected for 2/5 of the session timeout: session lost");
                     session.lost(LostReason::SessionExpired);
                 }
                 return;
@@ -335,7 +336,7 @@ async fn watch_state(mut states: zk::StateWatcher, timeout: Duration, session: W
         match state {
             zk::SessionState::Disconnected => {
                 session.suspended.store(true, Ordering::SeqCst);
-                deadline.get_or_insert(Instant::now() + timeout / 2);
+                deadline.get_or_insert(Instant::now() + timeout * 2 / 5);
             }
             zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
                 session.suspended.store(false, Ordering::SeqCst);

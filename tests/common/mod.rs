@@ -2,6 +2,8 @@
 //! view of the backend (raw client, not fairlock) to check what fairlock left behind.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -66,6 +68,15 @@ pub trait Harness: Send + Sync + 'static {
     async fn delete_entry(&self, key: &str);
     /// A data key usable with get/put/guarded_write.
     fn data_key(&self, tag: &str) -> String;
+    /// The backend URL reaching the server through `endpoint` (a proxy) instead.
+    fn url_via(&self, endpoint: &str, ttl_secs: u64) -> String {
+        let _ = endpoint;
+        self.url(ttl_secs)
+    }
+    /// The server's own endpoint, for a proxy to forward to.
+    fn endpoint(&self) -> String {
+        String::new()
+    }
 
     async fn client(&self) -> Client {
         self.client_ttl(10).await
@@ -151,6 +162,14 @@ impl Harness for EtcdHarness {
         format!("etcd://{}/{}?ttl={ttl_secs}", etcd_endpoint(), self.prefix)
     }
 
+    fn url_via(&self, endpoint: &str, ttl_secs: u64) -> String {
+        format!("etcd://{endpoint}/{}?ttl={ttl_secs}", self.prefix)
+    }
+
+    fn endpoint(&self) -> String {
+        etcd_endpoint()
+    }
+
     async fn entries(&self, name: &str) -> Vec<String> {
         let options = etcd_client::GetOptions::new()
             .with_prefix()
@@ -220,6 +239,14 @@ impl ZkHarness {
 impl Harness for ZkHarness {
     fn url(&self, ttl_secs: u64) -> String {
         format!("zk://{}{}?ttl={ttl_secs}", zk_endpoint(), self.base)
+    }
+
+    fn url_via(&self, endpoint: &str, ttl_secs: u64) -> String {
+        format!("zk://{endpoint}{}?ttl={ttl_secs}", self.base)
+    }
+
+    fn endpoint(&self) -> String {
+        zk_endpoint()
     }
 
     async fn entries(&self, name: &str) -> Vec<String> {
