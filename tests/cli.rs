@@ -1,12 +1,12 @@
 //! The `fairlock lock` command line: exit codes, environment, signals, lost locks.
-#![cfg(all(feature = "cli", feature = "etcd"))]
+#![cfg(all(feature = "cli", feature = "etcd", feature = "zookeeper"))]
 
 mod common;
 
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{eventually, soon, unique, EtcdHarness, Harness};
+use common::{eventually, soon, unique, Harness};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -46,7 +46,7 @@ type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
 
 /// Starts `fairlock lock NAME -- sh -c SCRIPT` holding the lock; returns once SCRIPT runs,
 /// with the rest of its output.
-async fn hold(h: &EtcdHarness, name: &str, script: &str) -> (Child, Lines) {
+async fn hold(h: &dyn Harness, name: &str, script: &str) -> (Child, Lines) {
     let mut cmd = fairlock(&h.url(10));
     cmd.args([
         "lock",
@@ -63,9 +63,7 @@ async fn hold(h: &EtcdHarness, name: &str, script: &str) -> (Child, Lines) {
     (child, lines)
 }
 
-#[tokio::test]
-async fn runs_command_with_env_and_passes_its_exit_code() {
-    let h = EtcdHarness::new().await;
+async fn runs_command_with_env_and_passes_its_exit_code(h: &dyn Harness) {
     let name = unique("cli-env");
     let mut cmd = fairlock(&h.url(10));
     cmd.args([
@@ -82,15 +80,13 @@ async fn runs_command_with_env_and_passes_its_exit_code() {
     let fields: Vec<&str> = stdout.split_whitespace().collect();
     assert_eq!(fields[0], name);
     assert!(fields[1].parse::<u64>().unwrap() > 0);
-    assert!(fields[2].starts_with(&format!("{}/{name}/", h.prefix())));
+    assert!(h.entries_prefix_of(&name, fields[2]), "key {}", fields[2]);
     assert!(h.entries(&name).await.is_empty(), "lock not released");
 }
 
-#[tokio::test]
-async fn try_and_timeout_exit_75_and_leave_no_entry() {
-    let h = EtcdHarness::new().await;
+async fn try_and_timeout_exit_75_and_leave_no_entry(h: &dyn Harness) {
     let name = unique("cli-busy");
-    let (mut holder, _) = hold(&h, &name, "sleep 60").await;
+    let (mut holder, _) = hold(h, &name, "sleep 60").await;
 
     let mut try_cmd = fairlock(&h.url(10));
     try_cmd.args(["lock", "--try", &name, "--", "true"]);
@@ -108,11 +104,9 @@ async fn try_and_timeout_exit_75_and_leave_no_entry() {
     holder.kill().await.unwrap();
 }
 
-#[tokio::test]
-async fn signals_while_waiting_leave_the_queue() {
-    let h = EtcdHarness::new().await;
+async fn signals_while_waiting_leave_the_queue(h: &dyn Harness) {
     let name = unique("cli-sig");
-    let (mut holder, _) = hold(&h, &name, "sleep 60").await;
+    let (mut holder, _) = hold(h, &name, "sleep 60").await;
     for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
         let mut cmd = fairlock(&h.url(10));
         cmd.args(["lock", &name, "--", "true"]);
@@ -131,12 +125,10 @@ async fn signals_while_waiting_leave_the_queue() {
     holder.kill().await.unwrap();
 }
 
-#[tokio::test]
-async fn signals_while_holding_go_to_the_command() {
-    let h = EtcdHarness::new().await;
+async fn signals_while_holding_go_to_the_command(h: &dyn Harness) {
     let name = unique("cli-forward");
     let (holder, _) = hold(
-        &h,
+        h,
         &name,
         "trap 'exit 42' TERM; while true; do sleep 0.1; done",
     )
@@ -149,12 +141,10 @@ async fn signals_while_holding_go_to_the_command() {
     assert!(h.entries(&name).await.is_empty(), "lock not released");
 }
 
-#[tokio::test]
-async fn lost_lock_stops_the_command_and_exits_74() {
-    let h = EtcdHarness::new().await;
+async fn lost_lock_stops_the_command_and_exits_74(h: &dyn Harness) {
     let name = unique("cli-lost");
     let (holder, mut lines) = hold(
-        &h,
+        h,
         &name,
         "trap 'echo got-term; exit 0' TERM; while true; do sleep 0.1; done",
     )
@@ -171,9 +161,7 @@ async fn lost_lock_stops_the_command_and_exits_74() {
     );
 }
 
-#[tokio::test]
-async fn command_that_ignores_sigterm_is_killed_after_grace() {
-    let h = EtcdHarness::new().await;
+async fn command_that_ignores_sigterm_is_killed_after_grace(h: &dyn Harness) {
     let name = unique("cli-grace");
     let mut cmd = fairlock(&h.url(10));
     cmd.args([
@@ -195,9 +183,7 @@ async fn command_that_ignores_sigterm_is_killed_after_grace() {
     assert_eq!(status.code(), Some(74));
 }
 
-#[tokio::test]
-async fn bad_input_exits_2_with_one_line() {
-    let h = EtcdHarness::new().await;
+async fn bad_input_exits_2_with_one_line(h: &dyn Harness) {
     let url = h.url(10);
     let long = "n".repeat(300);
     let cases: Vec<(String, Vec<&str>)> = vec![
@@ -247,7 +233,13 @@ async fn unreachable_backend_exits_69_with_one_line() {
         "etcd://{}/x?connect_timeout=1s",
         listener.local_addr().unwrap()
     );
-    for backend in ["etcd://127.0.0.1:1/x?connect_timeout=1s", silent.as_str()] {
+    let silent_zk = silent.replace("etcd://", "zk://");
+    for backend in [
+        "etcd://127.0.0.1:1/x?connect_timeout=1s",
+        "zk://127.0.0.1:1/x?connect_timeout=1s",
+        silent.as_str(),
+        silent_zk.as_str(),
+    ] {
         let started = std::time::Instant::now();
         let mut cmd = fairlock(backend);
         cmd.args(["lock", "x", "--", "true"]);
@@ -257,9 +249,7 @@ async fn unreachable_backend_exits_69_with_one_line() {
     }
 }
 
-#[tokio::test]
-async fn missing_command_exits_127() {
-    let h = EtcdHarness::new().await;
+async fn missing_command_exits_127(h: &dyn Harness) {
     let name = unique("cli-missing");
     let mut cmd = fairlock(&h.url(10));
     cmd.args(["lock", &name, "--", "/nonexistent/command"]);
@@ -273,3 +263,29 @@ async fn memory_backend_works_without_servers() {
     cmd.args(["lock", "x", "--", "sh", "-c", "exit 5"]);
     assert_eq!(output(cmd).await.status.code(), Some(5));
 }
+
+macro_rules! cli_tests {
+    ($backend:ident, $harness:expr) => {
+        mod $backend {
+            use super::*;
+
+            cli_tests!(@tests $harness;
+                runs_command_with_env_and_passes_its_exit_code,
+                try_and_timeout_exit_75_and_leave_no_entry, signals_while_waiting_leave_the_queue,
+                signals_while_holding_go_to_the_command, lost_lock_stops_the_command_and_exits_74,
+                command_that_ignores_sigterm_is_killed_after_grace, bad_input_exits_2_with_one_line,
+                missing_command_exits_127);
+        }
+    };
+    (@tests $harness:expr; $($test:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                super::$test(&$harness).await;
+            }
+        )*
+    };
+}
+
+cli_tests!(etcd, common::EtcdHarness::new().await);
+cli_tests!(zookeeper, common::ZkHarness::new().await);

@@ -82,6 +82,9 @@ pub trait Harness: Send + Sync + 'static {
         self.client_ttl(10).await
     }
 
+    /// Whether `key` is a queue entry key of lock `name` (under its prefix or path).
+    fn entries_prefix_of(&self, name: &str, key: &str) -> bool;
+
     async fn client_ttl(&self, ttl_secs: u64) -> Client {
         Client::connect(&self.url(ttl_secs)).await.expect("connect")
     }
@@ -128,6 +131,10 @@ impl Harness for MemoryHarness {
 
     fn data_key(&self, tag: &str) -> String {
         format!("data/{tag}")
+    }
+
+    fn entries_prefix_of(&self, name: &str, key: &str) -> bool {
+        key.starts_with(&format!("fairlock/{name}/"))
     }
 }
 
@@ -203,6 +210,10 @@ impl Harness for EtcdHarness {
 
     fn data_key(&self, tag: &str) -> String {
         format!("{}-data/{tag}", self.prefix)
+    }
+
+    fn entries_prefix_of(&self, name: &str, key: &str) -> bool {
+        key.starts_with(&format!("{}/{name}/", self.prefix))
     }
 }
 
@@ -296,5 +307,9 @@ impl Harness for ZkHarness {
 
     fn data_key(&self, tag: &str) -> String {
         format!("{}-data/{tag}", self.base)
+    }
+
+    fn entries_prefix_of(&self, name: &str, key: &str) -> bool {
+        key.starts_with(&format!("{}/{name}/", self.base))
     }
 }
