@@ -162,6 +162,29 @@ pub async fn dropped_waiter_leaves_no_entry(h: Arc<dyn Harness>) {
     assert!(next.is_some(), "a cancelled waiter still blocks the lock");
 }
 
+/// Acquisitions cancelled at arbitrary points (before, during and after their entry is
+/// created) leave nothing behind.
+pub async fn cancelled_at_any_point_leaves_no_entry(h: Arc<dyn Harness>) {
+    let name = unique("cancel-any");
+    let (a, b) = (h.client().await, h.client().await);
+    let held = a.mutex(&name).unwrap().lock().await.unwrap();
+    let mutex = b.mutex(&name).unwrap();
+    for i in 0..24u64 {
+        let m = mutex.clone();
+        let attempt = tokio::spawn(async move { m.lock().await.map(drop) });
+        // 0 to 11.5 ms: spans the request that creates the entry.
+        tokio::time::sleep(Duration::from_micros(500 * (i % 24))).await;
+        attempt.abort();
+        let _ = attempt.await;
+    }
+    eventually("cancelled entries removed", || async {
+        h.entries(&name).await == [held.key().to_owned()]
+    })
+    .await;
+    held.release().await.unwrap();
+    assert!(mutex.try_lock().await.unwrap().is_some());
+}
+
 /// Several waiters of one client each hold their own place (they must not share a key).
 pub async fn one_client_many_waiters(h: Arc<dyn Harness>) {
     let name = unique("shared-session");
@@ -372,6 +395,7 @@ macro_rules! conformance {
             conformance!(@tests
                 mutual_exclusion, fifo_order, try_lock_leaves_no_entry, try_lock_respects_waiters,
                 timeout_leaves_no_entry, dropped_waiter_leaves_no_entry, one_client_many_waiters,
+                cancelled_at_any_point_leaves_no_entry,
                 crashed_holder_replaced_after_ttl, fencing_tokens_increase,
                 lost_when_session_revoked, lost_when_entry_deleted,
                 waiter_session_expires_while_queued, dropped_guard_releases,

@@ -191,3 +191,49 @@ async fn release_after_loss_does_not_touch_a_newer_key() {
         .await
         .unwrap();
 }
+
+/// The waiter's watch stream breaks while its predecessor is deleted, and the history is
+/// compacted past that deletion before the stream comes back: the waiter still acquires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiter_survives_a_broken_watch_stream_and_compaction() {
+    let h = EtcdHarness::new().await;
+    let name = unique("rewatch");
+    let holder = h.client().await;
+    let guard = holder.mutex(&name).unwrap().lock().await.unwrap();
+
+    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
+    let waiter_client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
+        .await
+        .unwrap();
+    let mutex = waiter_client.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+
+    proxy.cut();
+    guard.release().await.unwrap();
+    let revision = h
+        .raw()
+        .kv_client()
+        .get("any", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    h.raw().kv_client().compact(revision, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the waiter heard through a cut connection"
+    );
+    proxy.restore();
+
+    let guard = soon("waiter acquires after the stream is back", waiter)
+        .await
+        .unwrap();
+    assert!(!guard.is_lost());
+    guard.release().await.unwrap();
+}

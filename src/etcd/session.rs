@@ -244,7 +244,19 @@ async fn keep_alive(
                 suspended.store(false, Ordering::SeqCst);
                 ttl / 3
             }
-            Some(Err(etcd_client::Error::LeaseKeepAliveError(_))) | Some(Ok(Some(_))) => {
+            // etcd-client reports a dead lease as this message (and a broken stream as other
+            // LeaseKeepAliveErrors, which only mean "reopen").
+            Some(Err(etcd_client::Error::LeaseKeepAliveError(message)))
+                if message.contains("lease not found") =>
+            {
+                tracing::warn!(
+                    lease = format!("{lease:x}"),
+                    "etcd lease not found: session lost"
+                );
+                trigger.fire(LostReason::SessionExpired);
+                return;
+            }
+            Some(Ok(Some(_))) => {
                 tracing::warn!(
                     lease = format!("{lease:x}"),
                     "etcd lease not found: session lost"
@@ -426,7 +438,7 @@ impl QueueSession for EtcdSession {
     }
 
     async fn deleted(&self, pred: &Predecessor) -> Result<()> {
-        self.hub.deleted(&pred.key, pred.revision + 1).await
+        self.hub.deleted(&pred.key, pred.revision).await
     }
 
     async fn remove(&self, own: &Entry) -> Result<bool> {
@@ -459,7 +471,7 @@ impl QueueSession for EtcdSession {
         };
         OwnWatch(
             self.hub
-                .watch_delete(&own.key, own.order + 1, Notify::Call(Box::new(on_delete))),
+                .watch_delete(&own.key, own.order, Notify::Call(Box::new(on_delete))),
         )
     }
 

@@ -6,10 +6,13 @@
 //! opening a stream of its own, so 10,000 waiters cost 10,000 small entries in a map, not
 //! 10,000 streams. Watches carry the `NoPut` filter: only deletions travel.
 //!
-//! When the stream breaks (server restart, leader change, network), the hub reopens it and
-//! re-creates every watch from its original start revision, so a deletion that happened in
-//! between is replayed, not lost. If that revision was compacted away, the hub reads the key
-//! instead: absent means deleted.
+//! Every watch starts at a revision at which its key was known to exist, never later. When
+//! the stream breaks (server restart, leader change, network), the hub reopens it and
+//! re-creates every watch from that same revision, so a deletion that happened in between is
+//! replayed, not lost. If that revision was compacted away, the server says so and the hub
+//! reads the key instead: absent means deleted. (Starting one revision later would be wrong:
+//! compaction at exactly that revision drops the deletion's tombstone without reporting the
+//! watch as compacted.)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -105,13 +108,13 @@ impl WatchHub {
         }
     }
 
-    /// Watches `key` for a deletion at revision `from` or later.
-    pub(crate) fn watch_delete(&self, key: &str, from: i64, notify: Notify) -> DeleteWatch {
+    /// Watches `key`, which existed at revision `alive_at`, for its deletion.
+    pub(crate) fn watch_delete(&self, key: &str, alive_at: i64, notify: Notify) -> DeleteWatch {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let _ = self.commands.send(Command::Watch {
             id,
             key: key.as_bytes().to_vec(),
-            from,
+            from: alive_at,
             notify,
         });
         DeleteWatch {
@@ -120,13 +123,13 @@ impl WatchHub {
         }
     }
 
-    /// Waits until `key` is deleted at revision `from` or later.
+    /// Waits until `key`, which existed at revision `alive_at`, is deleted.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future cancels the watch.
-    pub(crate) async fn deleted(&self, key: &str, from: i64) -> Result<()> {
+    pub(crate) async fn deleted(&self, key: &str, alive_at: i64) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        let _watch = self.watch_delete(key, from, Notify::Once(tx));
+        let _watch = self.watch_delete(key, alive_at, Notify::Once(tx));
         rx.await.unwrap_or_else(|_| {
             Err(Error::Backend {
                 backend: "etcd",
@@ -138,6 +141,7 @@ impl WatchHub {
 
 struct Watch {
     key: Vec<u8>,
+    /// A revision at which the key existed: where (re-)created watches start.
     from: i64,
     notify: Notify,
 }
@@ -268,7 +272,7 @@ impl HubTask {
                 }
             }
             Ok(Ok(resp)) => {
-                watch.from = resp.header().map_or(watch.from, |h| h.revision() + 1);
+                watch.from = resp.header().map_or(watch.from, |h| h.revision());
                 let request = Request::Create(id, watch.key.clone(), watch.from);
                 self.send(request);
             }
