@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::lost::LostSignal;
 use crate::mutex::DistributedMutex;
 use crate::name::validate_name;
+use crate::queue::{QueueMutex, QueueSession, SessionSource};
 
 /// One entry of a lock's queue, as [`Client::queue`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +23,16 @@ pub struct QueueEntry {
     pub session: String,
 }
 
-/// What each backend's client provides to [`Client`].
+/// The plain key-value side of a backend: data reads and writes, and queue listings.
+#[async_trait]
+pub(crate) trait KeySpace: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<()>;
+    async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>>;
+}
+
+/// What [`Client`] needs from a backend; every backend gets it from its session source and
+/// key space.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
     fn mutex(&self, name: String) -> Arc<dyn DistributedMutex>;
@@ -33,12 +43,57 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()>;
     async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>>;
-    /// Whether the session is unconfirmed right now (keep-alives failing, disconnected).
-    fn is_suspended(&self) -> bool {
-        false
-    }
+    fn is_suspended(&self) -> bool;
     /// For backend-specific helpers that downcast.
     fn as_any(&self) -> &dyn std::any::Any;
+}
+
+#[async_trait]
+impl<B: SessionSource + KeySpace> Backend for Arc<B> {
+    fn mutex(&self, name: String) -> Arc<dyn DistributedMutex> {
+        Arc::new(QueueMutex::new(self.clone(), name))
+    }
+
+    fn session_lost(&self) -> LostSignal {
+        self.slot().current().trigger().signal()
+    }
+
+    fn session_id(&self) -> String {
+        self.slot().current().id()
+    }
+
+    fn is_suspended(&self) -> bool {
+        self.slot().current().is_suspended()
+    }
+
+    async fn close(&self) -> Result<()> {
+        match self.slot().close() {
+            Some(session) => session.close().await,
+            None => Ok(()),
+        }
+    }
+
+    fn abandon(&self) {
+        if let Some(session) = self.slot().close() {
+            session.abandon();
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        KeySpace::get(&**self, key).await
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        KeySpace::put(&**self, key, value).await
+    }
+
+    async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {
+        KeySpace::queue(&**self, name).await
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 /// A connection to a lock backend, owning one session (an etcd lease kept alive in the

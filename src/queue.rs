@@ -76,6 +76,20 @@ pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
 
     /// Applies `ops` only while `own` exists; [`Error::LockLost`] otherwise.
     async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()>;
+
+    /// The session id as users see it (hex).
+    fn id(&self) -> String;
+
+    /// Whether the backend has not confirmed the session lately.
+    fn is_suspended(&self) -> bool {
+        false
+    }
+
+    /// Ends the session now; its entries go with it.
+    async fn close(&self) -> Result<()>;
+
+    /// Stops keeping the session alive without ending it, as a crash would.
+    fn abandon(&self);
 }
 
 /// Retries removing `own` until done, or until the session ends (its entries then go with
@@ -175,11 +189,21 @@ impl<S: QueueSession> SessionSlot<S> {
     }
 }
 
-/// Where a [`QueueMutex`] gets its live session from.
+/// A backend's client: where a [`QueueMutex`] gets its live session from.
 #[async_trait]
 pub(crate) trait SessionSource: Send + Sync + 'static {
     type Session: QueueSession;
-    async fn session(&self) -> Result<Arc<Self::Session>>;
+
+    /// The client's current session.
+    fn slot(&self) -> &SessionSlot<Self::Session>;
+
+    /// Opens a new session.
+    async fn open(&self) -> Result<Arc<Self::Session>>;
+
+    /// A live session: the current one, or a new one if it was lost.
+    async fn session(&self) -> Result<Arc<Self::Session>> {
+        self.slot().live(|| self.open()).await
+    }
 }
 
 /// A [`DistributedMutex`] over any [`QueueSession`] backend.

@@ -9,7 +9,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{eventually, soon, unique, zk_endpoint, Harness, ZkHarness};
-use fairlock::{Client, Error};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -73,40 +72,6 @@ async fn kazoo_named_nodes_are_contenders() {
         .release()
         .await
         .unwrap();
-}
-
-#[tokio::test]
-async fn ttl_below_server_minimum_is_refused() {
-    let h = ZkHarness::new().await;
-    let result = Client::connect(&h.url(1)).await;
-    assert!(matches!(result, Err(Error::InvalidConfig(_))), "{result:?}");
-}
-
-#[tokio::test]
-async fn refused_endpoint_is_unreachable() {
-    let started = std::time::Instant::now();
-    let result = Client::connect("zk://127.0.0.1:1/x?connect_timeout=2s").await;
-    assert!(
-        matches!(result, Err(Error::Unreachable { .. })),
-        "{result:?}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(10));
-}
-
-#[tokio::test]
-async fn silent_endpoint_is_unreachable_after_connect_timeout() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "zk://{}/x?connect_timeout=1s",
-        listener.local_addr().unwrap()
-    );
-    let started = std::time::Instant::now();
-    let result = Client::connect(&url).await;
-    assert!(
-        matches!(result, Err(Error::Unreachable { .. })),
-        "{result:?}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 // ---- real peers, built by scripts/peers ----

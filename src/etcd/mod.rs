@@ -26,12 +26,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget};
 
-use crate::client::{Backend, QueueEntry};
+use crate::client::{KeySpace, QueueEntry};
 use crate::config::Config;
 use crate::error::{within, Error, Result};
-use crate::lost::LostSignal;
-use crate::mutex::DistributedMutex;
-use crate::queue::{QueueMutex, QueueSession, SessionSlot, SessionSource};
+use crate::queue::{SessionSlot, SessionSource};
 use session::EtcdSession;
 use watch::WatchHub;
 
@@ -153,47 +151,17 @@ fn is_transport(e: &(dyn std::error::Error + 'static)) -> bool {
 impl SessionSource for EtcdClient {
     type Session = EtcdSession;
 
-    async fn session(&self) -> Result<Arc<EtcdSession>> {
-        self.slot
-            .live(|| EtcdSession::open(&self.client, &self.hub, &self.settings))
-            .await
+    fn slot(&self) -> &SessionSlot<EtcdSession> {
+        &self.slot
+    }
+
+    async fn open(&self) -> Result<Arc<EtcdSession>> {
+        EtcdSession::open(&self.client, &self.hub, &self.settings).await
     }
 }
 
 #[async_trait]
-impl Backend for Arc<EtcdClient> {
-    fn mutex(&self, name: String) -> Arc<dyn DistributedMutex> {
-        Arc::new(QueueMutex::new(self.clone(), name))
-    }
-
-    fn session_lost(&self) -> LostSignal {
-        self.slot.current().trigger().signal()
-    }
-
-    fn session_id(&self) -> String {
-        format!("{:x}", self.slot.current().lease)
-    }
-
-    fn is_suspended(&self) -> bool {
-        self.slot
-            .current()
-            .suspended
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    async fn close(&self) -> Result<()> {
-        match self.slot.close() {
-            Some(session) => session.close().await,
-            None => Ok(()),
-        }
-    }
-
-    fn abandon(&self) {
-        if let Some(session) = self.slot.close() {
-            session.abandon();
-        }
-    }
-
+impl KeySpace for EtcdClient {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let mut kv = self.client.kv_client();
         let resp = within(self.settings.request_timeout, async move {
@@ -210,10 +178,6 @@ impl Backend for Arc<EtcdClient> {
         })
         .await?;
         Ok(())
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 
     async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {

@@ -99,19 +99,6 @@ impl EtcdSession {
         Ok(session)
     }
 
-    /// Revokes the lease: every key of the session goes at once.
-    pub(super) async fn close(&self) -> Result<()> {
-        self.stop.cancel();
-        self.trigger.fire(LostReason::SessionClosed);
-        revoke(&self.client, self.lease, self.settings.request_timeout).await
-    }
-
-    /// Stops the keep-alive, leaving the lease to expire as after a crash.
-    pub(super) fn abandon(&self) {
-        self.abandoned.store(true, Ordering::SeqCst);
-        self.stop.cancel();
-    }
-
     fn prefix(&self, name: &str) -> String {
         format!("{}/{name}/", self.settings.prefix)
     }
@@ -473,6 +460,27 @@ impl QueueSession for EtcdSession {
             self.hub
                 .watch_delete(&own.key, own.order, Notify::Call(Box::new(on_delete))),
         )
+    }
+
+    fn id(&self) -> String {
+        format!("{:x}", self.lease)
+    }
+
+    fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::SeqCst)
+    }
+
+    /// Revokes the lease: every key of the session goes at once.
+    async fn close(&self) -> Result<()> {
+        self.stop.cancel();
+        self.trigger.fire(LostReason::SessionClosed);
+        revoke(&self.client, self.lease, self.settings.request_timeout).await
+    }
+
+    /// Stops the keep-alive, leaving the lease to expire as after a crash.
+    fn abandon(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        self.stop.cancel();
     }
 
     async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()> {

@@ -18,13 +18,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use crate::client::{Backend, QueueEntry};
+use crate::client::{KeySpace, QueueEntry};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::guard::WriteOp;
-use crate::lost::{LossTrigger, LostReason, LostSignal};
-use crate::mutex::DistributedMutex;
-use crate::queue::{Entry, Predecessor, QueueMutex, QueueSession, SessionSlot, SessionSource};
+use crate::lost::{LossTrigger, LostReason};
+use crate::queue::{Entry, Predecessor, QueueSession, SessionSlot, SessionSource};
 use store::{Notify, WatchHandle};
 
 const LOCK_ROOT: &str = "fairlock";
@@ -42,7 +41,7 @@ pub(crate) struct MemoryClient {
 impl MemoryClient {
     pub(crate) fn connect(config: &Config) -> Result<Arc<Self>> {
         let store = MemoryStore::named(&config.prefix);
-        let first = MemorySession::open(&store);
+        let first = MemorySession::open(&store, config.ttl);
         Ok(Arc::new(MemoryClient {
             store,
             ttl: config.ttl,
@@ -55,53 +54,17 @@ impl MemoryClient {
 impl SessionSource for MemoryClient {
     type Session = MemorySession;
 
-    async fn session(&self) -> Result<Arc<MemorySession>> {
-        self.slot
-            .live(|| async { Ok(MemorySession::open(&self.store)) })
-            .await
+    fn slot(&self) -> &SessionSlot<MemorySession> {
+        &self.slot
+    }
+
+    async fn open(&self) -> Result<Arc<MemorySession>> {
+        Ok(MemorySession::open(&self.store, self.ttl))
     }
 }
 
 #[async_trait]
-impl Backend for Arc<MemoryClient> {
-    fn mutex(&self, name: String) -> Arc<dyn DistributedMutex> {
-        Arc::new(QueueMutex::new(self.clone(), name))
-    }
-
-    fn session_lost(&self) -> LostSignal {
-        self.slot.current().trigger.signal()
-    }
-
-    fn session_id(&self) -> String {
-        format!("{:x}", self.slot.current().id)
-    }
-
-    async fn close(&self) -> Result<()> {
-        if let Some(session) = self.slot.close() {
-            session.end(LostReason::SessionClosed);
-        }
-        Ok(())
-    }
-
-    fn abandon(&self) {
-        let Some(session) = self.slot.close() else {
-            return;
-        };
-        session.abandoned.store(true, Ordering::SeqCst);
-        let (store, id, ttl) = (self.store.clone(), session.id, self.ttl);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    tokio::time::sleep(ttl).await;
-                    store.end_session(id, LostReason::SessionExpired);
-                });
-            }
-            Err(_) => {
-                store.end_session(id, LostReason::SessionExpired);
-            }
-        }
-    }
-
+impl KeySpace for MemoryClient {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.store.get(key))
     }
@@ -109,10 +72,6 @@ impl Backend for Arc<MemoryClient> {
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
         self.store.put(key, value, None);
         Ok(())
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 
     async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {
@@ -127,10 +86,11 @@ pub(crate) struct MemorySession {
     trigger: LossTrigger,
     next_entry: AtomicU64,
     abandoned: AtomicBool,
+    ttl: Duration,
 }
 
 impl MemorySession {
-    fn open(store: &MemoryStore) -> Arc<Self> {
+    fn open(store: &MemoryStore, ttl: Duration) -> Arc<Self> {
         let trigger = LossTrigger::new();
         let id = store.open_session(trigger.clone());
         Arc::new(MemorySession {
@@ -139,6 +99,7 @@ impl MemorySession {
             trigger,
             next_entry: AtomicU64::new(0),
             abandoned: AtomicBool::new(false),
+            ttl,
         })
     }
 
@@ -244,6 +205,32 @@ impl QueueSession for MemorySession {
             self.store
                 .watch_delete(&own.key, own.order, Notify::Lost(trigger)),
         )
+    }
+
+    fn id(&self) -> String {
+        format!("{:x}", self.id)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.end(LostReason::SessionClosed);
+        Ok(())
+    }
+
+    /// Expires the session one TTL from now, as the server of a crashed client would.
+    fn abandon(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        let (store, id, ttl) = (self.store.clone(), self.id, self.ttl);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(ttl).await;
+                    store.end_session(id, LostReason::SessionExpired);
+                });
+            }
+            Err(_) => {
+                store.end_session(id, LostReason::SessionExpired);
+            }
+        }
     }
 
     async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()> {

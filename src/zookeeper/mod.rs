@@ -32,19 +32,16 @@
 mod names;
 mod session;
 
-use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use zookeeper_client as zk;
 
-use crate::client::{Backend, QueueEntry};
+use crate::client::{KeySpace, QueueEntry};
 use crate::config::Config;
 use crate::error::{within, Error, Result};
-use crate::lost::LostSignal;
-use crate::mutex::DistributedMutex;
-use crate::queue::{QueueMutex, QueueSession, SessionSlot, SessionSource};
+use crate::queue::{SessionSlot, SessionSource};
 use session::{is_no_node, ZkSession};
 
 pub use zookeeper_client::SessionInfo;
@@ -128,45 +125,17 @@ impl ZkClient {
 impl SessionSource for ZkClient {
     type Session = ZkSession;
 
-    async fn session(&self) -> Result<Arc<ZkSession>> {
-        self.slot.live(|| ZkSession::open(&self.settings)).await
+    fn slot(&self) -> &SessionSlot<ZkSession> {
+        &self.slot
+    }
+
+    async fn open(&self) -> Result<Arc<ZkSession>> {
+        ZkSession::open(&self.settings).await
     }
 }
 
 #[async_trait]
-impl Backend for Arc<ZkClient> {
-    fn mutex(&self, name: String) -> Arc<dyn DistributedMutex> {
-        Arc::new(QueueMutex::new(self.clone(), name))
-    }
-
-    fn session_lost(&self) -> LostSignal {
-        self.slot.current().trigger().signal()
-    }
-
-    fn session_id(&self) -> String {
-        format!("{:x}", self.slot.current().id)
-    }
-
-    fn is_suspended(&self) -> bool {
-        self.slot
-            .current()
-            .suspended
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    async fn close(&self) -> Result<()> {
-        match self.slot.close() {
-            Some(session) => session.close().await,
-            None => Ok(()),
-        }
-    }
-
-    fn abandon(&self) {
-        if let Some(session) = self.slot.close() {
-            session.abandon();
-        }
-    }
-
+impl KeySpace for ZkClient {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         match self.request(|c| async move { c.get_data(key).await }).await {
             Ok((data, _)) => Ok(Some(data)),
@@ -224,9 +193,5 @@ impl Backend for Arc<ZkClient> {
             }
         }
         Ok(entries)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }

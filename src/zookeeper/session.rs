@@ -115,26 +115,6 @@ impl ZkSession {
         self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
-    /// Closes the session: its nodes go at once.
-    pub(super) async fn close(&self) -> Result<()> {
-        self.ended.store(true, Ordering::SeqCst);
-        self.trigger.fire(LostReason::SessionClosed);
-        self.disconnect();
-        close_session(
-            &self.settings.cluster,
-            self.info.clone(),
-            self.settings.request_timeout,
-        )
-        .await;
-        Ok(())
-    }
-
-    /// Drops the connection without closing the session, as a crash would.
-    pub(super) fn abandon(&self) {
-        self.ended.store(true, Ordering::SeqCst);
-        self.disconnect();
-    }
-
     /// Ends a session found lost: nobody may go on believing in it, and a server that still
     /// knows it must drop its nodes.
     fn lost(&self, reason: LostReason) {
@@ -500,6 +480,34 @@ impl QueueSession for ZkSession {
             }
             trigger.fire(LostReason::Deleted);
         }))
+    }
+
+    fn id(&self) -> String {
+        format!("{:x}", self.id)
+    }
+
+    fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::SeqCst)
+    }
+
+    /// Closes the session: its nodes go at once.
+    async fn close(&self) -> Result<()> {
+        self.ended.store(true, Ordering::SeqCst);
+        self.trigger.fire(LostReason::SessionClosed);
+        self.disconnect();
+        close_session(
+            &self.settings.cluster,
+            self.info.clone(),
+            self.settings.request_timeout,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Drops the connection without closing the session, as a crash would.
+    fn abandon(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        self.disconnect();
     }
 
     async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()> {

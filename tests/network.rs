@@ -1,6 +1,7 @@
-//! Partitions between a holder and its server, played with a silent TCP proxy: a short one
-//! loses nothing (the session is only suspended); a long one makes `lost()` complete, and
-//! no later than the server frees the lock for someone else.
+//! The network between client and server, for the backends that have one: unreachable and
+//! silent endpoints, server-side limits, and partitions played with a silent TCP proxy: a
+//! short one loses nothing (the session is only suspended); a long one makes `lost()`
+//! complete, and no later than the server frees the lock for someone else.
 
 mod common;
 
@@ -8,7 +9,39 @@ use std::sync::Arc;
 
 use common::proxy::Proxy;
 use common::{eventually, soon, unique, Harness};
-use fairlock::{Client, LostReason, WriteOp};
+use std::time::{Duration, Instant};
+
+use fairlock::{Client, Error, LostReason, WriteOp};
+
+async fn ttl_below_server_minimum_is_refused(h: Arc<dyn Harness>) {
+    let result = Client::connect(&h.url(1)).await;
+    assert!(matches!(result, Err(Error::InvalidConfig(_))), "{result:?}");
+}
+
+async fn refused_endpoint_is_unreachable(h: Arc<dyn Harness>) {
+    let started = Instant::now();
+    let url = format!("{}&connect_timeout=2s", h.url_via("127.0.0.1:1", 10));
+    let result = Client::connect(&url).await;
+    assert!(
+        matches!(result, Err(Error::Unreachable { .. })),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// A server that accepts connections but never answers: the connect timeout must hold.
+async fn silent_endpoint_is_unreachable_after_connect_timeout(h: Arc<dyn Harness>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    let url = format!("{}&connect_timeout=1s", h.url_via(&endpoint, 10));
+    let started = Instant::now();
+    let result = Client::connect(&url).await;
+    assert!(
+        matches!(result, Err(Error::Unreachable { .. })),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
 
 async fn short_partition_loses_nothing(h: Arc<dyn Harness>) {
     let proxy = Proxy::start(&h.endpoint()).await;
@@ -69,26 +102,27 @@ async fn long_partition_is_reported_before_the_server_frees_the_lock(h: Arc<dyn 
     assert!(write.is_err());
 }
 
-macro_rules! partition_tests {
+macro_rules! network_tests {
     ($backend:ident, $harness:expr) => {
         mod $backend {
             use super::*;
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn short_partition_loses_nothing() {
-                super::short_partition_loses_nothing(Arc::new($harness)).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn long_partition_is_reported_before_the_server_frees_the_lock() {
-                super::long_partition_is_reported_before_the_server_frees_the_lock(Arc::new(
-                    $harness,
-                ))
-                .await;
-            }
+            network_tests!(@tests $harness;
+                ttl_below_server_minimum_is_refused, refused_endpoint_is_unreachable,
+                silent_endpoint_is_unreachable_after_connect_timeout,
+                short_partition_loses_nothing,
+                long_partition_is_reported_before_the_server_frees_the_lock);
         }
+    };
+    (@tests $harness:expr; $($test:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test(Arc::new($harness)).await;
+            }
+        )*
     };
 }
 
-partition_tests!(etcd, common::EtcdHarness::new().await);
-partition_tests!(zookeeper, common::ZkHarness::new().await);
+network_tests!(etcd, common::EtcdHarness::new().await);
+network_tests!(zookeeper, common::ZkHarness::new().await);
