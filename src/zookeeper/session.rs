@@ -452,6 +452,7 @@ impl QueueSession for ZkSession {
         let current = move || connection.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let path = own.key.clone();
         let session = self.trigger.clone();
+        let request_timeout = self.settings.request_timeout;
         OwnWatch(self.runtime.spawn(async move {
             loop {
                 let Some(client) = current() else { return };
@@ -472,10 +473,20 @@ impl QueueSession for ZkSession {
                     _ => {}
                 }
             }
-            // Deleted: by someone else, or by an expiry the server reports on the next request.
-            if let Some(client) = current() {
-                if let Err(zk::Error::SessionExpired) = client.check_stat("/").await {
-                    session.fire(LostReason::SessionExpired);
+            // Deleted: by someone else, or with the whole session, which the server reports
+            // on the next request (after the connection loss it may cause first).
+            let deadline = Instant::now() + request_timeout;
+            while let Some(client) = current() {
+                match client.check_stat("/").await {
+                    Err(zk::Error::ConnectionLoss) if Instant::now() < deadline => {
+                        drop(client);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => {
+                        session.fire(LostReason::SessionExpired);
+                        break;
+                    }
+                    _ => break,
                 }
             }
             trigger.fire(LostReason::Deleted);
