@@ -6,13 +6,25 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::{BackendKind, Config};
+use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::lost::LostSignal;
 use crate::mutex::DistributedMutex;
 use crate::name::validate_name;
-use crate::queue::{QueueMutex, QueueSession, SessionSource};
+use crate::queue::{QueueElection, QueueMutex, QueueSession, SessionSource};
 
-/// One entry of a lock's queue, as [`Client::queue`] lists it.
+/// Which queue of a name: a lock's or an election's. On etcd both are the same keys (as in
+/// etcd's own tools); on ZooKeeper, lock nodes (`…lock-<seq>`, kazoo's `…__lock__<seq>`)
+/// and election nodes (`…latch-<seq>`) are told apart by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QueueKind {
+    /// A [`DistributedMutex`]'s holder and waiters.
+    Lock,
+    /// An [`Election`](crate::Election)'s leader and candidates.
+    Election,
+}
+
+/// One entry of a queue, as [`Client::queue`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueEntry {
     /// The backend key or node path.
@@ -21,6 +33,8 @@ pub struct QueueEntry {
     pub fencing_token: u64,
     /// The owning session (etcd lease id, ZooKeeper session id), in hex.
     pub session: String,
+    /// The value stored with the entry (a candidate's value; empty for locks).
+    pub value: Vec<u8>,
 }
 
 /// The plain key-value side of a backend: data reads and writes, and queue listings.
@@ -28,7 +42,22 @@ pub struct QueueEntry {
 pub(crate) trait KeySpace: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()>;
-    async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>>;
+    /// The first `limit` entries (all if `None`) of the queue `name`, in order.
+    async fn queue(
+        &self,
+        name: &str,
+        kind: QueueKind,
+        limit: Option<usize>,
+    ) -> Result<Vec<QueueEntry>>;
+    /// Sends the head of the queue (first entry, with its value) each time it may have
+    /// changed, starting with the current one, until `tx` is closed. Survives reconnects:
+    /// errors are sent, then the head is read afresh.
+    async fn watch_head(
+        self: Arc<Self>,
+        name: String,
+        kind: QueueKind,
+        tx: tokio::sync::mpsc::Sender<Result<Option<QueueEntry>>>,
+    );
 }
 
 /// What [`Client`] needs from a backend; every backend gets it from its session source and
@@ -36,13 +65,14 @@ pub(crate) trait KeySpace: Send + Sync + 'static {
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
     fn mutex(&self, name: String) -> Arc<dyn DistributedMutex>;
+    fn election(&self, name: String) -> Arc<dyn Election>;
     fn session_lost(&self) -> LostSignal;
     fn session_id(&self) -> String;
     async fn close(&self) -> Result<()>;
     fn abandon(&self);
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()>;
-    async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>>;
+    async fn queue(&self, name: &str, kind: QueueKind) -> Result<Vec<QueueEntry>>;
     fn is_suspended(&self) -> bool;
     /// For backend-specific helpers that downcast.
     fn as_any(&self) -> &dyn std::any::Any;
@@ -52,6 +82,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
 impl<B: SessionSource + KeySpace> Backend for Arc<B> {
     fn mutex(&self, name: String) -> Arc<dyn DistributedMutex> {
         Arc::new(QueueMutex::new(self.clone(), name))
+    }
+
+    fn election(&self, name: String) -> Arc<dyn Election> {
+        Arc::new(QueueElection::new(self.clone(), name))
     }
 
     fn session_lost(&self) -> LostSignal {
@@ -87,8 +121,8 @@ impl<B: SessionSource + KeySpace> Backend for Arc<B> {
         KeySpace::put(&**self, key, value).await
     }
 
-    async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {
-        KeySpace::queue(&**self, name).await
+    async fn queue(&self, name: &str, kind: QueueKind) -> Result<Vec<QueueEntry>> {
+        KeySpace::queue(&**self, name, kind, None).await
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
@@ -172,6 +206,15 @@ impl Client {
         Ok(self.backend.mutex(name.to_owned()))
     }
 
+    /// The election named `name`; see [`Election`]. Creating it costs nothing.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`]; see [`validate_name`].
+    pub fn election(&self, name: &str) -> Result<Arc<dyn Election>> {
+        validate_name(name)?;
+        Ok(self.backend.election(name.to_owned()))
+    }
+
     /// A signal that completes when the current session is lost (expired, revoked, or
     /// closed). Guards of that session complete their own [`lost`](crate::LockGuard::lost)
     /// signals at the same time.
@@ -234,13 +277,14 @@ impl Client {
         self.backend.put(key, value.into()).await
     }
 
-    /// The queue of lock `name`: the holder first, then the waiters in order.
+    /// The queue `name` of `kind`: the holder (or leader) first, then the waiters (or
+    /// candidates) in order, with their fencing tokens, sessions and values.
     ///
     /// # Errors
     /// [`Error::InvalidName`], [`Error::Timeout`], [`Error::Backend`].
-    pub async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {
+    pub async fn queue(&self, name: &str, kind: QueueKind) -> Result<Vec<QueueEntry>> {
         validate_name(name)?;
-        self.backend.queue(name).await
+        self.backend.queue(name, kind).await
     }
 }
 

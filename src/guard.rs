@@ -53,6 +53,8 @@ pub(crate) trait HeldLock: Send + Sync {
     async fn guarded_write(&self, ops: &[WriteOp]) -> Result<()>;
     /// Fires the guard's signal with [`LostReason::Released`].
     fn mark_released(&self);
+    /// Replaces the own entry's value, only while it still exists.
+    async fn proclaim(&self, value: &[u8]) -> Result<()>;
 }
 
 /// Proof that this process holds a lock, until [`release`](Self::release) or drop.
@@ -143,6 +145,16 @@ impl LockGuard {
         }
         match &self.held {
             Some(held) => held.guarded_write(ops).await,
+            None => Err(crate::Error::LockLost(LostReason::Released)),
+        }
+    }
+
+    pub(crate) async fn proclaim(&self, value: &[u8]) -> Result<()> {
+        if let Some(reason) = self.lost.reason() {
+            return Err(crate::Error::LockLost(reason));
+        }
+        match &self.held {
+            Some(held) => held.proclaim(value).await,
             None => Err(crate::Error::LockLost(LostReason::Released)),
         }
     }

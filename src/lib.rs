@@ -48,12 +48,14 @@
 
 mod client;
 mod config;
+mod election;
 mod error;
 mod guard;
 mod lost;
 mod mutex;
 mod name;
 mod queue;
+mod reentrant;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -61,13 +63,15 @@ pub mod memory;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
 
-pub use client::{Client, QueueEntry};
+pub use client::{Client, QueueEntry, QueueKind};
 pub use config::{BackendKind, Config, TlsConfig};
+pub use election::{Election, Leader, Leadership};
 pub use error::{BoxError, Error, Result};
 pub use guard::{LockGuard, WriteOp};
 pub use lost::{LostReason, LostSignal};
 pub use mutex::{Acquire, DistributedMutex};
 pub use name::{validate_name, MAX_NAME_LEN};
+pub use reentrant::ReentrantGuard;
 
 /// Connects to the backend named by `url`; the same as [`Client::connect`].
 ///

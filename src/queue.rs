@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex as StdMutex};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use crate::client::{KeySpace, QueueEntry, QueueKind};
+use crate::election::{Election, Leader, Leadership};
 use crate::error::{Error, Result};
 use crate::guard::{HeldLock, LockGuard, WriteOp};
 use crate::lost::{LossTrigger, LostReason};
@@ -30,6 +32,10 @@ pub(crate) struct Entry {
     pub token: u64,
     /// The position in the queue (etcd create revision, ZooKeeper sequence number).
     pub order: i64,
+    /// A lock's or an election's entry.
+    pub kind: QueueKind,
+    /// The value stored with the entry (a candidate's value; empty for locks).
+    pub value: Vec<u8>,
 }
 
 /// The entry directly ahead of a waiter, as seen at `revision`.
@@ -49,8 +55,8 @@ pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
     /// The session's loss trigger; guards hang their own triggers below it.
     fn trigger(&self) -> &LossTrigger;
 
-    /// A provisional entry for lock `name`, before anything is written.
-    fn new_entry(&self, name: &str) -> Entry;
+    /// A provisional entry in the queue `name` of `kind`, before anything is written.
+    fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry;
 
     /// Creates the entry only if the queue of `name` is empty.
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool>;
@@ -63,6 +69,16 @@ pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
 
     /// Completes once `pred` is deleted.
     async fn deleted(&self, pred: &Predecessor) -> Result<()>;
+
+    /// A last check before `own`, now at the head, is reported held (ZooKeeper elections:
+    /// the head node must belong to this session).
+    async fn confirm_head(&self, own: &Entry) -> Result<()> {
+        let _ = own;
+        Ok(())
+    }
+
+    /// Replaces the value of `own`, only while it exists; [`Error::LockLost`] otherwise.
+    async fn proclaim(&self, own: &Entry, value: &[u8]) -> Result<()>;
 
     /// Deletes the own entry if it is still the same one; `Ok(false)` if it was gone.
     async fn remove(&self, own: &Entry) -> Result<bool>;
@@ -206,7 +222,82 @@ pub(crate) trait SessionSource: Send + Sync + 'static {
     }
 }
 
-/// A [`DistributedMutex`] over any [`QueueSession`] backend.
+/// Enqueues in the queue `name` and waits, as `mode` says, until the entry heads it.
+async fn acquire<S: SessionSource>(
+    source: &S,
+    name: &str,
+    kind: QueueKind,
+    value: &[u8],
+    mode: Acquire,
+) -> Result<Option<LockGuard>> {
+    let deadline = match mode {
+        Acquire::Timeout(timeout) => Some(Instant::now() + timeout),
+        Acquire::Wait | Acquire::Try => None,
+    };
+    let session = match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline, source.session()).await {
+            Ok(session) => session?,
+            Err(_) => return Ok(None),
+        },
+        None => source.session().await?,
+    };
+    let entry = session.new_entry(name, kind, value);
+    let mut pending = Pending {
+        session,
+        entry,
+        armed: true,
+    };
+    let outcome = match mode {
+        Acquire::Try => {
+            let session = pending.session.clone();
+            match session.enqueue_if_empty(name, &mut pending.entry).await {
+                Ok(true) => session.confirm_head(&pending.entry).await.map(|()| true),
+                other => other,
+            }
+        }
+        Acquire::Wait => wait_turn(name, &mut pending).await.map(|()| true),
+        Acquire::Timeout(_) => {
+            let deadline = deadline.unwrap_or_else(Instant::now);
+            tokio::time::timeout_at(deadline, wait_turn(name, &mut pending))
+                .await
+                .map_or(Ok(false), |r| r.map(|()| true))
+        }
+    };
+    match outcome {
+        Ok(true) => Ok(Some(pending.into_guard(name))),
+        Ok(false) if mode == Acquire::Try => {
+            pending.armed = false; // nothing was written
+            Ok(None)
+        }
+        Ok(false) => {
+            pending.remove().await;
+            Ok(None)
+        }
+        Err(err) => {
+            pending.remove().await;
+            Err(err)
+        }
+    }
+}
+
+/// Enqueues and waits until the entry heads the queue. Cancel safe: `pending` keeps the
+/// entry and removes it when dropped unarmed.
+async fn wait_turn<S: QueueSession>(name: &str, pending: &mut Pending<S>) -> Result<()> {
+    let session = pending.session.clone();
+    let lost = session.trigger().signal();
+    let mut pred = session.enqueue(name, &mut pending.entry).await?;
+    while let Some(p) = pred {
+        tokio::select! {
+            deleted = session.deleted(&p) => deleted?,
+            reason = lost.wait() => return Err(session_error(reason)),
+        }
+        // Post-wait check: fails if the own entry vanished (session expired while queued).
+        pred = session.predecessor(name, &pending.entry).await?;
+    }
+    session.confirm_head(&pending.entry).await
+}
+
+/// A [`DistributedMutex`] over any backend.
 pub(crate) struct QueueMutex<S: SessionSource> {
     source: Arc<S>,
     name: String,
@@ -215,23 +306,6 @@ pub(crate) struct QueueMutex<S: SessionSource> {
 impl<S: SessionSource> QueueMutex<S> {
     pub(crate) fn new(source: Arc<S>, name: String) -> Self {
         QueueMutex { source, name }
-    }
-
-    /// Enqueues and waits until the entry heads the queue. Cancel safe: `pending` keeps the
-    /// entry and removes it when dropped unarmed.
-    async fn wait_turn(&self, pending: &mut Pending<S::Session>) -> Result<()> {
-        let session = pending.session.clone();
-        let lost = session.trigger().signal();
-        let mut pred = session.enqueue(&self.name, &mut pending.entry).await?;
-        while let Some(p) = pred {
-            tokio::select! {
-                deleted = session.deleted(&p) => deleted?,
-                reason = lost.wait() => return Err(session_error(reason)),
-            }
-            // Post-wait check: fails if the own entry vanished (session expired while queued).
-            pred = session.predecessor(&self.name, &pending.entry).await?;
-        }
-        Ok(())
     }
 }
 
@@ -250,55 +324,93 @@ impl<S: SessionSource> DistributedMutex for QueueMutex<S> {
     }
 
     async fn acquire(&self, mode: Acquire) -> Result<Option<LockGuard>> {
-        let deadline = match mode {
-            Acquire::Timeout(timeout) => Some(Instant::now() + timeout),
-            Acquire::Wait | Acquire::Try => None,
-        };
-        let session = match deadline {
-            Some(deadline) => {
-                match tokio::time::timeout_at(deadline, self.source.session()).await {
-                    Ok(session) => session?,
-                    Err(_) => return Ok(None),
+        acquire(&*self.source, &self.name, QueueKind::Lock, b"", mode).await
+    }
+}
+
+/// An [`Election`] over any backend.
+pub(crate) struct QueueElection<S: SessionSource + KeySpace> {
+    source: Arc<S>,
+    name: String,
+}
+
+impl<S: SessionSource + KeySpace> QueueElection<S> {
+    pub(crate) fn new(source: Arc<S>, name: String) -> Self {
+        QueueElection { source, name }
+    }
+}
+
+impl<S: SessionSource + KeySpace> fmt::Debug for QueueElection<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Election")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn to_leader(entry: QueueEntry) -> Leader {
+    Leader {
+        value: entry.value,
+        key: entry.key,
+        fencing_token: entry.fencing_token,
+    }
+}
+
+#[async_trait]
+impl<S: SessionSource + KeySpace> Election for QueueElection<S> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn campaign_with(&self, value: &[u8], mode: Acquire) -> Result<Option<Leadership>> {
+        let guard = acquire(&*self.source, &self.name, QueueKind::Election, value, mode).await?;
+        Ok(guard.map(|guard| Leadership::new(guard, value.to_vec())))
+    }
+
+    async fn leader(&self) -> Result<Option<Leader>> {
+        let head = self
+            .source
+            .queue(&self.name, QueueKind::Election, Some(1))
+            .await?;
+        Ok(head.into_iter().next().map(to_leader))
+    }
+
+    fn observe(&self) -> futures::stream::BoxStream<'static, Result<Option<Leader>>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let heads = tokio::spawn(self.source.clone().watch_head(
+            self.name.clone(),
+            QueueKind::Election,
+            tx,
+        ));
+        // Each change once: skip repeats of the last leader (same key, same value).
+        let state = (rx, None::<Option<(String, Vec<u8>)>>, AbortOnDrop(heads));
+        Box::pin(futures::stream::unfold(
+            state,
+            |(mut rx, mut last, task)| async move {
+                loop {
+                    match rx.recv().await? {
+                        Ok(head) => {
+                            let seen = head.as_ref().map(|e| (e.key.clone(), e.value.clone()));
+                            if last.as_ref() == Some(&seen) {
+                                continue;
+                            }
+                            last = Some(seen);
+                            return Some((Ok(head.map(to_leader)), (rx, last, task)));
+                        }
+                        Err(e) => return Some((Err(e), (rx, last, task))),
+                    }
                 }
-            }
-            None => self.source.session().await?,
-        };
-        let entry = session.new_entry(&self.name);
-        let mut pending = Pending {
-            session,
-            entry,
-            armed: true,
-        };
-        let outcome = match mode {
-            Acquire::Try => {
-                let session = pending.session.clone();
-                session
-                    .enqueue_if_empty(&self.name, &mut pending.entry)
-                    .await
-            }
-            Acquire::Wait => self.wait_turn(&mut pending).await.map(|()| true),
-            Acquire::Timeout(_) => {
-                let deadline = deadline.unwrap_or_else(Instant::now);
-                tokio::time::timeout_at(deadline, self.wait_turn(&mut pending))
-                    .await
-                    .map_or(Ok(false), |r| r.map(|()| true))
-            }
-        };
-        match outcome {
-            Ok(true) => Ok(Some(pending.into_guard(&self.name))),
-            Ok(false) if mode == Acquire::Try => {
-                pending.armed = false; // nothing was written
-                Ok(None)
-            }
-            Ok(false) => {
-                pending.remove().await;
-                Ok(None)
-            }
-            Err(err) => {
-                pending.remove().await;
-                Err(err)
-            }
-        }
+            },
+        ))
+    }
+}
+
+/// Stops a background task when the stream that owns it is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -377,5 +489,14 @@ impl<S: QueueSession> HeldLock for Held<S> {
     fn mark_released(&self) {
         self.trigger.fire(LostReason::Released);
         self.watch.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    async fn proclaim(&self, value: &[u8]) -> Result<()> {
+        match self.session.proclaim(&self.entry, value).await {
+            Err(Error::LockLost(reason)) => Err(Error::LockLost(
+                self.trigger.signal().reason().unwrap_or(reason),
+            )),
+            other => other,
+        }
     }
 }

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{eventually, soon, unique, Harness};
-use fairlock::{Error, LostReason, WriteOp};
+use fairlock::{Error, Leader, LostReason, WriteOp};
+use futures::StreamExt;
 
 /// 16 contenders on separate sessions increment a counter with a deliberate
 /// read–sleep–write race; under the lock no update may be lost and no two may overlap.
@@ -383,6 +384,202 @@ pub async fn bad_names_refused(h: Arc<dyn Harness>) {
     }
 }
 
+/// Leadership passes in FIFO order, when the leader resigns and when it crashes.
+pub async fn election_fifo_succession(h: Arc<dyn Harness>) {
+    let name = unique("elect-fifo");
+    let a = h.client_ttl(3).await;
+    let leading = a.election(&name).unwrap().campaign(b"a").await.unwrap();
+    let mut candidates = Vec::new();
+    for value in ["b", "c"] {
+        let (h2, name2) = (h.clone(), name.clone());
+        candidates.push(tokio::spawn(async move {
+            let client = h2.client_ttl(3).await;
+            let leadership = client
+                .election(&name2)
+                .unwrap()
+                .campaign(value.as_bytes())
+                .await;
+            (client, leadership.unwrap())
+        }));
+        let queued = candidates.len() + 1;
+        eventually("candidate queued", || async {
+            h.entries(&name).await.len() == queued
+        })
+        .await;
+    }
+    let observer = h.client().await;
+    let election = observer.election(&name).unwrap();
+    let leader = |value: &'static str| {
+        let election = election.clone();
+        async move {
+            election.leader().await.unwrap().map(|l| l.value) == Some(value.as_bytes().to_vec())
+        }
+    };
+    assert!(leader("a").await);
+
+    leading.resign().await.unwrap();
+    let (b, b_leads) = soon("b leads after a resigns", candidates.remove(0))
+        .await
+        .unwrap();
+    assert_eq!(b_leads.value(), b"b");
+    assert!(leader("b").await);
+
+    b.abandon(); // b crashes while leading
+    std::mem::forget(b_leads);
+    let (_c, c_leads) = soon("c leads after b's TTL", candidates.remove(0))
+        .await
+        .unwrap();
+    assert!(leader("c").await);
+    c_leads.resign().await.unwrap();
+    assert_eq!(election.leader().await.unwrap(), None);
+}
+
+/// `observe` yields every change once, in order: new leaders, proclaimed values, and no
+/// leader at all.
+pub async fn observe_yields_each_change_once(h: Arc<dyn Harness>) {
+    let name = unique("observe");
+    let watcher = h.client().await;
+    let mut changes = watcher.election(&name).unwrap().observe();
+    async fn next(
+        changes: &mut futures::stream::BoxStream<'static, fairlock::Result<Option<Leader>>>,
+    ) -> Option<String> {
+        let item = soon("a change", changes.next())
+            .await
+            .expect("stream ended");
+        item.unwrap()
+            .map(|Leader { value, .. }| String::from_utf8(value).unwrap())
+    }
+    assert_eq!(next(&mut changes).await, None);
+
+    let (a, b) = (h.client().await, h.client().await);
+    let mut a_leads = a.election(&name).unwrap().campaign(b"a").await.unwrap();
+    assert_eq!(next(&mut changes).await.as_deref(), Some("a"));
+    a_leads.proclaim(b"a2").await.unwrap();
+    assert_eq!(next(&mut changes).await.as_deref(), Some("a2"));
+
+    let b_election = b.election(&name).unwrap();
+    let b_campaign = tokio::spawn(async move { b_election.campaign(b"b").await.unwrap() });
+    eventually("b queued", || async { h.entries(&name).await.len() == 2 }).await;
+    a_leads.resign().await.unwrap();
+    assert_eq!(next(&mut changes).await.as_deref(), Some("b"));
+    soon("b leads", b_campaign)
+        .await
+        .unwrap()
+        .resign()
+        .await
+        .unwrap();
+    assert_eq!(next(&mut changes).await, None);
+
+    // Nothing else changed: nothing else arrives.
+    let extra = tokio::time::timeout(Duration::from_millis(300), changes.next()).await;
+    assert!(extra.is_err(), "an extra change was yielded: {extra:?}");
+}
+
+/// Candidates campaign, lead briefly, then resign or crash, over and over: never two
+/// leaders at once, and every leader's fencing token exceeds the one before.
+pub async fn no_two_leaders_under_crash_and_restart(h: Arc<dyn Harness>) {
+    let name = unique("elect-chaos");
+    let acting = Arc::new(AtomicUsize::new(0));
+    let terms = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let mut tasks = Vec::new();
+    for candidate in 0..3u64 {
+        let (h, name, acting, terms) = (h.clone(), name.clone(), acting.clone(), terms.clone());
+        tasks.push(tokio::spawn(async move {
+            for term in 0..2u64 {
+                let client = h.client_ttl(3).await;
+                let election = client.election(&name).unwrap();
+                let leadership = election
+                    .campaign(format!("{candidate}").as_bytes())
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    acting.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two leaders at once"
+                );
+                {
+                    let mut terms = terms.lock().unwrap();
+                    let last = terms.last().copied().unwrap_or(0);
+                    assert!(leadership.fencing_token() > last, "fencing token went back");
+                    terms.push(leadership.fencing_token());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                acting.fetch_sub(1, Ordering::SeqCst);
+                if (candidate + term) % 3 == 0 {
+                    // Crash: stop acting, leave the session to expire.
+                    client.abandon();
+                    std::mem::forget(leadership);
+                } else {
+                    leadership.resign().await.unwrap();
+                    client.close().await.unwrap();
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(90), task)
+            .await
+            .expect("candidates stalled")
+            .unwrap();
+    }
+    assert_eq!(terms.lock().unwrap().len(), 6);
+    eventually("election empty", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
+}
+
+/// A leader that lost its session cannot proclaim, and observers never see its value again.
+pub async fn proclaim_after_loss_fails(h: Arc<dyn Harness>) {
+    let name = unique("proclaim-lost");
+    let client = h.client().await;
+    let mut leading = client
+        .election(&name)
+        .unwrap()
+        .campaign(b"x")
+        .await
+        .unwrap();
+    h.expire_session(&client).await;
+    soon("lost", leading.lost()).await;
+    let proclaimed = leading.proclaim(b"stale").await;
+    assert!(
+        matches!(proclaimed, Err(Error::LockLost(_))),
+        "{proclaimed:?}"
+    );
+    let observer = h.client().await;
+    assert_eq!(
+        observer.election(&name).unwrap().leader().await.unwrap(),
+        None
+    );
+}
+
+/// Reentrancy is opt-in and counted: the lock stays held until the last hold goes.
+pub async fn reentrant_holds_are_counted(h: Arc<dyn Harness>) {
+    let name = unique("reentrant");
+    let (a, b) = (h.client().await, h.client().await);
+    let mutex_a = a.mutex(&name).unwrap();
+    let mutex_b = b.mutex(&name).unwrap();
+    let outer = mutex_a.lock().await.unwrap().into_reentrant();
+    let inner = outer.reenter();
+    let innermost = inner.reenter();
+    assert_eq!(outer.hold_count(), 3);
+    assert_eq!(inner.fencing_token(), outer.fencing_token());
+    // Plain lock() does not reenter: it queues like anyone else.
+    assert!(mutex_a.try_lock().await.unwrap().is_none());
+    innermost.release().await.unwrap();
+    drop(inner);
+    assert_eq!(outer.hold_count(), 1);
+    assert!(
+        mutex_b.try_lock().await.unwrap().is_none(),
+        "released while still held"
+    );
+    outer.release().await.unwrap();
+    assert!(
+        mutex_b.try_lock().await.unwrap().is_some(),
+        "not released at count zero"
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -399,7 +596,9 @@ macro_rules! conformance {
                 crashed_holder_replaced_after_ttl, fencing_tokens_increase,
                 lost_when_session_revoked, lost_when_entry_deleted,
                 waiter_session_expires_while_queued, dropped_guard_releases,
-                close_releases_everything, bad_names_refused);
+                close_releases_everything, bad_names_refused, election_fifo_succession,
+                observe_yields_each_change_once, no_two_leaders_under_crash_and_restart,
+                proclaim_after_loss_fails, reentrant_holds_are_counted);
         }
     };
     (@tests $($test:ident),*) => {

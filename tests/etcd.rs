@@ -40,7 +40,11 @@ async fn keys_follow_the_etcdctl_layout() {
         guard.fencing_token()
     );
     assert_eq!(
-        client.queue(&name).await.unwrap()[0].fencing_token,
+        client
+            .queue(&name, fairlock::QueueKind::Lock)
+            .await
+            .unwrap()[0]
+            .fencing_token,
         guard.fencing_token()
     );
     guard.release().await.unwrap();

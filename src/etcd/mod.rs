@@ -24,9 +24,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget};
+use etcd_client::{
+    Compare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder, SortTarget, WatchOptions,
+};
 
-use crate::client::{KeySpace, QueueEntry};
+use crate::client::{KeySpace, QueueEntry, QueueKind};
 use crate::config::Config;
 use crate::error::{within, Error, Result};
 use crate::queue::{SessionSlot, SessionSource};
@@ -180,25 +182,114 @@ impl KeySpace for EtcdClient {
         Ok(())
     }
 
-    async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {
-        let prefix = format!("{}/{name}/", self.settings.prefix);
+    async fn queue(
+        &self,
+        name: &str,
+        _kind: QueueKind,
+        limit: Option<usize>,
+    ) -> Result<Vec<QueueEntry>> {
+        Ok(self.read_queue(name, limit).await?.0)
+    }
+
+    async fn watch_head(
+        self: Arc<Self>,
+        name: String,
+        _kind: QueueKind,
+        tx: tokio::sync::mpsc::Sender<Result<Option<QueueEntry>>>,
+    ) {
+        while !tx.is_closed() {
+            if let Err(e) = self.follow_head(&name, &tx).await {
+                if tx.send(Err(e)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+impl EtcdClient {
+    fn queue_prefix(&self, name: &str) -> String {
+        format!("{}/{name}/", self.settings.prefix)
+    }
+
+    /// The first `limit` entries of queue `name`, with the revision they were read at.
+    async fn read_queue(&self, name: &str, limit: Option<usize>) -> Result<(Vec<QueueEntry>, i64)> {
         let mut kv = self.client.kv_client();
-        let options = GetOptions::new()
+        let mut options = GetOptions::new()
             .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Ascend)
-            .with_keys_only();
+            .with_sort(SortTarget::Create, SortOrder::Ascend);
+        if let Some(limit) = limit {
+            options = options.with_limit(limit as i64);
+        }
+        let prefix = self.queue_prefix(name);
         let resp = within(self.settings.request_timeout, async move {
             kv.get(prefix, Some(options)).await.map_err(etcd_error)
         })
         .await?;
-        Ok(resp
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let entries = resp
             .kvs()
             .iter()
             .map(|kv| QueueEntry {
                 key: String::from_utf8_lossy(kv.key()).into_owned(),
                 fencing_token: kv.create_revision() as u64,
                 session: format!("{:x}", kv.lease()),
+                value: kv.value().to_vec(),
             })
-            .collect())
+            .collect();
+        Ok((entries, revision))
+    }
+
+    /// Reads the head of queue `name`, sends it, and follows it (as Go's Election.Observe):
+    /// the head's puts are new values; its deletion, or the first put into an empty queue,
+    /// means a new head. Returns when the head must be read again.
+    async fn follow_head(
+        &self,
+        name: &str,
+        tx: &tokio::sync::mpsc::Sender<Result<Option<QueueEntry>>>,
+    ) -> Result<()> {
+        let (entries, revision) = self.read_queue(name, Some(1)).await?;
+        let mut head = entries.into_iter().next();
+        if tx.send(Ok(head.clone())).await.is_err() {
+            return Ok(());
+        }
+        // Watch from the read's revision on: nothing between read and watch is missed.
+        let options = WatchOptions::new().with_start_revision(revision + 1);
+        let (key, options) = match &head {
+            Some(head) => (head.key.clone(), options),
+            None => (self.queue_prefix(name), options.with_prefix()),
+        };
+        let mut watches = self.client.watch_client();
+        let mut stream = within(self.settings.request_timeout, async {
+            watches.watch(key, Some(options)).await.map_err(etcd_error)
+        })
+        .await?;
+        loop {
+            let message = tokio::select! {
+                message = stream.message() => message.map_err(etcd_error)?,
+                _ = tx.closed() => return Ok(()),
+            };
+            let Some(resp) = message else {
+                return Ok(()); // stream ended: read again
+            };
+            if resp.canceled() {
+                return Ok(());
+            }
+            for event in resp.events() {
+                let Some(current) = head.as_mut() else {
+                    return Ok(()); // a first candidate arrived
+                };
+                match (event.event_type(), event.kv()) {
+                    (EventType::Put, Some(kv)) => {
+                        current.value = kv.value().to_vec();
+                        if tx.send(Ok(head.clone())).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    _ => return Ok(()), // the head left
+                }
+            }
+        }
     }
 }

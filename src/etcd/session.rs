@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::watch::{DeleteWatch, Notify, WatchHub};
 use super::{etcd_error, Settings};
+use crate::client::QueueKind;
 use crate::error::{within, Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
@@ -326,12 +327,14 @@ impl QueueSession for EtcdSession {
         &self.trigger
     }
 
-    fn new_entry(&self, name: &str) -> Entry {
+    fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry {
         let n = self.next_entry.fetch_add(1, Ordering::Relaxed);
         Entry {
             key: format!("{}{:x}-{n}", self.prefix(name), self.lease),
             token: 0,
             order: 0,
+            kind,
+            value: value.to_vec(),
         }
     }
 
@@ -344,7 +347,7 @@ impl QueueSession for EtcdSession {
             .when([Compare::version(prefix.as_bytes(), CompareOp::Equal, 0).with_prefix()])
             .and_then([TxnOp::put(
                 entry.key.as_bytes(),
-                "",
+                entry.value.clone(),
                 Some(PutOptions::new().with_lease(self.lease)),
             )]);
         let resp = self.txn(txn).await?;
@@ -372,7 +375,11 @@ impl QueueSession for EtcdSession {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([
-                TxnOp::put(key, "", Some(PutOptions::new().with_lease(self.lease))),
+                TxnOp::put(
+                    key,
+                    entry.value.clone(),
+                    Some(PutOptions::new().with_lease(self.lease)),
+                ),
                 TxnOp::get(prefix.as_bytes(), Some(newest)),
             ])
             .or_else([TxnOp::get(key, None)]);
@@ -426,6 +433,24 @@ impl QueueSession for EtcdSession {
 
     async fn deleted(&self, pred: &Predecessor) -> Result<()> {
         self.hub.deleted(&pred.key, pred.revision).await
+    }
+
+    async fn proclaim(&self, own: &Entry, value: &[u8]) -> Result<()> {
+        // As Go's Election.Proclaim: a put guarded by the own key's create revision, on the
+        // same lease.
+        let put = TxnOp::put(
+            own.key.as_bytes(),
+            value.to_vec(),
+            Some(PutOptions::new().with_lease(self.lease)),
+        );
+        let txn = Txn::new()
+            .when([super::fence_compare(&own.key, own.token)])
+            .and_then([put]);
+        if self.txn(txn).await?.succeeded() {
+            Ok(())
+        } else {
+            Err(self.gone())
+        }
     }
 
     async fn remove(&self, own: &Entry) -> Result<bool> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use crate::client::{KeySpace, QueueEntry};
+use crate::client::{KeySpace, QueueEntry, QueueKind};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::guard::WriteOp;
@@ -74,8 +74,36 @@ impl KeySpace for MemoryClient {
         Ok(())
     }
 
-    async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {
-        Ok(self.store.queue(&queue_prefix(name)))
+    async fn queue(
+        &self,
+        name: &str,
+        _kind: QueueKind,
+        limit: Option<usize>,
+    ) -> Result<Vec<QueueEntry>> {
+        let mut entries = self.store.queue(&queue_prefix(name));
+        entries.truncate(limit.unwrap_or(usize::MAX));
+        Ok(entries)
+    }
+
+    async fn watch_head(
+        self: Arc<Self>,
+        name: String,
+        _kind: QueueKind,
+        tx: tokio::sync::mpsc::Sender<Result<Option<QueueEntry>>>,
+    ) {
+        let prefix = queue_prefix(&name);
+        let mut changes = self.store.changes();
+        loop {
+            changes.borrow_and_update();
+            let head = self.store.queue(&prefix).into_iter().next();
+            if tx.send(Ok(head)).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tx.closed() => return,
+            }
+        }
     }
 }
 
@@ -142,20 +170,23 @@ impl QueueSession for MemorySession {
         &self.trigger
     }
 
-    fn new_entry(&self, name: &str) -> Entry {
+    fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry {
         let seq = self.next_entry.fetch_add(1, Ordering::Relaxed);
         Entry {
             key: format!("{}{:x}-{seq}", queue_prefix(name), self.id),
             token: 0,
             order: 0,
+            kind,
+            value: value.to_vec(),
         }
     }
 
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {
         self.check_alive()?;
+        let prefix = queue_prefix(name);
         match self
             .store
-            .create_if_empty(&queue_prefix(name), &entry.key, self.id)
+            .create_if_empty(&prefix, &entry.key, &entry.value, self.id)
         {
             Some(revision) => {
                 entry.order = revision;
@@ -168,7 +199,9 @@ impl QueueSession for MemorySession {
 
     async fn enqueue(&self, name: &str, entry: &mut Entry) -> Result<Option<Predecessor>> {
         self.check_alive()?;
-        let revision = self.store.put(&entry.key, Vec::new(), Some(self.id));
+        let revision = self
+            .store
+            .put(&entry.key, entry.value.clone(), Some(self.id));
         entry.order = revision;
         entry.token = revision as u64;
         self.predecessor(name, entry).await
@@ -230,6 +263,14 @@ impl QueueSession for MemorySession {
             Err(_) => {
                 store.end_session(id, LostReason::SessionExpired);
             }
+        }
+    }
+
+    async fn proclaim(&self, own: &Entry, value: &[u8]) -> Result<()> {
+        if self.store.proclaim(own, value) {
+            Ok(())
+        } else {
+            Err(self.gone())
         }
     }
 

@@ -23,17 +23,32 @@ pub(crate) enum Notify {
     Lost(LossTrigger),
 }
 
-#[derive(Default)]
 struct State {
     revision: i64,
     kvs: BTreeMap<String, Kv>,
     watchers: HashMap<String, Vec<(u64, Notify)>>,
     sessions: HashMap<u64, LossTrigger>,
     next_id: u64,
+    /// Bumped on every change, for observers.
+    changed: tokio::sync::watch::Sender<()>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            revision: 0,
+            kvs: BTreeMap::new(),
+            watchers: HashMap::new(),
+            sessions: HashMap::new(),
+            next_id: 0,
+            changed: tokio::sync::watch::Sender::new(()),
+        }
+    }
 }
 
 impl State {
     fn put(&mut self, key: &str, value: Vec<u8>, session: Option<u64>) -> i64 {
+        self.changed.send_replace(());
         self.revision += 1;
         let revision = self.revision;
         self.kvs
@@ -51,6 +66,7 @@ impl State {
         if self.kvs.remove(key).is_none() {
             return false;
         }
+        self.changed.send_replace(());
         self.revision += 1;
         for (_, notify) in self.watchers.remove(key).unwrap_or_default() {
             match notify {
@@ -161,12 +177,33 @@ impl MemoryStore {
         self.state().put(key, value, session)
     }
 
-    pub(crate) fn create_if_empty(&self, prefix: &str, key: &str, session: u64) -> Option<i64> {
+    pub(crate) fn create_if_empty(
+        &self,
+        prefix: &str,
+        key: &str,
+        value: &[u8],
+        session: u64,
+    ) -> Option<i64> {
         let mut state = self.state();
         if state.entries(prefix).next().is_some() {
             return None;
         }
-        Some(state.put(key, Vec::new(), Some(session)))
+        Some(state.put(key, value.to_vec(), Some(session)))
+    }
+
+    /// Replaces the value of `own` if it is still the same entry.
+    pub(crate) fn proclaim(&self, own: &Entry, value: &[u8]) -> bool {
+        let mut state = self.state();
+        if !state.holds(own) {
+            return false;
+        }
+        state.put(&own.key, value.to_vec(), None);
+        true
+    }
+
+    /// Changes of the store, for observers: mark the current version seen before reading.
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.state().changed.subscribe()
     }
 
     /// `None` if `own` is gone; else the newest entry created before it, if any.
@@ -196,6 +233,7 @@ impl MemoryStore {
                 key: k.clone(),
                 fencing_token: kv.create_revision as u64,
                 session: kv.session.map(|s| format!("{s:x}")).unwrap_or_default(),
+                value: kv.value.clone(),
             })
             .collect()
     }

@@ -38,7 +38,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use zookeeper_client as zk;
 
-use crate::client::{KeySpace, QueueEntry};
+use crate::client::{KeySpace, QueueEntry, QueueKind};
 use crate::config::Config;
 use crate::error::{within, Error, Result};
 use crate::queue::{SessionSlot, SessionSource};
@@ -164,7 +164,12 @@ impl KeySpace for ZkClient {
         .await
     }
 
-    async fn queue(&self, name: &str) -> Result<Vec<QueueEntry>> {
+    async fn queue(
+        &self,
+        name: &str,
+        kind: QueueKind,
+        limit: Option<usize>,
+    ) -> Result<Vec<QueueEntry>> {
         let path = format!("{}/{name}", self.settings.base);
         let children = match self
             .request(|c| async move { c.list_children(&path).await })
@@ -173,8 +178,12 @@ impl KeySpace for ZkClient {
             Err(Error::Backend { source, .. }) if is_no_node(&*source) => return Ok(Vec::new()),
             other => other?,
         };
+        let limit = limit.unwrap_or(usize::MAX);
         let mut entries = Vec::new();
-        for (_, child) in names::contenders(&children) {
+        for (_, child) in names::contenders(&children, kind) {
+            if entries.len() >= limit {
+                break;
+            }
             let key = format!("{}/{name}/{child}", self.settings.base);
             let read = self
                 .request(|c| {
@@ -183,15 +192,97 @@ impl KeySpace for ZkClient {
                 })
                 .await;
             match read {
-                Ok((_, stat)) => entries.push(QueueEntry {
-                    key,
-                    fencing_token: stat.czxid as u64,
-                    session: format!("{:x}", stat.ephemeral_owner),
-                }),
+                Ok((value, stat)) => entries.push(entry(key, value, &stat)),
                 Err(Error::Backend { source, .. }) if is_no_node(&*source) => {} // just left
                 Err(e) => return Err(e),
             }
         }
         Ok(entries)
+    }
+
+    async fn watch_head(
+        self: Arc<Self>,
+        name: String,
+        kind: QueueKind,
+        tx: tokio::sync::mpsc::Sender<Result<Option<QueueEntry>>>,
+    ) {
+        let path = format!("{}/{name}", self.settings.base);
+        while !tx.is_closed() {
+            let watcher = match self.head_and_watch(&path, kind).await {
+                Ok(Some((head, watcher))) => {
+                    if tx.send(Ok(head)).await.is_err() {
+                        return;
+                    }
+                    watcher
+                }
+                Ok(None) => continue, // changed while reading: read again
+                Err(e) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            // Data change or deletion of the head, children change, or session event: any
+            // of them means "read again".
+            tokio::select! {
+                _ = watcher.changed() => {}
+                _ = tx.closed() => return,
+            }
+        }
+    }
+}
+
+fn entry(key: String, value: Vec<u8>, stat: &zk::Stat) -> QueueEntry {
+    QueueEntry {
+        key,
+        fencing_token: stat.czxid as u64,
+        session: format!("{:x}", stat.ephemeral_owner),
+        value,
+    }
+}
+
+impl ZkClient {
+    /// The head of queue `path` with a watch that fires when it may have changed: a data
+    /// watch on the head node, or a children watch (or an existence watch on the parent)
+    /// when the queue is empty. `None` if the queue changed while reading.
+    async fn head_and_watch(
+        &self,
+        path: &str,
+        kind: QueueKind,
+    ) -> Result<Option<(Option<QueueEntry>, zk::OneshotWatcher)>> {
+        let client = self.session().await?.client()?;
+        let timeout = self.settings.request_timeout;
+        let children = match within(timeout, async {
+            client.list_and_watch_children(path).await.map_err(zk_error)
+        })
+        .await
+        {
+            Ok((children, watcher)) => Some((children, watcher)),
+            Err(Error::Backend { source, .. }) if is_no_node(&*source) => None,
+            Err(e) => return Err(e),
+        };
+        let Some((children, children_watcher)) = children else {
+            // No queue node yet: watch for its creation.
+            let (stat, watcher) = within(timeout, async {
+                client.check_and_watch_stat(path).await.map_err(zk_error)
+            })
+            .await?;
+            return Ok(stat.is_none().then_some((None, watcher)));
+        };
+        let Some((_, head)) = names::contenders(&children, kind).first().copied() else {
+            return Ok(Some((None, children_watcher)));
+        };
+        let key = format!("{path}/{head}");
+        match within(timeout, async {
+            client.get_and_watch_data(&key).await.map_err(zk_error)
+        })
+        .await
+        {
+            Ok((value, stat, watcher)) => Ok(Some((Some(entry(key, value, &stat)), watcher))),
+            Err(Error::Backend { source, .. }) if is_no_node(&*source) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }

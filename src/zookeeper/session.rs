@@ -22,6 +22,7 @@ use zookeeper_client as zk;
 
 use super::names;
 use super::{zk_error, Settings};
+use crate::client::QueueKind;
 use crate::error::{within, Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
@@ -217,7 +218,7 @@ impl ZkSession {
         let client = self.client()?;
         for _ in 0..3 {
             let created = client
-                .create(&entry.key, b"", &ephemeral_sequential())
+                .create(&entry.key, &entry.value, &ephemeral_sequential())
                 .await;
             let (path, stat) = match created {
                 Ok((stat, sequence)) => (format!("{}{sequence}", entry.key), stat),
@@ -235,7 +236,7 @@ impl ZkSession {
             entry.order = path
                 .rsplit('/')
                 .next()
-                .and_then(names::sequence)
+                .and_then(|node| names::sequence(node, entry.kind))
                 .ok_or_else(|| Error::Backend {
                     backend: "zookeeper",
                     source: format!("unexpected node name {path}").into(),
@@ -361,19 +362,21 @@ impl QueueSession for ZkSession {
         &self.trigger
     }
 
-    fn new_entry(&self, name: &str) -> Entry {
-        let prefix = names::protected_prefix(&uuid::Uuid::new_v4());
+    fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry {
+        let prefix = names::protected_prefix(&uuid::Uuid::new_v4(), kind);
         Entry {
             key: format!("{}/{prefix}", self.lock_path(name)),
             token: 0,
             order: 0,
+            kind,
+            value: value.to_vec(),
         }
     }
 
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {
         // ZooKeeper cannot create "only if the parent has no children" atomically: look
         // first (no write if taken), then create and confirm being first; else step back.
-        if !names::contenders(&self.children(name).await?).is_empty() {
+        if !names::contenders(&self.children(name).await?, entry.kind).is_empty() {
             return Ok(false);
         }
         self.create(name, entry).await?;
@@ -396,7 +399,7 @@ impl QueueSession for ZkSession {
         if !children.iter().any(|c| c == own_name) {
             return Err(self.gone());
         }
-        let pred = names::contenders(&children)
+        let pred = names::contenders(&children, own.kind)
             .into_iter()
             .take_while(|(sequence, _)| *sequence < own.order)
             .last()
@@ -420,6 +423,33 @@ impl QueueSession for ZkSession {
         // Deletion, data change or session event: the caller re-lists either way.
         watcher.changed().await;
         Ok(())
+    }
+
+    /// An elected leader's node must belong to this very session (Curator's LeaderLatch
+    /// double leaders came from trusting a node after a reconnect).
+    async fn confirm_head(&self, own: &Entry) -> Result<()> {
+        if own.kind == QueueKind::Lock {
+            return Ok(()); // the children listing already showed the node
+        }
+        let client = self.client()?;
+        match self.request(|| client.get_data(&own.key)).await {
+            Ok((_, stat)) if stat.ephemeral_owner == self.id => Ok(()),
+            Ok(_) => Err(self.gone()),
+            Err(Error::Backend { source, .. }) if is_no_node(&*source) => Err(self.gone()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn proclaim(&self, own: &Entry, value: &[u8]) -> Result<()> {
+        let client = self.client()?;
+        match self
+            .request(|| client.set_data(&own.key, value, None))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::Backend { source, .. }) if is_no_node(&*source) => Err(self.gone()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn remove(&self, own: &Entry) -> Result<bool> {
