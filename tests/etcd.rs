@@ -208,3 +208,101 @@ async fn waiter_survives_a_broken_watch_stream_and_compaction() {
     assert!(!guard.is_lost());
     guard.release().await.unwrap();
 }
+
+/// fairlock leads; `etcdctl elect` campaigns behind it and leads once fairlock resigns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_elect_waits_for_fairlock() {
+    let h = EtcdHarness::new().await;
+    let name = unique("elect-a");
+    let client = h.client().await;
+    let leading = client
+        .election(&name)
+        .unwrap()
+        .campaign(b"fair")
+        .await
+        .unwrap();
+    let mut peer = etcdctl()
+        .args(["elect", &format!("{}/{name}", h.prefix()), "peer"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("etcdctl");
+    let mut lines = BufReader::new(peer.stdout.take().unwrap()).lines();
+    eventually("etcdctl queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    let early = tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await;
+    assert!(early.is_err(), "etcdctl leads while fairlock does");
+    leading.resign().await.unwrap();
+    let key = soon("etcdctl leads", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(key.starts_with(&format!("{}/{name}/", h.prefix())));
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("peer"));
+    let leader = client
+        .election(&name)
+        .unwrap()
+        .leader()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((leader.key, leader.value), (key, b"peer".to_vec()));
+    let _ = peer.kill().await;
+}
+
+/// `etcdctl elect` leads; fairlock campaigns behind it and leads once etcdctl resigns, and
+/// `etcdctl elect -l` observes fairlock's values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairlock_waits_for_etcdctl_elect_and_is_observed() {
+    let h = EtcdHarness::new().await;
+    let name = unique("elect-b");
+    let election_path = format!("{}/{name}", h.prefix());
+    let mut peer = etcdctl()
+        .args(["elect", &election_path, "peer"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("etcdctl");
+    let mut lines = BufReader::new(peer.stdout.take().unwrap()).lines();
+    soon("etcdctl leads", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut observer = etcdctl()
+        .args(["elect", "-l", &election_path])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("etcdctl");
+    let mut observed = BufReader::new(observer.stdout.take().unwrap()).lines();
+    type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+    async fn next_value(observed: &mut Lines) -> String {
+        let _key = soon("observed key", observed.next_line()).await.unwrap();
+        soon("observed value", observed.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+    assert_eq!(next_value(&mut observed).await, "peer");
+
+    let client = h.client().await;
+    let election = client.election(&name).unwrap();
+    let campaign = tokio::spawn(async move { election.campaign(b"fair").await.unwrap() });
+    eventually("fairlock queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    assert!(!campaign.is_finished(), "fairlock leads while etcdctl does");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(peer.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut leading = soon("fairlock leads", campaign).await.unwrap();
+    assert_eq!(next_value(&mut observed).await, "fair");
+    leading.proclaim(b"fair-2").await.unwrap();
+    assert_eq!(next_value(&mut observed).await, "fair-2");
+    leading.resign().await.unwrap();
+    let _ = observer.kill().await;
+    let _ = peer.wait().await;
+}

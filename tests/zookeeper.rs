@@ -87,18 +87,23 @@ struct Peer {
 }
 
 impl Peer {
-    fn curator(lock_path: &str) -> Peer {
+    fn curator_java(args: &[&str]) -> Peer {
         let classpath = std::fs::read_to_string(repo().join("target/peers/classpath"))
             .expect("the Curator peer is missing: run scripts/peers");
         let mut cmd = Command::new("java");
-        cmd.args([
-            "-cp",
-            classpath.trim(),
-            "CuratorPeer",
-            &zk_endpoint(),
-            lock_path,
-        ]);
+        cmd.args(["-cp", classpath.trim(), "CuratorPeer", &zk_endpoint()])
+            .args(args);
         Peer::spawn(cmd)
+    }
+
+    /// Curator's InterProcessMutex on `lock_path`.
+    fn curator(lock_path: &str) -> Peer {
+        Peer::curator_java(&[lock_path])
+    }
+
+    /// Curator's LeaderLatch on `path`, with participant id "curator-peer".
+    fn leader_latch(path: &str) -> Peer {
+        Peer::curator_java(&[path, "latch", "curator-peer"])
     }
 
     fn kazoo(lock_path: &str) -> Peer {
@@ -216,4 +221,57 @@ async fn kazoo_waits_for_fairlock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fairlock_waits_for_kazoo() {
     fairlock_waits_for_peer(Peer::kazoo).await;
+}
+
+/// fairlock leads; Curator's LeaderLatch waits, and leads once fairlock resigns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_latch_waits_for_fairlock() {
+    let h = ZkHarness::new().await;
+    let name = unique("latch-waits");
+    let client = h.client().await;
+    let election = client.election(&name).unwrap();
+    let leading = election.campaign(b"fairlock").await.unwrap();
+    let mut peer = Peer::leader_latch(&format!("{}/{name}", h.base()));
+    eventually("latch queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    assert!(
+        peer.silent_for(Duration::from_millis(500)).await,
+        "LeaderLatch leads while fairlock does"
+    );
+    leading.resign().await.unwrap();
+    peer.said("acquired").await;
+    // fairlock sees Curator's participant id as the leader's value.
+    let leader = election.leader().await.unwrap().expect("a leader");
+    assert_eq!(leader.value, b"curator-peer");
+    peer.release().await;
+}
+
+/// Curator's LeaderLatch leads; fairlock waits, and leads once the latch closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairlock_waits_for_leader_latch() {
+    let h = ZkHarness::new().await;
+    let name = unique("latch-leads");
+    let mut peer = Peer::leader_latch(&format!("{}/{name}", h.base()));
+    peer.said("acquired").await;
+    let client = h.client().await;
+    let election = client.election(&name).unwrap();
+    let campaign = tokio::spawn({
+        let election = election.clone();
+        async move { election.campaign(b"fairlock").await.unwrap() }
+    });
+    eventually("fairlock queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !campaign.is_finished(),
+        "fairlock leads while LeaderLatch does"
+    );
+    peer.release().await;
+    let leading = soon("fairlock leads", campaign).await.unwrap();
+    assert_eq!(election.leader().await.unwrap().unwrap().value, b"fairlock");
+    leading.resign().await.unwrap();
 }
