@@ -264,6 +264,153 @@ async fn memory_backend_works_without_servers() {
     assert_eq!(output(cmd).await.status.code(), Some(5));
 }
 
+/// Starts `fairlock elect --value VALUE NAME -- sh -c SCRIPT`; returns once SCRIPT runs.
+async fn lead(h: &dyn Harness, name: &str, value: &str, script: &str) -> (Child, Lines) {
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(["elect", "--value", value, name, "--", "sh", "-c"])
+        .arg(format!("echo started; {script}"));
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = soon("leader starts", lines.next_line()).await.unwrap();
+    assert_eq!(line.as_deref(), Some("started"));
+    (child, lines)
+}
+
+async fn run_cli(h: &dyn Harness, args: &[&str]) -> Output {
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(args);
+    output(cmd).await
+}
+
+async fn elect_runs_command_while_leading(h: &dyn Harness) {
+    let name = unique("cli-elect");
+    let out = run_cli(
+        h,
+        &[
+            "elect",
+            "--value",
+            "v1",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo $FAIRLOCK_NAME $FAIRLOCK_TOKEN; exit 9",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(fields[0], name);
+    assert!(fields[1].parse::<u64>().unwrap() > 0);
+    assert!(h.entries(&name).await.is_empty(), "did not resign");
+}
+
+async fn leader_and_status_report_the_queue(h: &dyn Harness) {
+    let name = unique("cli-leader");
+    let out = run_cli(h, &["leader", &name]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+
+    let (mut first, _) = lead(h, &name, "alpha", "exec sleep 60").await;
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(["elect", "--value", "beta", &name, "--", "true"]);
+    let mut second = cmd.spawn().unwrap();
+    eventually("second candidate", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+
+    let out = run_cli(h, &["leader", &name]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alpha");
+
+    let out = run_cli(h, &["status", "--election", "--json", &name]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = doc["entries"].as_array().unwrap();
+    let values: Vec<&str> = entries
+        .iter()
+        .map(|e| e["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["alpha", "beta"]);
+    assert_eq!(entries[0]["role"], "leader");
+    assert!(entries[0]["fencing_token"].as_u64() < entries[1]["fencing_token"].as_u64());
+
+    let out = run_cli(h, &["status", "--election", &name]).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[1].contains("leader") && lines[1].contains("alpha"),
+        "{table}"
+    );
+    assert!(
+        lines[2].contains("candidate") && lines[2].contains("beta"),
+        "{table}"
+    );
+
+    first.kill().await.unwrap(); // crash: beta leads after the TTL, runs `true`, resigns
+    let status = soon("second leads and ends", second.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+async fn observe_prints_each_leader(h: &dyn Harness) {
+    let name = unique("cli-observe");
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(["observe", &name]);
+    let mut observer = cmd.spawn().unwrap();
+    let mut seen = BufReader::new(observer.stdout.take().unwrap()).lines();
+    let (mut alpha, _) = lead(h, &name, "alpha", "exec sleep 60").await;
+    let line = soon("alpha observed", seen.next_line()).await.unwrap();
+    assert_eq!(line.as_deref(), Some("alpha"));
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(["elect", "--value", "beta", &name, "--", "sleep", "60"]);
+    let mut beta = cmd.spawn().unwrap();
+    eventually("beta queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    signal(&alpha, Signal::SIGTERM); // passed on: alpha's command ends, alpha resigns
+    soon("alpha exits", alpha.wait()).await.unwrap();
+    let line = soon("beta observed", seen.next_line()).await.unwrap();
+    assert_eq!(line.as_deref(), Some("beta"));
+    signal(&observer, Signal::SIGINT);
+    let status = soon("observer exits", observer.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(130));
+    signal(&beta, Signal::SIGTERM);
+    soon("beta exits", beta.wait()).await.unwrap();
+}
+
+async fn elect_interrupted_while_campaigning_withdraws(h: &dyn Harness) {
+    let name = unique("cli-elect-int");
+    let (mut leader, _) = lead(h, &name, "alpha", "exec sleep 60").await;
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(["elect", "--value", "beta", &name, "--", "true"]);
+    let candidate = cmd.spawn().unwrap();
+    eventually("candidate queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    signal(&candidate, Signal::SIGINT);
+    let out = soon("candidate exits", candidate.wait_with_output())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert_eq!(h.entries(&name).await.len(), 1, "the candidacy stayed");
+    leader.kill().await.unwrap();
+}
+
+async fn lost_leadership_exits_74(h: &dyn Harness) {
+    let name = unique("cli-elect-lost");
+    let (leader, _) = lead(h, &name, "alpha", "exec sleep 60").await;
+    let entries = h.entries(&name).await;
+    h.delete_entry(&entries[0]).await;
+    let out = soon("leader exits", leader.wait_with_output())
+        .await
+        .unwrap();
+    assert_one_line_failure(&out, 74);
+}
+
 macro_rules! cli_tests {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -274,7 +421,9 @@ macro_rules! cli_tests {
                 try_and_timeout_exit_75_and_leave_no_entry, signals_while_waiting_leave_the_queue,
                 signals_while_holding_go_to_the_command, lost_lock_stops_the_command_and_exits_74,
                 command_that_ignores_sigterm_is_killed_after_grace, bad_input_exits_2_with_one_line,
-                missing_command_exits_127);
+                missing_command_exits_127, elect_runs_command_while_leading,
+                leader_and_status_report_the_queue, observe_prints_each_leader,
+                elect_interrupted_while_campaigning_withdraws, lost_leadership_exits_74);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {

@@ -508,15 +508,18 @@ impl QueueSession for ZkSession {
             let deadline = Instant::now() + request_timeout;
             while let Some(client) = current() {
                 match client.check_stat("/").await {
-                    Err(zk::Error::ConnectionLoss) if Instant::now() < deadline => {
-                        drop(client);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    Ok(_) => break, // the session answers: someone deleted the node
                     Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => {
                         session.fire(LostReason::SessionExpired);
                         break;
                     }
-                    _ => break,
+                    // Connection loss, session moved: not an answer yet.
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::debug!("zookeeper session check after deletion: {e}");
+                        drop(client);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(_) => break,
                 }
             }
             trigger.fire(LostReason::Deleted);

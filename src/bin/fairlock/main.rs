@@ -1,10 +1,15 @@
-//! `fairlock`: run a command while holding a distributed lock, like `flock(1)` across hosts.
+//! `fairlock`: run a command while holding a distributed lock (like `flock(1)` across
+//! hosts) or while leading an election, and look at locks and elections.
 //!
-//! Exit codes: the command's own; 75 not acquired (`--try`, `--timeout`); 74 lock lost while
-//! the command ran; 130/143 interrupted while waiting; 2 bad arguments, URL or name; 69
-//! backend unreachable or failing; 126/127 command not executable / not found.
+//! Exit codes: the command's own; 75 not acquired (`--try`, `--timeout`); 74 lock or
+//! leadership lost while the command ran; 130/143 interrupted; 3 no leader (`leader`); 2 bad
+//! arguments, URL or name; 69 backend unreachable or failing; 126/127 command not
+//! executable / not found.
 
+mod common;
+mod elect;
 mod exit;
+mod inspect;
 mod lock;
 mod supervise;
 
@@ -35,6 +40,57 @@ struct Cli {
 enum Command {
     /// Run COMMAND while holding lock NAME; exit with COMMAND's exit code.
     Lock(LockArgs),
+    /// Campaign in election NAME; run COMMAND while leading; resign when it exits.
+    Elect(ElectArgs),
+    /// Print the value of election NAME's leader (exit 3 if nobody leads).
+    Leader {
+        /// The election's name.
+        name: String,
+    },
+    /// Print election NAME's leader value each time it changes, until interrupted.
+    Observe {
+        /// The election's name.
+        name: String,
+    },
+    /// Show the holder and waiters of lock NAME (or the candidates of election NAME).
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct ElectArgs {
+    /// Session TTL in seconds: how soon leadership passes on if this process dies.
+    #[arg(long, value_name = "SECONDS")]
+    ttl: Option<u64>,
+
+    /// After lost leadership, how long COMMAND gets between SIGTERM and SIGKILL.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    grace: Duration,
+
+    /// The value observers see while this candidate leads.
+    #[arg(long)]
+    value: String,
+
+    /// The election's name.
+    name: String,
+
+    /// The command to run while leading, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// Show the election NAME's candidates instead of the lock NAME's queue (the same
+    /// entries on etcd; different nodes on ZooKeeper).
+    #[arg(long)]
+    election: bool,
+
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    /// The lock's (or election's) name.
+    name: String,
 }
 
 #[derive(Args, Debug)]
@@ -106,6 +162,10 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Lock(args) => lock::run(&cli.backend, args).await,
+            Command::Elect(args) => elect::run(&cli.backend, args).await,
+            Command::Leader { name } => inspect::leader(&cli.backend, &name).await,
+            Command::Observe { name } => inspect::observe(&cli.backend, &name).await,
+            Command::Status(args) => inspect::status(&cli.backend, args).await,
         }
     });
     // Background releases were awaited already; don't wait for anything else.

@@ -10,8 +10,8 @@ use nix::sys::signal::{kill, Signal as NixSignal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
+use crate::common::Signals;
 use crate::exit;
-use crate::lock::Signals;
 
 pub enum Outcome {
     /// The command exited; this is the exit code to pass on.

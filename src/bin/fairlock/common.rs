@@ -1,0 +1,100 @@
+//! What every subcommand shares: configuration, connecting, signals, running the command
+//! while something is held, and turning the outcome into an exit code.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use fairlock::{Client, Config, LostSignal};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::exit;
+use crate::supervise::{self, Outcome};
+
+/// SIGINT and SIGTERM, registered before anything can wait.
+pub struct Signals {
+    pub interrupt: Signal,
+    pub terminate: Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Self> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for either signal; returns the exit code it maps to.
+    pub async fn next_exit_code(&mut self) -> u8 {
+        tokio::select! {
+            _ = self.interrupt.recv() => exit::SIGINT,
+            _ = self.terminate.recv() => exit::SIGTERM,
+        }
+    }
+}
+
+/// Checks the URL, TTL and name, installs signal handlers and connects; or returns the exit
+/// code for why not.
+pub async fn connect(url: &str, ttl: Option<u64>, name: &str) -> Result<(Client, Signals), u8> {
+    let mut config = Config::from_url(url).map_err(|e| exit::report(&e))?;
+    if let Some(ttl) = ttl {
+        config.ttl = Duration::from_secs(ttl);
+    }
+    config.validate().map_err(|e| exit::report(&e))?;
+    fairlock::validate_name(name).map_err(|e| exit::report(&e))?;
+    let mut signals = Signals::register().map_err(|e| {
+        eprintln!("fairlock: cannot install signal handlers: {e}");
+        exit::SOFTWARE
+    })?;
+    tokio::select! {
+        client = Client::from_config(&config) => match client {
+            Ok(client) => Ok((client, signals)),
+            Err(e) => Err(exit::report(&e)),
+        },
+        code = signals.next_exit_code() => Err(code),
+    }
+}
+
+/// What is held while the command runs: a lock or leadership.
+pub struct Held<'a> {
+    pub name: &'a str,
+    pub token: u64,
+    pub key: String,
+    pub lost: LostSignal,
+}
+
+/// Runs `command` while `held` is held, then lets `release` give it up; returns the exit
+/// code: the command's own, or 74 if the hold was lost (while it ran, or before release).
+pub async fn run_while_held<R>(
+    held: Held<'_>,
+    command: &[OsString],
+    grace: Duration,
+    signals: &mut Signals,
+    release: R,
+) -> u8
+where
+    R: std::future::Future<Output = fairlock::Result<()>>,
+{
+    let env = [
+        ("FAIRLOCK_NAME", held.name.to_owned()),
+        ("FAIRLOCK_TOKEN", held.token.to_string()),
+        ("FAIRLOCK_KEY", held.key),
+    ];
+    let outcome = supervise::run(command, &env, held.lost, grace, signals).await;
+    let released = release.await;
+    match outcome {
+        Outcome::Exited(code) => match released {
+            Ok(()) => code,
+            // Lost between the command's end and the release: the end was unprotected.
+            Err(e) => exit::report(&e),
+        },
+        Outcome::Lost(reason) => {
+            eprintln!(
+                "fairlock: {:?} lost while the command ran: {reason}",
+                held.name
+            );
+            exit::LOST
+        }
+        Outcome::NotStarted(code) => code,
+    }
+}

@@ -1,0 +1,46 @@
+//! `fairlock elect`: campaign, run the command while leading, resign.
+
+use fairlock::Client;
+
+use crate::common::{self, Held, Signals};
+use crate::{exit, ElectArgs};
+
+pub async fn run(url: &str, args: ElectArgs) -> u8 {
+    let (client, mut signals) = match common::connect(url, args.ttl, &args.name).await {
+        Ok(connected) => connected,
+        Err(code) => return code,
+    };
+    let code = lead_and_run(&client, &args, &mut signals).await;
+    let _ = client.close().await;
+    code
+}
+
+async fn lead_and_run(client: &Client, args: &ElectArgs, signals: &mut Signals) -> u8 {
+    let election = match client.election(&args.name) {
+        Ok(election) => election,
+        Err(e) => return exit::report(&e),
+    };
+    let campaign = tokio::select! {
+        campaign = election.campaign(args.value.as_bytes()) => campaign,
+        // Dropping the campaign withdraws the candidacy.
+        code = signals.next_exit_code() => return code,
+    };
+    let leadership = match campaign {
+        Ok(leadership) => leadership,
+        Err(e) => return exit::report(&e),
+    };
+    let held = Held {
+        name: &args.name,
+        token: leadership.fencing_token(),
+        key: leadership.key().to_owned(),
+        lost: leadership.lost(),
+    };
+    common::run_while_held(
+        held,
+        &args.command,
+        args.grace,
+        signals,
+        leadership.resign(),
+    )
+    .await
+}

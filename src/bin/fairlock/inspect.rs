@@ -1,0 +1,131 @@
+//! `fairlock leader`, `observe` and `status`: look without taking part.
+
+use fairlock::{QueueEntry, QueueKind};
+use futures::StreamExt;
+
+use crate::common;
+use crate::{exit, StatusArgs};
+
+/// Exit code of `leader` when nobody leads.
+const NO_LEADER: u8 = 3;
+
+pub async fn leader(url: &str, name: &str) -> u8 {
+    let (client, _signals) = match common::connect(url, None, name).await {
+        Ok(connected) => connected,
+        Err(code) => return code,
+    };
+    let result = match client.election(name) {
+        Ok(election) => election.leader().await,
+        Err(e) => Err(e),
+    };
+    let _ = client.close().await;
+    match result {
+        Ok(Some(leader)) => {
+            println!("{}", String::from_utf8_lossy(&leader.value));
+            0
+        }
+        Ok(None) => NO_LEADER,
+        Err(e) => exit::report(&e),
+    }
+}
+
+pub async fn observe(url: &str, name: &str) -> u8 {
+    let (client, mut signals) = match common::connect(url, None, name).await {
+        Ok(connected) => connected,
+        Err(code) => return code,
+    };
+    let mut changes = match client.election(name) {
+        Ok(election) => election.observe(),
+        Err(e) => return exit::report(&e),
+    };
+    let code = loop {
+        tokio::select! {
+            change = changes.next() => match change {
+                Some(Ok(Some(leader))) => println!("{}", String::from_utf8_lossy(&leader.value)),
+                Some(Ok(None)) => {} // nobody leads: nothing to print
+                Some(Err(e)) => eprintln!("fairlock: {}", exit::one_line(&e)), // goes on
+                None => break exit::SOFTWARE,
+            },
+            code = signals.next_exit_code() => break code,
+        }
+    };
+    let _ = client.close().await;
+    code
+}
+
+pub async fn status(url: &str, args: StatusArgs) -> u8 {
+    let (client, _signals) = match common::connect(url, None, &args.name).await {
+        Ok(connected) => connected,
+        Err(code) => return code,
+    };
+    let kind = if args.election {
+        QueueKind::Election
+    } else {
+        QueueKind::Lock
+    };
+    let queue = client.queue(&args.name, kind).await;
+    let _ = client.close().await;
+    let entries = match queue {
+        Ok(entries) => entries,
+        Err(e) => return exit::report(&e),
+    };
+    let roles = match kind {
+        QueueKind::Election => ("leader", "candidate"),
+        _ => ("holder", "waiting"),
+    };
+    let role = |i: usize| if i == 0 { roles.0 } else { roles.1 };
+    if args.json {
+        let entries: Vec<serde_json::Value> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                serde_json::json!({
+                    "position": i + 1,
+                    "role": role(i),
+                    "fencing_token": e.fencing_token,
+                    "session": e.session,
+                    "key": e.key,
+                    "value": String::from_utf8_lossy(&e.value),
+                })
+            })
+            .collect();
+        let kind = if args.election { "election" } else { "lock" };
+        let doc = serde_json::json!({ "name": args.name, "kind": kind, "entries": entries });
+        println!("{doc}");
+    } else {
+        print_table(&entries, role);
+    }
+    0
+}
+
+fn print_table(entries: &[QueueEntry], role: impl Fn(usize) -> &'static str) {
+    let rows: Vec<[String; 6]> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            [
+                (i + 1).to_string(),
+                role(i).to_owned(),
+                e.fencing_token.to_string(),
+                e.session.clone(),
+                e.key.clone(),
+                String::from_utf8_lossy(&e.value).into_owned(),
+            ]
+        })
+        .collect();
+    let header = ["#", "ROLE", "TOKEN", "SESSION", "KEY", "VALUE"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
