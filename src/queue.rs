@@ -466,6 +466,22 @@ struct Held<S: QueueSession> {
     watch: StdMutex<Option<S::OwnWatch>>,
 }
 
+impl<S: QueueSession> Held<S> {
+    /// A write refused because the entry or the whole session is gone is a lost lock, with
+    /// the most precise reason known.
+    fn as_lost(&self, result: Result<()>) -> Result<()> {
+        let known = self.trigger.signal().reason();
+        match result {
+            Err(Error::LockLost(reason)) => Err(Error::LockLost(known.unwrap_or(reason))),
+            Err(Error::SessionExpired) => {
+                Err(Error::LockLost(known.unwrap_or(LostReason::SessionExpired)))
+            }
+            Err(Error::Closed) => Err(Error::LockLost(known.unwrap_or(LostReason::SessionClosed))),
+            other => other,
+        }
+    }
+}
+
 #[async_trait]
 impl<S: QueueSession> HeldLock for Held<S> {
     async fn release(&self) -> Result<bool> {
@@ -478,12 +494,7 @@ impl<S: QueueSession> HeldLock for Held<S> {
     }
 
     async fn guarded_write(&self, ops: &[WriteOp]) -> Result<()> {
-        match self.session.guarded_write(&self.entry, ops).await {
-            Err(Error::LockLost(reason)) => Err(Error::LockLost(
-                self.trigger.signal().reason().unwrap_or(reason),
-            )),
-            other => other,
-        }
+        self.as_lost(self.session.guarded_write(&self.entry, ops).await)
     }
 
     fn mark_released(&self) {
@@ -492,11 +503,6 @@ impl<S: QueueSession> HeldLock for Held<S> {
     }
 
     async fn proclaim(&self, value: &[u8]) -> Result<()> {
-        match self.session.proclaim(&self.entry, value).await {
-            Err(Error::LockLost(reason)) => Err(Error::LockLost(
-                self.trigger.signal().reason().unwrap_or(reason),
-            )),
-            other => other,
-        }
+        self.as_lost(self.session.proclaim(&self.entry, value).await)
     }
 }
