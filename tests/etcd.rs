@@ -248,7 +248,15 @@ async fn etcdctl_elect_waits_for_fairlock() {
         .unwrap()
         .unwrap();
     assert_eq!((leader.key, leader.value), (key, b"peer".to_vec()));
-    let _ = peer.kill().await;
+    // etcdctl resigns (revokes its session) on SIGINT; SIGKILL would leave its key for
+    // etcdctl's 60 s TTL.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(peer.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    soon("etcdctl exits", peer.wait()).await.unwrap();
+    eventually("election empty", || async { h.entries(&name).await.is_empty() }).await;
 }
 
 /// `etcdctl elect` leads; fairlock campaigns behind it and leads once etcdctl resigns, and
@@ -305,4 +313,5 @@ async fn fairlock_waits_for_etcdctl_elect_and_is_observed() {
     leading.resign().await.unwrap();
     let _ = observer.kill().await;
     let _ = peer.wait().await;
+    eventually("election empty", || async { h.entries(&name).await.is_empty() }).await;
 }
