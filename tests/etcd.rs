@@ -256,7 +256,10 @@ async fn etcdctl_elect_waits_for_fairlock() {
     )
     .unwrap();
     soon("etcdctl exits", peer.wait()).await.unwrap();
-    eventually("election empty", || async { h.entries(&name).await.is_empty() }).await;
+    eventually("election empty", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
 }
 
 /// `etcdctl elect` leads; fairlock campaigns behind it and leads once etcdctl resigns, and
@@ -313,5 +316,8 @@ async fn fairlock_waits_for_etcdctl_elect_and_is_observed() {
     leading.resign().await.unwrap();
     let _ = observer.kill().await;
     let _ = peer.wait().await;
-    eventually("election empty", || async { h.entries(&name).await.is_empty() }).await;
+    eventually("election empty", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
 }

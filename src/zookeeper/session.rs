@@ -5,6 +5,14 @@
 //! named by Curator (`…lock-<seq>`) or kazoo (`…__lock__<seq>`) are contenders alike, ordered
 //! by sequence number, so fairlock, Curator and kazoo share one FIFO queue.
 //!
+//! Why not zookeeper-client's own `Client::lock` recipe, whose naming and protected create
+//! match Curator's too: it filters contenders by the lock prefix's name, so kazoo's
+//! `__lock__` nodes are invisible to it (no mutual exclusion with kazoo); it offers no
+//! lost-lock signal; and it would give ZooKeeper its own copy of the queue algorithm, where
+//! fairlock runs one (`queue.rs`) on every backend. fairlock builds on the client's
+//! primitives instead: sequential create, children listing, data and existence watches,
+//! and check-guarded multi-ops.
+//!
 //! Sessions are connected *detached*: dropping the connection does not close the session,
 //! so [`abandon`](ZkSession::abandon) behaves like a crash. Closing is explicit: a second,
 //! short connection to the same session sends ZooKeeper's CloseSession.
