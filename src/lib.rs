@@ -56,6 +56,7 @@ mod mutex;
 mod name;
 mod queue;
 mod reentrant;
+mod stats;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -72,6 +73,7 @@ pub use lost::{LostReason, LostSignal};
 pub use mutex::{Acquire, DistributedMutex};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use reentrant::ReentrantGuard;
+pub use stats::{stats, Stats};
 
 /// Connects to the backend named by `url`; the same as [`Client::connect`].
 ///

@@ -287,11 +287,14 @@ async fn wait_turn<S: QueueSession>(name: &str, pending: &mut Pending<S>) -> Res
     let lost = session.trigger().signal();
     let mut pred = session.enqueue(name, &mut pending.entry).await?;
     while let Some(p) = pred {
+        crate::stats::waiting();
         tokio::select! {
             deleted = session.deleted(&p) => deleted?,
             reason = lost.wait() => return Err(session_error(reason)),
         }
+        crate::stats::woke();
         // Post-wait check: fails if the own entry vanished (session expired while queued).
+        crate::stats::read_queue();
         pred = session.predecessor(name, &pending.entry).await?;
     }
     session.confirm_head(&pending.entry).await
@@ -432,6 +435,7 @@ impl<S: QueueSession> Pending<S> {
 
     fn into_guard(mut self, name: &str) -> LockGuard {
         self.armed = false;
+        crate::stats::acquired();
         let trigger = self.session.trigger().child();
         let watch = self.session.watch_own(&self.entry, trigger.clone());
         let held = Held {

@@ -2,11 +2,20 @@
 //
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH           InterProcessMutex
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH latch ID  LeaderLatch
+//   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH bench N   (benchmark)
+//   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH contend S N
 //
 // Acquires the mutex (or leadership), prints "acquired", holds it until a line (or end of
 // file) arrives on stdin, releases (or closes the latch), prints "released" and exits.
+// The benchmark modes print one JSON line: {"elapsed_us": ..., "latencies_us": [...]}:
+// "bench" times N uncontended acquire+release pairs (after 50 for warm-up); "contend" runs
+// S clients (one session each) doing N acquire+release each on one lock, timing each wait.
 import java.io.BufferedReader;
 import java.io.InputStreamReader;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.List;
+import java.util.concurrent.CountDownLatch;
 
 import org.apache.curator.framework.CuratorFramework;
 import org.apache.curator.framework.CuratorFrameworkFactory;
@@ -15,11 +24,89 @@ import org.apache.curator.framework.recipes.locks.InterProcessMutex;
 import org.apache.curator.retry.RetryOneTime;
 
 public class CuratorPeer {
-    public static void main(String[] args) throws Exception {
+    static CuratorFramework connect(String connect) throws Exception {
         CuratorFramework client =
-            CuratorFrameworkFactory.newClient(args[0], 10000, 5000, new RetryOneTime(100));
+            CuratorFrameworkFactory.newClient(connect, 10000, 5000, new RetryOneTime(100));
         client.start();
         client.blockUntilConnected();
+        return client;
+    }
+
+    static void report(long elapsedNanos, List<Long> latencies) {
+        StringBuilder out = new StringBuilder("{\"elapsed_us\": " + elapsedNanos / 1000);
+        out.append(", \"latencies_us\": [");
+        for (int i = 0; i < latencies.size(); i++) {
+            out.append(i == 0 ? "" : ",").append(latencies.get(i));
+        }
+        System.out.println(out.append("]}"));
+        System.out.flush();
+    }
+
+    static void bench(CuratorFramework client, String path, int n) throws Exception {
+        InterProcessMutex mutex = new InterProcessMutex(client, path);
+        for (int i = 0; i < 50; i++) {
+            mutex.acquire();
+            mutex.release();
+        }
+        List<Long> latencies = new ArrayList<>();
+        long start = System.nanoTime();
+        for (int i = 0; i < n; i++) {
+            long t0 = System.nanoTime();
+            mutex.acquire();
+            mutex.release();
+            latencies.add((System.nanoTime() - t0) / 1000);
+        }
+        report(System.nanoTime() - start, latencies);
+    }
+
+    static void contend(String connect, String path, int sessions, int n) throws Exception {
+        List<Long> latencies = Collections.synchronizedList(new ArrayList<>());
+        List<CuratorFramework> clients = new ArrayList<>();
+        for (int s = 0; s < sessions; s++) {
+            clients.add(connect(connect));
+        }
+        CountDownLatch go = new CountDownLatch(1);
+        List<Thread> threads = new ArrayList<>();
+        for (CuratorFramework c : clients) {
+            Thread t = new Thread(() -> {
+                try {
+                    InterProcessMutex mutex = new InterProcessMutex(c, path);
+                    go.await();
+                    for (int i = 0; i < n; i++) {
+                        long t0 = System.nanoTime();
+                        mutex.acquire();
+                        latencies.add((System.nanoTime() - t0) / 1000);
+                        mutex.release();
+                    }
+                } catch (Exception e) {
+                    throw new RuntimeException(e);
+                }
+            });
+            t.start();
+            threads.add(t);
+        }
+        long start = System.nanoTime();
+        go.countDown();
+        for (Thread t : threads) {
+            t.join();
+        }
+        report(System.nanoTime() - start, latencies);
+        for (CuratorFramework c : clients) {
+            c.close();
+        }
+    }
+
+    public static void main(String[] args) throws Exception {
+        if (args.length > 2 && args[2].equals("contend")) {
+            contend(args[0], args[1], Integer.parseInt(args[3]), Integer.parseInt(args[4]));
+            return;
+        }
+        CuratorFramework client = connect(args[0]);
+        if (args.length > 2 && args[2].equals("bench")) {
+            bench(client, args[1], Integer.parseInt(args[3]));
+            client.close();
+            return;
+        }
         BufferedReader stdin = new BufferedReader(new InputStreamReader(System.in));
         if (args.length > 2 && args[2].equals("latch")) {
             LeaderLatch latch = new LeaderLatch(client, args[1], args[3]);

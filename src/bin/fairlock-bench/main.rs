@@ -1,0 +1,147 @@
+//! fairlock-bench: fairlock side by side with the raw floor and with the peers, on the same
+//! servers, in one run. See docs/BENCHMARKS.md; `scripts/bench` runs it.
+//!
+//! ```text
+//! fairlock-bench [--out DIR] [--docs FILE] [--smoke] [--etcd HOST:PORT] [--zk HOST:PORT]
+//! fairlock-bench waiters URL COUNT        (internal: one waiters run, in its own process)
+//! ```
+
+mod report;
+mod systems;
+mod waiters;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use report::{Measurement, Run};
+use systems::System;
+
+/// Sizes of one run.
+struct Sizes {
+    rounds: usize,
+    contended_ops: usize,
+    sessions: Vec<usize>,
+    waiters: Vec<usize>,
+}
+
+struct Options {
+    out: PathBuf,
+    docs: Option<PathBuf>,
+    etcd: String,
+    zk: String,
+    sizes: Sizes,
+}
+
+fn parse() -> Result<Options, String> {
+    let mut options = Options {
+        out: PathBuf::from("docs/bench"),
+        docs: Some(PathBuf::from("docs/BENCHMARKS.md")),
+        etcd: "127.0.0.1:2379".into(),
+        zk: "127.0.0.1:2181".into(),
+        sizes: Sizes {
+            rounds: 300,
+            contended_ops: 320,
+            sessions: vec![1, 8, 32],
+            waiters: vec![256, 10_000],
+        },
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--out" => options.out = PathBuf::from(value()?),
+            "--docs" => options.docs = Some(PathBuf::from(value()?)),
+            "--etcd" => options.etcd = value()?,
+            "--zk" => options.zk = value()?,
+            "--smoke" => {
+                options.sizes = Sizes {
+                    rounds: 5,
+                    contended_ops: 8,
+                    sessions: vec![1, 2],
+                    waiters: vec![8],
+                };
+                options.docs = None;
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(options)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if args.get(1).map(String::as_str) == Some("waiters") {
+        // A child process of the main run, so that its peak RSS is its own.
+        let (url, count) = (&args[2], args[3].parse().expect("COUNT"));
+        let result = runtime.block_on(waiters::run_here(url, count));
+        match result {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("fairlock-bench waiters: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    let options = match parse() {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("fairlock-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(&options)) {
+        eprintln!("fairlock-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let systems = System::all(&options.etcd, &options.zk);
+    let sizes = &options.sizes;
+    let mut run = Run::new(&options.etcd, &options.zk);
+
+    for system in &systems {
+        eprintln!("uncontended: {}", system.name());
+        let sample = system.uncontended(sizes.rounds).await?;
+        run.push(Measurement::uncontended(system, sample));
+    }
+    for &sessions in &sizes.sessions {
+        for system in systems.iter().filter(|s| s.contends()) {
+            eprintln!("contended: {} x{sessions}", system.name());
+            let sample = system.contended(sessions, sizes.contended_ops).await?;
+            run.push(Measurement::contended(system, sessions, sample));
+        }
+    }
+    for &count in &sizes.waiters {
+        for system in systems.iter().filter(|s| s.queues_waiters()) {
+            eprintln!("waiters: {} x{count}", system.name());
+            let result = waiters::run_child(&system.url(), count).await?;
+            run.push(Measurement::waiters(system, count, result));
+        }
+    }
+    std::fs::create_dir_all(&options.out)?;
+    let csv = options.out.join("results.csv");
+    std::fs::write(&csv, run.csv())?;
+    let svg = options.out.join("latency.svg");
+    report::plot(&run, &svg)?;
+    let markdown = run.markdown(&svg);
+    match &options.docs {
+        Some(docs) => {
+            std::fs::write(docs, &markdown)?;
+            eprintln!("wrote {}, {} and {}", docs.display(), csv.display(), svg.display());
+        }
+        None => println!("{markdown}"),
+    }
+    Ok(())
+}
+
+/// Waits between scenarios so one's cleanup does not run into the next one's numbers.
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}

@@ -1,0 +1,62 @@
+//! Process-wide counters of what the lock queues do, for diagnostics and benchmarks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static ACQUISITIONS: AtomicU64 = AtomicU64::new(0);
+static WAITS: AtomicU64 = AtomicU64::new(0);
+static WAKEUPS: AtomicU64 = AtomicU64::new(0);
+static QUEUE_READS: AtomicU64 = AtomicU64::new(0);
+
+/// A snapshot of fairlock's counters, summed over every client of this process since it
+/// started. Subtract two snapshots to measure an interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Guards (and leaderships) handed out.
+    pub acquisitions: u64,
+    /// Times a waiter started waiting for its predecessor's deletion.
+    pub waits: u64,
+    /// Times a waiter woke up because its predecessor went (or may have gone).
+    pub wakeups: u64,
+    /// Reads of a queue by a waiter after waking (the post-wait check and the next
+    /// predecessor); each wake-up costs at most one.
+    pub queue_reads: u64,
+}
+
+impl std::ops::Sub for Stats {
+    type Output = Stats;
+
+    fn sub(self, earlier: Stats) -> Stats {
+        Stats {
+            acquisitions: self.acquisitions - earlier.acquisitions,
+            waits: self.waits - earlier.waits,
+            wakeups: self.wakeups - earlier.wakeups,
+            queue_reads: self.queue_reads - earlier.queue_reads,
+        }
+    }
+}
+
+/// The counters now.
+pub fn stats() -> Stats {
+    Stats {
+        acquisitions: ACQUISITIONS.load(Ordering::Relaxed),
+        waits: WAITS.load(Ordering::Relaxed),
+        wakeups: WAKEUPS.load(Ordering::Relaxed),
+        queue_reads: QUEUE_READS.load(Ordering::Relaxed),
+    }
+}
+
+pub(crate) fn acquired() {
+    ACQUISITIONS.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn waiting() {
+    WAITS.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn woke() {
+    WAKEUPS.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn read_queue() {
+    QUEUE_READS.fetch_add(1, Ordering::Relaxed);
+}
