@@ -6,13 +6,19 @@
 //! opening a stream of its own, so 10,000 waiters cost 10,000 small entries in a map, not
 //! 10,000 streams. Watches carry the `NoPut` filter: only deletions travel.
 //!
-//! Every watch starts at a revision at which its key was known to exist, never later. When
-//! the stream breaks (server restart, leader change, network), the hub reopens it and
-//! re-creates every watch from that same revision, so a deletion that happened in between is
+//! Each watch knows a revision `alive_at` at which its key existed. It is first created from
+//! `alive_at + 1`: etcd treats a watch that starts in the future as *synced* and delivers
+//! its events at once, while a watch starting in the past waits for the server's sync loop
+//! (every 100 ms), which would put up to 100 ms on every hand-off (Go's waitDeletes pays
+//! exactly that). One case needs care: if the history was compacted at exactly
+//! `alive_at + 1` and the deletion happened there, that event is gone although the watch is
+//! accepted. So when the creation response shows the store moved past `alive_at`, the hub
+//! reads the key once: absent means deleted.
+//!
+//! When the stream breaks (server restart, leader change, network), the hub reopens it and
+//! re-creates every watch from `alive_at` itself, so a deletion that happened in between is
 //! replayed, not lost. If that revision was compacted away, the server says so and the hub
-//! reads the key instead: absent means deleted. (Starting one revision later would be wrong:
-//! compaction at exactly that revision drops the deletion's tombstone without reporting the
-//! watch as compacted.)
+//! reads the key instead.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -66,6 +72,11 @@ enum Command {
     Cancel {
         id: i64,
     },
+    /// The result of reading a newly watched key: `false` if it was gone.
+    Checked {
+        id: i64,
+        exists: bool,
+    },
 }
 
 /// A handle to the client's watch task. Cloning shares the task.
@@ -93,6 +104,7 @@ impl WatchHub {
         let (commands, receiver) = mpsc::unbounded_channel();
         tokio::spawn(
             HubTask {
+                checks: commands.downgrade(),
                 client,
                 request_timeout,
                 watches: HashMap::new(),
@@ -141,8 +153,12 @@ impl WatchHub {
 
 struct Watch {
     key: Vec<u8>,
-    /// A revision at which the key existed: where (re-)created watches start.
+    /// A revision at which the key existed.
     from: i64,
+    /// Never created yet: the first creation may start at `from + 1`.
+    fresh: bool,
+    /// Created from `from + 1`, awaiting the creation check.
+    checking: bool,
     notify: Notify,
 }
 
@@ -154,6 +170,7 @@ struct OpenStream {
 }
 
 enum Request {
+    /// Watch id, key, start revision.
     Create(i64, Vec<u8>, i64),
     Cancel(i64),
 }
@@ -166,12 +183,26 @@ fn options(id: i64, from: i64) -> WatchOptions {
 }
 
 struct HubTask {
+    /// Where creation checks report back; weak, so the hub still ends with its handles.
+    checks: mpsc::WeakUnboundedSender<Command>,
     client: etcd_client::Client,
     request_timeout: Duration,
     watches: HashMap<i64, Watch>,
     stream: Option<OpenStream>,
     retry_at: Option<Instant>,
     failures: u32,
+}
+
+impl Watch {
+    /// Where a creation on a new stream starts: right after `from` the first time (a synced
+    /// watch, checked on creation), at `from` itself when re-created (replay matters more).
+    fn start(&self) -> i64 {
+        if self.fresh {
+            self.from + 1
+        } else {
+            self.from
+        }
+    }
 }
 
 impl HubTask {
@@ -207,16 +238,32 @@ impl HubTask {
                 from,
                 notify,
             } => {
+                let created = self.stream.is_some();
                 if let Some(stream) = &self.stream {
-                    let _ = stream.requests.send(Request::Create(id, key.clone(), from));
+                    let _ = stream.requests.send(Request::Create(id, key.clone(), from + 1));
                 } else if self.retry_at.is_none() {
                     self.retry_at = Some(Instant::now());
                 }
-                self.watches.insert(id, Watch { key, from, notify });
+                let watch = Watch {
+                    key,
+                    from,
+                    fresh: !created,
+                    checking: created,
+                    notify,
+                };
+                self.watches.insert(id, watch);
             }
             Command::Cancel { id } => {
                 if self.watches.remove(&id).is_some() {
                     self.send(Request::Cancel(id));
+                }
+            }
+            Command::Checked { id, exists } => {
+                if !exists {
+                    if let Some(watch) = self.watches.remove(&id) {
+                        watch.notify.deleted();
+                        self.send(Request::Cancel(id));
+                    }
                 }
             }
         }
@@ -242,6 +289,9 @@ impl HubTask {
             }
             return;
         }
+        if response.created() {
+            self.check_fresh(id, response.header().map_or(0, |h| h.revision()));
+        }
         if !response.canceled() || !self.watches.contains_key(&id) {
             return;
         }
@@ -253,6 +303,31 @@ impl HubTask {
                 response.cancel_reason()
             ));
         }
+    }
+
+    /// Watch `id` was created from `from + 1` and the store is now at `revision`: if
+    /// anything happened in between, read the key once (see the module docs for why).
+    fn check_fresh(&mut self, id: i64, revision: i64) {
+        let Some(watch) = self.watches.get_mut(&id) else {
+            return;
+        };
+        if !std::mem::take(&mut watch.checking) || revision <= watch.from {
+            return;
+        }
+        let (mut kv, key, timeout) = (
+            self.client.kv_client(),
+            watch.key.clone(),
+            self.request_timeout,
+        );
+        let checks = self.checks.clone();
+        tokio::spawn(async move {
+            let options = etcd_client::GetOptions::new().with_keys_only();
+            let read = tokio::time::timeout(timeout, kv.get(key, Some(options))).await;
+            if let (Ok(Ok(resp)), Some(checks)) = (read, checks.upgrade()) {
+                let exists = !resp.kvs().is_empty();
+                let _ = checks.send(Command::Checked { id, exists });
+            }
+        });
     }
 
     /// The start revision of watch `id` was compacted: read the key instead.
@@ -299,7 +374,7 @@ impl HubTask {
             self.request_timeout,
             self.client
                 .watch_client()
-                .watch(first.key.clone(), Some(options(first_id, first.from))),
+                .watch(first.key.clone(), Some(options(first_id, first.start()))),
         )
         .await;
         let Ok(Ok(stream)) = opened else {
@@ -323,8 +398,11 @@ impl HubTask {
         });
         for (&id, watch) in &self.watches {
             if id != first_id {
-                let _ = requests.send(Request::Create(id, watch.key.clone(), watch.from));
+                let _ = requests.send(Request::Create(id, watch.key.clone(), watch.start()));
             }
+        }
+        for watch in self.watches.values_mut() {
+            watch.checking = std::mem::take(&mut watch.fresh);
         }
         self.stream = Some(OpenStream {
             requests,
