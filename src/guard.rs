@@ -55,6 +55,8 @@ pub(crate) trait HeldLock: Send + Sync {
     fn mark_released(&self);
     /// Replaces the own entry's value, only while it still exists.
     async fn proclaim(&self, value: &[u8]) -> Result<()>;
+    /// Starts watching the own entry for deletion by someone else (once; idempotent).
+    fn watch_entry(&self);
 }
 
 /// Proof that this process holds a lock, until [`release`](Self::release) or drop.
@@ -118,13 +120,26 @@ impl LockGuard {
     /// backend's notification arrives; a partition from the backend when the session's
     /// client-side deadline passes (at most the TTL after the last successful keep-alive),
     /// which is no later than the backend itself expires the session.
+    ///
+    /// The first call (of this or [`is_lost`](Self::is_lost)) arms a watch on the own
+    /// entry, so that a deletion by someone else is noticed too; a guard whose loss nobody
+    /// asks about costs no watch. Session losses are noticed either way.
     pub fn lost(&self) -> LostSignal {
+        self.watch_entry();
         self.lost.clone()
     }
 
-    /// Whether the lock is already known lost (or released).
+    /// Whether the lock is already known lost (or released). Arms the entry watch as
+    /// [`lost`](Self::lost) does.
     pub fn is_lost(&self) -> bool {
+        self.watch_entry();
         self.lost.is_lost()
+    }
+
+    fn watch_entry(&self) {
+        if let Some(held) = &self.held {
+            held.watch_entry();
+        }
     }
 
     /// Applies `ops` in one atomic backend transaction that succeeds only while this guard

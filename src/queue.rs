@@ -437,12 +437,12 @@ impl<S: QueueSession> Pending<S> {
         self.armed = false;
         crate::stats::acquired();
         let trigger = self.session.trigger().child();
-        let watch = self.session.watch_own(&self.entry, trigger.clone());
         let held = Held {
             session: self.session.clone(),
             entry: self.entry.clone(),
             trigger: trigger.clone(),
-            watch: StdMutex::new(Some(watch)),
+            watch: StdMutex::new(None),
+            armed: AtomicBool::new(false),
         };
         LockGuard::new(
             name.to_owned(),
@@ -467,7 +467,9 @@ struct Held<S: QueueSession> {
     session: Arc<S>,
     entry: Entry,
     trigger: LossTrigger,
+    /// The watch on the own entry, armed on first demand (see `LockGuard::lost`).
     watch: StdMutex<Option<S::OwnWatch>>,
+    armed: AtomicBool,
 }
 
 impl<S: QueueSession> Held<S> {
@@ -502,8 +504,17 @@ impl<S: QueueSession> HeldLock for Held<S> {
     }
 
     fn mark_released(&self) {
+        self.armed.store(true, Ordering::SeqCst); // nothing left to watch
         self.trigger.fire(LostReason::Released);
         self.watch.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn watch_entry(&self) {
+        if self.armed.swap(true, Ordering::SeqCst) || self.trigger.signal().is_lost() {
+            return;
+        }
+        let watch = self.session.watch_own(&self.entry, self.trigger.clone());
+        *self.watch.lock().unwrap_or_else(|e| e.into_inner()) = Some(watch);
     }
 
     async fn proclaim(&self, value: &[u8]) -> Result<()> {

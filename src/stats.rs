@@ -6,6 +6,7 @@ static ACQUISITIONS: AtomicU64 = AtomicU64::new(0);
 static WAITS: AtomicU64 = AtomicU64::new(0);
 static WAKEUPS: AtomicU64 = AtomicU64::new(0);
 static QUEUE_READS: AtomicU64 = AtomicU64::new(0);
+static WATCH_CHECKS: AtomicU64 = AtomicU64::new(0);
 
 /// A snapshot of fairlock's counters, summed over every client of this process since it
 /// started. Subtract two snapshots to measure an interval.
@@ -20,6 +21,10 @@ pub struct Stats {
     /// Reads of a queue by a waiter after waking (the post-wait check and the next
     /// predecessor); each wake-up costs at most one.
     pub queue_reads: u64,
+    /// Reads of a watched key right after its watch was created, to cover the revisions
+    /// between the read that found the key and the watch's start (etcd; at most one per
+    /// watch, only when the store moved in between).
+    pub watch_checks: u64,
 }
 
 impl std::ops::Sub for Stats {
@@ -31,6 +36,7 @@ impl std::ops::Sub for Stats {
             waits: self.waits - earlier.waits,
             wakeups: self.wakeups - earlier.wakeups,
             queue_reads: self.queue_reads - earlier.queue_reads,
+            watch_checks: self.watch_checks - earlier.watch_checks,
         }
     }
 }
@@ -42,6 +48,7 @@ pub fn stats() -> Stats {
         waits: WAITS.load(Ordering::Relaxed),
         wakeups: WAKEUPS.load(Ordering::Relaxed),
         queue_reads: QUEUE_READS.load(Ordering::Relaxed),
+        watch_checks: WATCH_CHECKS.load(Ordering::Relaxed),
     }
 }
 
@@ -55,6 +62,11 @@ pub(crate) fn waiting() {
 
 pub(crate) fn woke() {
     WAKEUPS.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub(crate) fn watch_checked() {
+    WATCH_CHECKS.fetch_add(1, Ordering::Relaxed);
 }
 
 pub(crate) fn read_queue() {

@@ -7,13 +7,14 @@
 //! 10,000 streams. Watches carry the `NoPut` filter: only deletions travel.
 //!
 //! Each watch knows a revision `alive_at` at which its key existed. It is first created from
-//! `alive_at + 1`: etcd treats a watch that starts in the future as *synced* and delivers
-//! its events at once, while a watch starting in the past waits for the server's sync loop
-//! (every 100 ms), which would put up to 100 ms on every hand-off (Go's waitDeletes pays
-//! exactly that). One case needs care: if the history was compacted at exactly
-//! `alive_at + 1` and the deletion happened there, that event is gone although the watch is
-//! accepted. So when the creation response shows the store moved past `alive_at`, the hub
-//! reads the key once: absent means deleted.
+//! *now* (start revision 0): etcd treats such a watch as *synced* and delivers its events at
+//! once, while a watch starting in the past waits for the server's sync loop (every
+//! 100 ms), which would put up to 100 ms on every hand-off under contention (Go's
+//! waitDeletes pays exactly that). The creation response carries the revision the watch
+//! starts after; if the store moved past `alive_at` by then, the hub reads the key once to
+//! cover the gap: absent means deleted. (Starting from `alive_at + 1` instead would also be
+//! in the past under contention, and compaction at exactly that revision could drop the
+//! deletion's tombstone without reporting the watch as compacted.)
 //!
 //! When the stream breaks (server restart, leader change, network), the hub reopens it and
 //! re-creates every watch from `alive_at` itself, so a deletion that happened in between is
@@ -155,9 +156,9 @@ struct Watch {
     key: Vec<u8>,
     /// A revision at which the key existed.
     from: i64,
-    /// Never created yet: the first creation may start at `from + 1`.
+    /// Never created yet: the first creation may start from now.
     fresh: bool,
-    /// Created from `from + 1`, awaiting the creation check.
+    /// Created from now, awaiting the creation check.
     checking: bool,
     notify: Notify,
 }
@@ -194,11 +195,11 @@ struct HubTask {
 }
 
 impl Watch {
-    /// Where a creation on a new stream starts: right after `from` the first time (a synced
-    /// watch, checked on creation), at `from` itself when re-created (replay matters more).
+    /// Where a creation on a new stream starts: from now (0) the first time (a synced watch,
+    /// checked on creation), at `from` itself when re-created (replay matters more).
     fn start(&self) -> i64 {
         if self.fresh {
-            self.from + 1
+            0
         } else {
             self.from
         }
@@ -240,7 +241,7 @@ impl HubTask {
             } => {
                 let created = self.stream.is_some();
                 if let Some(stream) = &self.stream {
-                    let _ = stream.requests.send(Request::Create(id, key.clone(), from + 1));
+                    let _ = stream.requests.send(Request::Create(id, key.clone(), 0));
                 } else if self.retry_at.is_none() {
                     self.retry_at = Some(Instant::now());
                 }
@@ -305,8 +306,8 @@ impl HubTask {
         }
     }
 
-    /// Watch `id` was created from `from + 1` and the store is now at `revision`: if
-    /// anything happened in between, read the key once (see the module docs for why).
+    /// Watch `id` was created from now, after `revision`: if the store moved past the
+    /// watch's `from` before that, read the key once (see the module docs for why).
     fn check_fresh(&mut self, id: i64, revision: i64) {
         let Some(watch) = self.watches.get_mut(&id) else {
             return;
@@ -320,6 +321,7 @@ impl HubTask {
             self.request_timeout,
         );
         let checks = self.checks.clone();
+        crate::stats::watch_checked();
         tokio::spawn(async move {
             let options = etcd_client::GetOptions::new().with_keys_only();
             let read = tokio::time::timeout(timeout, kv.get(key, Some(options))).await;

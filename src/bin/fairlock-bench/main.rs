@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! fairlock-bench [--out DIR] [--docs FILE] [--smoke] [--etcd HOST:PORT] [--zk HOST:PORT]
+//!                [--rounds N] [--sessions 1,8,32] [--waiters 256,10000]
 //! fairlock-bench waiters URL COUNT        (internal: one waiters run, in its own process)
 //! ```
 
@@ -53,6 +54,9 @@ fn parse() -> Result<Options, String> {
             "--docs" => options.docs = Some(PathBuf::from(value()?)),
             "--etcd" => options.etcd = value()?,
             "--zk" => options.zk = value()?,
+            "--waiters" => options.sizes.waiters = list(&value()?)?,
+            "--sessions" => options.sizes.sessions = list(&value()?)?,
+            "--rounds" => options.sizes.rounds = value()?.parse().map_err(|e| format!("{e}"))?,
             "--smoke" => {
                 options.sizes = Sizes {
                     rounds: 5,
@@ -66,6 +70,13 @@ fn parse() -> Result<Options, String> {
         }
     }
     Ok(options)
+}
+
+fn list(text: &str) -> Result<Vec<usize>, String> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|e| format!("{s:?}: {e}")))
+        .collect()
 }
 
 fn main() {
@@ -134,7 +145,12 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
     match &options.docs {
         Some(docs) => {
             std::fs::write(docs, &markdown)?;
-            eprintln!("wrote {}, {} and {}", docs.display(), csv.display(), svg.display());
+            eprintln!(
+                "wrote {}, {} and {}",
+                docs.display(),
+                csv.display(),
+                svg.display()
+            );
         }
         None => println!("{markdown}"),
     }

@@ -86,7 +86,14 @@ fn command_output(cmd: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_owned())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into())
 }
@@ -99,9 +106,15 @@ impl Run {
     pub fn new(etcd: &str, zk: &str) -> Self {
         let memory = std::fs::read_to_string("/proc/meminfo")
             .ok()
-            .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned()))
+            .and_then(|m| {
+                m.lines()
+                    .next()
+                    .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+            })
             .and_then(|kib| kib.parse::<u64>().ok())
-            .map_or("unknown".into(), |kib| format!("{:.1} GiB", kib as f64 / 1048576.0));
+            .map_or("unknown".into(), |kib| {
+                format!("{:.1} GiB", kib as f64 / 1048576.0)
+            });
         let zk_jar = std::fs::read_dir("/usr/share/java")
             .ok()
             .and_then(|dir| {
@@ -131,7 +144,11 @@ impl Run {
         self.measurements.push(measurement);
     }
 
-    fn find(&self, scenario: Scenario, pred: impl Fn(&Measurement) -> bool) -> Option<&Measurement> {
+    fn find(
+        &self,
+        scenario: Scenario,
+        pred: impl Fn(&Measurement) -> bool,
+    ) -> Option<&Measurement> {
         self.measurements
             .iter()
             .find(|m| m.scenario == scenario && pred(m))
@@ -142,7 +159,9 @@ impl Run {
     }
 
     fn floor(&self, backend: &str) -> Option<&Measurement> {
-        self.find(Scenario::Uncontended, |m| m.is_floor && m.backend == backend)
+        self.find(Scenario::Uncontended, |m| {
+            m.is_floor && m.backend == backend
+        })
     }
 
     pub fn csv(&self) -> String {
@@ -156,7 +175,11 @@ impl Run {
                 Scenario::Waiters(w) => ("waiters", w),
             };
             let w = m.waiters.as_ref();
-            let per = |x: u64| w.map_or(String::new(), |w| format!("{:.3}", x as f64 / w.releases as f64));
+            let per = |x: u64| {
+                w.map_or(String::new(), |w| {
+                    format!("{:.3}", x as f64 / w.releases as f64)
+                })
+            };
             let _ = writeln!(
                 out,
                 "{scenario},{size},{},{},{},{},{},{:.1},{},{},{},{},{}",
@@ -168,8 +191,12 @@ impl Run {
                 m.rate,
                 w.map_or(String::new(), |w| per(w.wakeups)),
                 w.map_or(String::new(), |w| per(w.queue_reads)),
-                w.and_then(|w| w.server_notifications).map_or(String::new(), per),
-                w.map_or(String::new(), |w| format!("{:.1}", w.peak_rss_kib as f64 / 1024.0)),
+                w.and_then(|w| w.server_notifications)
+                    .map_or(String::new(), per),
+                w.map_or(String::new(), |w| format!(
+                    "{:.1}",
+                    w.peak_rss_kib as f64 / 1024.0
+                )),
                 w.map_or(String::new(), |w| format!("{:.2}", w.drain.as_secs_f64())),
             );
         }
@@ -187,28 +214,71 @@ impl Run {
         md.push_str("\n## Uncontended acquire + release\n\nOne session, one lock, no one else: the time of an acquire+release pair.\n\n");
         md.push_str("| system | backend | p50 ms | p99 ms | pairs/s | × floor | × etcd Lock RPC |\n|---|---|---|---|---|---|---|\n");
         let lock_rpc = self.uncontended("etcd Lock RPC (etcd-client)");
-        for m in self.measurements.iter().filter(|m| m.scenario == Scenario::Uncontended) {
-            let floor = self.floor(m.backend).map_or("-".into(), |f| format!("{:.2}", m.p50.as_secs_f64() / f.p50.as_secs_f64()));
+        for m in self
+            .measurements
+            .iter()
+            .filter(|m| m.scenario == Scenario::Uncontended)
+        {
+            let floor = self.floor(m.backend).map_or("-".into(), |f| {
+                format!("{:.2}", m.p50.as_secs_f64() / f.p50.as_secs_f64())
+            });
             let rpc = match (m.backend, lock_rpc) {
                 ("etcd", Some(r)) => format!("{:.2}", m.p50.as_secs_f64() / r.p50.as_secs_f64()),
                 _ => "-".into(),
             };
-            let _ = writeln!(md, "| {} | {} | {} | {} | {:.0} | {floor} | {rpc} |", m.system, m.backend, ms(m.p50), ms(m.p99), m.rate);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.0} | {floor} | {rpc} |",
+                m.system,
+                m.backend,
+                ms(m.p50),
+                ms(m.p99),
+                m.rate
+            );
         }
 
         md.push_str("\n## Contended hand-offs\n\nN sessions (separate clients) take turns on one lock; latency is the wait for each acquisition.\n\n");
         md.push_str("| system | backend | sessions | hand-offs/s | × own uncontended rate | wait p50 ms | wait p99 ms |\n|---|---|---|---|---|---|---|\n");
-        for m in self.measurements.iter().filter(|m| matches!(m.scenario, Scenario::Contended(_))) {
-            let Scenario::Contended(sessions) = m.scenario else { continue };
-            let own = self.uncontended(&m.system).map_or("-".into(), |u| format!("{:.2}", m.rate / u.rate));
-            let _ = writeln!(md, "| {} | {} | {sessions} | {:.0} | {own} | {} | {} |", m.system, m.backend, m.rate, ms(m.p50), ms(m.p99));
+        for m in self
+            .measurements
+            .iter()
+            .filter(|m| matches!(m.scenario, Scenario::Contended(_)))
+        {
+            let Scenario::Contended(sessions) = m.scenario else {
+                continue;
+            };
+            let own = self
+                .uncontended(&m.system)
+                .map_or("-".into(), |u| format!("{:.2}", m.rate / u.rate));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {sessions} | {:.0} | {own} | {} | {} |",
+                m.system,
+                m.backend,
+                m.rate,
+                ms(m.p50),
+                ms(m.p99)
+            );
         }
-        let _ = writeln!(md, "\n![acquire latency vs contenders]({})\n", svg.file_name().map_or("latency.svg".into(), |f| format!("bench/{}", f.to_string_lossy())));
+        let _ = writeln!(
+            md,
+            "\n![acquire latency vs contenders]({})\n",
+            svg.file_name().map_or("latency.svg".into(), |f| format!(
+                "bench/{}",
+                f.to_string_lossy()
+            ))
+        );
 
         md.push_str("## Many waiters on one lock, one process\n\nOne client holds the lock; W tasks of the same client queue behind it; then the holder releases and each waiter, once it holds the lock, releases it at once. Counts are per release (W+1 releases).\n\n");
         md.push_str("| system | waiters | queueing s | drain s | hand-offs/s | wake-ups / release | queue reads / release | server deletion notifications / release | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n");
-        for m in self.measurements.iter().filter(|m| matches!(m.scenario, Scenario::Waiters(_))) {
-            let (Scenario::Waiters(count), Some(w)) = (m.scenario, &m.waiters) else { continue };
+        for m in self
+            .measurements
+            .iter()
+            .filter(|m| matches!(m.scenario, Scenario::Waiters(_)))
+        {
+            let (Scenario::Waiters(count), Some(w)) = (m.scenario, &m.waiters) else {
+                continue;
+            };
             let per = |x: u64| format!("{:.3}", x as f64 / w.releases as f64);
             let _ = writeln!(
                 md,
@@ -225,7 +295,11 @@ impl Run {
         }
         md.push_str("\n## Targets\n\n| target | measured | verdict |\n|---|---|---|\n");
         for (target, measured, met) in self.verdicts() {
-            let _ = writeln!(md, "| {target} | {measured} | {} |", if met { "met" } else { "**not met**" });
+            let _ = writeln!(
+                md,
+                "| {target} | {measured} | {} |",
+                if met { "met" } else { "**not met**" }
+            );
         }
         if let Ok(analysis) = std::fs::read_to_string("docs/bench/ANALYSIS.md") {
             md.push('\n');
@@ -238,40 +312,80 @@ impl Run {
     pub fn verdicts(&self) -> Vec<(String, String, bool)> {
         let mut out = Vec::new();
         for backend in ["etcd", "zookeeper"] {
-            if let (Some(f), Some(floor)) = (self.uncontended(&format!("fairlock/{backend}")), self.floor(backend)) {
+            if let (Some(f), Some(floor)) = (
+                self.uncontended(&format!("fairlock/{backend}")),
+                self.floor(backend),
+            ) {
                 let ratio = f.p50.as_secs_f64() / floor.p50.as_secs_f64();
-                out.push((format!("uncontended ≤ 1.10× floor ({backend})"), format!("{ratio:.2}× ({} ms vs {} ms)", ms(f.p50), ms(floor.p50)), ratio <= 1.10));
+                out.push((
+                    format!("uncontended ≤ 1.10× floor ({backend})"),
+                    format!("{ratio:.2}× ({} ms vs {} ms)", ms(f.p50), ms(floor.p50)),
+                    ratio <= 1.10,
+                ));
             }
         }
-        if let (Some(f), Some(rpc)) = (self.uncontended("fairlock/etcd"), self.uncontended("etcd Lock RPC (etcd-client)")) {
+        if let (Some(f), Some(rpc)) = (
+            self.uncontended("fairlock/etcd"),
+            self.uncontended("etcd Lock RPC (etcd-client)"),
+        ) {
             let ratio = f.p50.as_secs_f64() / rpc.p50.as_secs_f64();
-            out.push(("uncontended ≤ 0.85× etcd Lock RPC pair".into(), format!("{ratio:.2}× ({} ms vs {} ms)", ms(f.p50), ms(rpc.p50)), ratio <= 0.85));
+            out.push((
+                "uncontended ≤ 0.85× etcd Lock RPC pair".into(),
+                format!("{ratio:.2}× ({} ms vs {} ms)", ms(f.p50), ms(rpc.p50)),
+                ratio <= 0.85,
+            ));
         }
         for backend in ["etcd", "zookeeper", "memory"] {
             let system = format!("fairlock/{backend}");
-            let most = self.measurements.iter().filter(|m| m.system == system).filter_map(|m| match m.scenario {
-                Scenario::Contended(s) => Some((s, m)),
-                _ => None,
-            }).max_by_key(|(s, _)| *s);
+            let most = self
+                .measurements
+                .iter()
+                .filter(|m| m.system == system)
+                .filter_map(|m| match m.scenario {
+                    Scenario::Contended(s) => Some((s, m)),
+                    _ => None,
+                })
+                .max_by_key(|(s, _)| *s);
             if let (Some((sessions, c)), Some(u)) = (most, self.uncontended(&system)) {
                 let ratio = c.rate / u.rate;
                 out.push((format!("contended hand-offs/s ({sessions} sessions) ≥ 0.8× uncontended rate ({backend})"), format!("{ratio:.2}× ({:.0}/s vs {:.0}/s)", c.rate, u.rate), ratio >= 0.8));
             }
         }
         for m in self.measurements.iter().filter(|m| m.waiters.is_some()) {
-            let (Scenario::Waiters(count), Some(w)) = (m.scenario, &m.waiters) else { continue };
+            let (Scenario::Waiters(count), Some(w)) = (m.scenario, &m.waiters) else {
+                continue;
+            };
             // The holder's release and every waiter's but the last wake exactly one waiter.
-            out.push((format!("exactly one wake-up per release, {count} waiters ({})", m.backend), format!("{} wake-ups for {count} hand-offs", w.wakeups), w.wakeups == count as u64));
+            out.push((
+                format!(
+                    "exactly one wake-up per release, {count} waiters ({})",
+                    m.backend
+                ),
+                format!("{} wake-ups for {count} hand-offs", w.wakeups),
+                w.wakeups == count as u64,
+            ));
             if count >= 10_000 {
                 let mib = w.peak_rss_kib as f64 / 1024.0;
-                out.push((format!("{count} waiters under 64 MiB peak RSS ({})", m.backend), format!("{mib:.1} MiB"), mib < 64.0));
+                out.push((
+                    format!("{count} waiters under 64 MiB peak RSS ({})", m.backend),
+                    format!("{mib:.1} MiB"),
+                    mib < 64.0,
+                ));
             }
         }
         for peer in ["Curator 5.4 InterProcessMutex", "kazoo 2.11 Lock"] {
-            for m in self.measurements.iter().filter(|m| m.system == "fairlock/zookeeper" && matches!(m.scenario, Scenario::Contended(_))) {
+            for m in self.measurements.iter().filter(|m| {
+                m.system == "fairlock/zookeeper" && matches!(m.scenario, Scenario::Contended(_))
+            }) {
                 if let Some(p) = self.find(m.scenario, |p| p.system == peer) {
-                    let Scenario::Contended(sessions) = m.scenario else { continue };
-                    out.push((format!("ahead of {peer}, {sessions} sessions"), format!("{:.0}/s vs {:.0}/s", m.rate, p.rate), m.rate > p.rate));
+                    let Scenario::Contended(sessions) = m.scenario else {
+                        continue;
+                    };
+                    out.push((
+                        format!("ahead of {peer}, {sessions} sessions"),
+                        format!("{:.0}/s vs {:.0}/s", m.rate, p.rate),
+                        m.rate > p.rate,
+                    ));
                 }
             }
         }
@@ -285,19 +399,30 @@ pub fn plot(run: &Run, path: &Path) -> Result<(), Box<dyn std::error::Error + Se
 
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for m in &run.measurements {
-        let Scenario::Contended(sessions) = m.scenario else { continue };
+        let Scenario::Contended(sessions) = m.scenario else {
+            continue;
+        };
         let point = (sessions as f64, m.p50.as_secs_f64() * 1000.0);
         match series.iter_mut().find(|(name, _)| *name == m.system) {
             Some((_, points)) => points.push(point),
             None => series.push((m.system.clone(), vec![point])),
         }
     }
-    let max_x = series.iter().flat_map(|(_, p)| p.iter().map(|(x, _)| *x)).fold(1.0, f64::max);
-    let max_y = series.iter().flat_map(|(_, p)| p.iter().map(|(_, y)| *y)).fold(1.0, f64::max);
+    let max_x = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
+        .fold(1.0, f64::max);
+    let max_y = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
+        .fold(1.0, f64::max);
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Acquire latency (p50) vs contending sessions", ("sans-serif", 22))
+        .caption(
+            "Acquire latency (p50) vs contending sessions",
+            ("sans-serif", 22),
+        )
         .margin(20)
         .x_label_area_size(45)
         .y_label_area_size(60)
@@ -312,8 +437,14 @@ pub fn plot(run: &Run, path: &Path) -> Result<(), Box<dyn std::error::Error + Se
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 3, color.filled())),
+        )?;
     }
     chart
         .configure_series_labels()

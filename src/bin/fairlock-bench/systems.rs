@@ -114,7 +114,9 @@ impl System {
             System::ZkFloor(endpoint) => zk_floor(endpoint, rounds).await,
             System::ZkRecipe(endpoint) => zk_recipe(endpoint, rounds).await,
             System::Fairlock(_, url) => fairlock(url, 1, rounds, true).await,
-            System::Curator(endpoint) => peer(curator(endpoint, &["bench", &rounds.to_string()])).await,
+            System::Curator(endpoint) => {
+                peer(curator(endpoint, &["bench", &rounds.to_string()])).await
+            }
             System::Kazoo(endpoint) => peer(kazoo(endpoint, &["bench", &rounds.to_string()])).await,
         }
     }
@@ -204,7 +206,11 @@ async fn etcd_lock_rpc(endpoint: &str, sessions: usize, each: usize) -> Result<S
                 async move {
                     let t0 = Instant::now();
                     let options = etcd_client::LockOptions::new().with_lease(lease);
-                    let key = locks.lock(name.as_str(), Some(options)).await?.key().to_vec();
+                    let key = locks
+                        .lock(name.as_str(), Some(options))
+                        .await?
+                        .key()
+                        .to_vec();
                     let waited = t0.elapsed();
                     locks.unlock(key).await?;
                     Ok::<_, BoxError>((waited, t0.elapsed()))
@@ -288,7 +294,12 @@ async fn zk_recipe(endpoint: &str, rounds: usize) -> Result<Sample, BoxError> {
 
 /// fairlock: `sessions` clients, `each` acquisitions each. Uncontended runs time the
 /// acquire+release pair; contended ones time the wait for the lock.
-async fn fairlock(url: &str, sessions: usize, each: usize, pairs: bool) -> Result<Sample, BoxError> {
+async fn fairlock(
+    url: &str,
+    sessions: usize,
+    each: usize,
+    pairs: bool,
+) -> Result<Sample, BoxError> {
     let name = unique("fairlock");
     let mut clients = Vec::new();
     for _ in 0..sessions {
