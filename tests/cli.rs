@@ -44,18 +44,11 @@ fn signal(child: &Child, signal: Signal) {
 
 type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
 
-/// Starts `fairlock lock NAME -- sh -c SCRIPT` holding the lock; returns once SCRIPT runs,
-/// with the rest of its output.
+/// Starts `fairlock lock NAME -- sh -c SCRIPT` holding the lock; returns once SCRIPT has
+/// printed "started" (after installing any traps), with the rest of its output.
 async fn hold(h: &dyn Harness, name: &str, script: &str) -> (Child, Lines) {
     let mut cmd = fairlock(&h.url(10));
-    cmd.args([
-        "lock",
-        name,
-        "--",
-        "sh",
-        "-c",
-        &format!("echo started; {script}"),
-    ]);
+    cmd.args(["lock", name, "--", "sh", "-c", script]);
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = soon("holder starts", lines.next_line()).await.unwrap();
@@ -86,7 +79,7 @@ async fn runs_command_with_env_and_passes_its_exit_code(h: &dyn Harness) {
 
 async fn try_and_timeout_exit_75_and_leave_no_entry(h: &dyn Harness) {
     let name = unique("cli-busy");
-    let (mut holder, _) = hold(h, &name, "sleep 60").await;
+    let (mut holder, _) = hold(h, &name, "echo started; sleep 60").await;
 
     let mut try_cmd = fairlock(&h.url(10));
     try_cmd.args(["lock", "--try", &name, "--", "true"]);
@@ -106,7 +99,7 @@ async fn try_and_timeout_exit_75_and_leave_no_entry(h: &dyn Harness) {
 
 async fn signals_while_waiting_leave_the_queue(h: &dyn Harness) {
     let name = unique("cli-sig");
-    let (mut holder, _) = hold(h, &name, "sleep 60").await;
+    let (mut holder, _) = hold(h, &name, "echo started; sleep 60").await;
     for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
         let mut cmd = fairlock(&h.url(10));
         cmd.args(["lock", &name, "--", "true"]);
@@ -130,7 +123,7 @@ async fn signals_while_holding_go_to_the_command(h: &dyn Harness) {
     let (holder, _) = hold(
         h,
         &name,
-        "trap 'exit 42' TERM; while true; do sleep 0.1; done",
+        "trap 'exit 42' TERM; echo started; while true; do sleep 0.1; done",
     )
     .await;
     signal(&holder, Signal::SIGTERM);
@@ -146,7 +139,7 @@ async fn lost_lock_stops_the_command_and_exits_74(h: &dyn Harness) {
     let (holder, mut lines) = hold(
         h,
         &name,
-        "trap 'echo got-term; exit 0' TERM; while true; do sleep 0.1; done",
+        "trap 'echo got-term; exit 0' TERM; echo started; while true; do sleep 0.1; done",
     )
     .await;
     let entries = h.entries(&name).await;
@@ -264,11 +257,12 @@ async fn memory_backend_works_without_servers() {
     assert_eq!(output(cmd).await.status.code(), Some(5));
 }
 
-/// Starts `fairlock elect --value VALUE NAME -- sh -c SCRIPT`; returns once SCRIPT runs.
+/// Starts `fairlock elect --value VALUE NAME -- sh -c SCRIPT`; returns once SCRIPT has
+/// printed "started".
 async fn lead(h: &dyn Harness, name: &str, value: &str, script: &str) -> (Child, Lines) {
     let mut cmd = fairlock(&h.url(10));
     cmd.args(["elect", "--value", value, name, "--", "sh", "-c"])
-        .arg(format!("echo started; {script}"));
+        .arg(script);
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = soon("leader starts", lines.next_line()).await.unwrap();
@@ -311,7 +305,7 @@ async fn leader_and_status_report_the_queue(h: &dyn Harness) {
     let out = run_cli(h, &["leader", &name]).await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 
-    let (mut first, _) = lead(h, &name, "alpha", "exec sleep 60").await;
+    let (mut first, _) = lead(h, &name, "alpha", "echo started; exec sleep 60").await;
     let mut cmd = fairlock(&h.url(10));
     cmd.args(["elect", "--value", "beta", &name, "--", "true"]);
     let mut second = cmd.spawn().unwrap();
@@ -360,7 +354,7 @@ async fn observe_prints_each_leader(h: &dyn Harness) {
     cmd.args(["observe", &name]);
     let mut observer = cmd.spawn().unwrap();
     let mut seen = BufReader::new(observer.stdout.take().unwrap()).lines();
-    let (mut alpha, _) = lead(h, &name, "alpha", "exec sleep 60").await;
+    let (mut alpha, _) = lead(h, &name, "alpha", "echo started; exec sleep 60").await;
     let line = soon("alpha observed", seen.next_line()).await.unwrap();
     assert_eq!(line.as_deref(), Some("alpha"));
     let mut cmd = fairlock(&h.url(10));
@@ -383,7 +377,7 @@ async fn observe_prints_each_leader(h: &dyn Harness) {
 
 async fn elect_interrupted_while_campaigning_withdraws(h: &dyn Harness) {
     let name = unique("cli-elect-int");
-    let (mut leader, _) = lead(h, &name, "alpha", "exec sleep 60").await;
+    let (mut leader, _) = lead(h, &name, "alpha", "echo started; exec sleep 60").await;
     let mut cmd = fairlock(&h.url(10));
     cmd.args(["elect", "--value", "beta", &name, "--", "true"]);
     let candidate = cmd.spawn().unwrap();
@@ -402,7 +396,7 @@ async fn elect_interrupted_while_campaigning_withdraws(h: &dyn Harness) {
 
 async fn lost_leadership_exits_74(h: &dyn Harness) {
     let name = unique("cli-elect-lost");
-    let (leader, _) = lead(h, &name, "alpha", "exec sleep 60").await;
+    let (leader, _) = lead(h, &name, "alpha", "echo started; exec sleep 60").await;
     let entries = h.entries(&name).await;
     h.delete_entry(&entries[0]).await;
     let out = soon("leader exits", leader.wait_with_output())

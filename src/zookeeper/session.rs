@@ -17,6 +17,7 @@
 //! so [`abandon`](ZkSession::abandon) behaves like a crash. Closing is explicit: a second,
 //! short connection to the same session sends ZooKeeper's CloseSession.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use zookeeper_client as zk;
@@ -57,6 +59,10 @@ pub(crate) struct ZkSession {
     /// Set once the session was closed or abandoned on purpose.
     ended: AtomicBool,
     runtime: Handle,
+    /// Coalesced children listings, by lock name.
+    listings: StdMutex<HashMap<String, NextListing>>,
+    /// This session, for the tasks it spawns.
+    me: Weak<ZkSession>,
 }
 
 impl ZkSession {
@@ -84,7 +90,9 @@ impl ZkSession {
                 settings.ttl
             )));
         }
-        let session = Arc::new(ZkSession {
+        let session = Arc::new_cyclic(|me| ZkSession {
+            listings: StdMutex::new(HashMap::new()),
+            me: me.clone(),
             id: client.session_id().0,
             info,
             trigger: LossTrigger::new(),
@@ -259,13 +267,87 @@ impl ZkSession {
         })
     }
 
-    async fn children(&self, name: &str) -> Result<Vec<String>> {
+    /// The children of lock `name`, listed after this call began. Listings are coalesced:
+    /// at most one per lock name is in flight, and the callers that arrive meanwhile share
+    /// the next one. Each of them started waiting before that listing began, so it sees
+    /// everything a listing of their own would have. Without this, a thousand waiters
+    /// enqueueing at once would each hold a copy of a thousand-name listing.
+    async fn children(&self, name: &str) -> Result<Arc<Vec<String>>> {
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let mut listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+            let next = listings.entry(name.to_owned()).or_default();
+            next.waiting.push(tx);
+            !std::mem::replace(&mut next.running, true)
+        };
+        if lead {
+            self.runtime
+                .spawn(list_for_waiters(self.me.clone(), name.to_owned()));
+        }
+        match rx.await {
+            Ok(listed) => listed.map_err(unshare),
+            Err(_) => Err(self.gone_session()),
+        }
+    }
+
+    /// One listing, with retries and the request timeout.
+    async fn list(&self, name: &str) -> Result<Vec<String>> {
         let client = self.client()?;
         let path = self.lock_path(name);
         match self.request(|| client.list_children(&path)).await {
             Err(Error::Backend { source, .. }) if is_no_node(&*source) => Ok(Vec::new()),
             other => other,
         }
+    }
+}
+
+type Listed = std::result::Result<Arc<Vec<String>>, Arc<Error>>;
+
+/// The callers waiting for the next listing of one lock path.
+#[derive(Default)]
+struct NextListing {
+    running: bool,
+    waiting: Vec<oneshot::Sender<Listed>>,
+}
+
+/// Lists children for the callers that queued up, batch after batch, until none wait.
+async fn list_for_waiters(session: Weak<ZkSession>, name: String) {
+    loop {
+        let Some(session) = session.upgrade() else {
+            return; // senders dropped: callers see the session gone
+        };
+        let batch = {
+            let mut listings = session.listings.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(next) = listings.get_mut(&name) else {
+                return;
+            };
+            if next.waiting.is_empty() {
+                listings.remove(&name);
+                return;
+            }
+            std::mem::take(&mut next.waiting)
+        };
+        let listed: Listed = session.list(&name).await.map(Arc::new).map_err(Arc::new);
+        for caller in batch {
+            let _ = caller.send(listed.clone());
+        }
+    }
+}
+
+/// An error shared by several callers, back to an owned one.
+fn unshare(shared: Arc<Error>) -> Error {
+    match Arc::try_unwrap(shared) {
+        Ok(error) => error,
+        Err(shared) => match &*shared {
+            Error::SessionExpired => Error::SessionExpired,
+            Error::Closed => Error::Closed,
+            Error::Timeout(after) => Error::Timeout(*after),
+            Error::LockLost(reason) => Error::LockLost(*reason),
+            other => Error::Backend {
+                backend: "zookeeper",
+                source: other.to_string().into(),
+            },
+        },
     }
 }
 
@@ -384,7 +466,11 @@ impl QueueSession for ZkSession {
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {
         // ZooKeeper cannot create "only if the parent has no children" atomically: look
         // first (no write if taken), then create and confirm being first; else step back.
-        if !names::contenders(&self.children(name).await?, entry.kind).is_empty() {
+        let children = self.children(name).await?;
+        if children
+            .iter()
+            .any(|c| names::sequence(c, entry.kind).is_some())
+        {
             return Ok(false);
         }
         self.create(name, entry).await?;
@@ -407,10 +493,12 @@ impl QueueSession for ZkSession {
         if !children.iter().any(|c| c == own_name) {
             return Err(self.gone());
         }
-        let pred = names::contenders(&children, own.kind)
-            .into_iter()
-            .take_while(|(sequence, _)| *sequence < own.order)
-            .last()
+        // One pass, no sorted copy: many waiters may share one large listing.
+        let pred = children
+            .iter()
+            .filter_map(|c| names::sequence(c, own.kind).map(|s| (s, c)))
+            .filter(|(sequence, _)| *sequence < own.order)
+            .max_by_key(|(sequence, _)| *sequence)
             .map(|(_, child)| Predecessor {
                 key: format!("{}/{child}", self.lock_path(name)),
                 revision: 0,

@@ -132,7 +132,10 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
     for &count in &sizes.waiters {
         for system in systems.iter().filter(|s| s.queues_waiters()) {
             eprintln!("waiters: {} x{count}", system.name());
-            let result = waiters::run_child(&system.url(), count).await?;
+            // Queueing thousands at once keeps the server busy for seconds: give requests and
+            // the session room (the defaults, 5 s and 10 s, are for interactive use).
+            let url = format!("{}?ttl=30&request_timeout=60s", system.url());
+            let result = waiters::run_child(&url, count).await?;
             run.push(Measurement::waiters(system, count, result));
         }
     }
