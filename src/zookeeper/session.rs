@@ -277,12 +277,23 @@ impl ZkSession {
         let lead = {
             let mut listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
             let next = listings.entry(name.to_owned()).or_default();
-            next.waiting.push(tx);
-            !std::mem::replace(&mut next.running, true)
+            if next.running {
+                next.waiting.push(tx);
+                false
+            } else {
+                next.running = true;
+                true
+            }
         };
         if lead {
-            self.runtime
-                .spawn(list_for_waiters(self.me.clone(), name.to_owned()));
+            // Nobody listing: list inline (the uncontended path pays no task hand-off). Those
+            // who queue meanwhile get the next listing, from a task the hand-over starts,
+            // also if this future is dropped half-way.
+            let _handover = HandOver {
+                session: self.me.clone(),
+                name: name.to_owned(),
+            };
+            return self.list(name).await.map(Arc::new);
         }
         match rx.await {
             Ok(listed) => listed.map_err(unshare),
@@ -308,6 +319,33 @@ type Listed = std::result::Result<Arc<Vec<String>>, Arc<Error>>;
 struct NextListing {
     running: bool,
     waiting: Vec<oneshot::Sender<Listed>>,
+}
+
+/// Ends an inline listing: serves those who queued meanwhile from a task, or closes the
+/// entry if none did.
+struct HandOver {
+    session: Weak<ZkSession>,
+    name: String,
+}
+
+impl Drop for HandOver {
+    fn drop(&mut self) {
+        let Some(session) = self.session.upgrade() else {
+            return;
+        };
+        let mut listings = session.listings.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting = listings
+            .get(&self.name)
+            .is_some_and(|next| !next.waiting.is_empty());
+        if waiting {
+            drop(listings);
+            session
+                .runtime
+                .spawn(list_for_waiters(self.session.clone(), self.name.clone()));
+        } else {
+            listings.remove(&self.name);
+        }
+    }
 }
 
 /// Lists children for the callers that queued up, batch after batch, until none wait.

@@ -117,10 +117,29 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
     let sizes = &options.sizes;
     let mut run = Run::new(&options.etcd, &options.zk);
 
-    for system in &systems {
-        eprintln!("uncontended: {}", system.name());
-        let sample = system.uncontended(sizes.rounds).await?;
-        run.push(Measurement::uncontended(system, sample));
+    // Uncontended: the in-process systems interleaved in blocks (fair against drift), then
+    // the peers, each in its own process.
+    eprintln!("uncontended: floors, etcd Lock RPC, zookeeper-client lock, fairlock");
+    let mut runners = Vec::new();
+    for (i, system) in systems.iter().enumerate() {
+        if let Some(runner) = system.runner().await? {
+            runners.push((i, runner));
+        }
+    }
+    let samples = systems::interleaved(&mut runners, sizes.rounds, 10).await?;
+    for (_, runner) in runners {
+        runner.finish().await?;
+    }
+    let mut uncontended: Vec<(usize, systems::Sample)> = samples;
+    for (i, system) in systems.iter().enumerate() {
+        if matches!(system, System::Curator(_) | System::Kazoo(_)) {
+            eprintln!("uncontended: {}", system.name());
+            uncontended.push((i, system.uncontended_peer(sizes.rounds).await?));
+        }
+    }
+    uncontended.sort_by_key(|(i, _)| *i);
+    for (i, sample) in uncontended {
+        run.push(Measurement::uncontended(&systems[i], sample));
     }
     for &sessions in &sizes.sessions {
         for system in systems.iter().filter(|s| s.contends()) {

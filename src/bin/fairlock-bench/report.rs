@@ -211,7 +211,7 @@ impl Run {
             let _ = writeln!(md, "- **{k}**: {v}");
         }
 
-        md.push_str("\n## Uncontended acquire + release\n\nOne session, one lock, no one else: the time of an acquire+release pair.\n\n");
+        md.push_str("\n## Uncontended acquire + release\n\nOne session, one lock, no one else: the time of an acquire+release pair. The in-process systems are measured in interleaved blocks of 10 pairs (drift hits them alike); the peers run after them. The \"raw\" rows issue fairlock's exact requests without fairlock: they separate the cost of the requests from the cost of the library.\n\n");
         md.push_str("| system | backend | p50 ms | p99 ms | pairs/s | × floor | × etcd Lock RPC |\n|---|---|---|---|---|---|---|\n");
         let lock_rpc = self.uncontended("etcd Lock RPC (etcd-client)");
         for m in self

@@ -22,10 +22,14 @@ const WARMUP: usize = 20;
 pub enum System {
     /// etcd: put with a lease + delete, the two durable writes any lock needs.
     EtcdFloor(String),
+    /// etcd: fairlock's two requests issued raw (enqueue Txn, guarded delete Txn).
+    EtcdSameRequests(String),
     /// etcd's server-side Lock + Unlock RPCs, through etcd-client.
     EtcdLockRpc(String),
     /// ZooKeeper: create ephemeral sequential + delete.
     ZkFloor(String),
+    /// ZooKeeper: fairlock's three requests issued raw (create, list children, delete).
+    ZkSameRequests(String),
     /// zookeeper-client's `Client::lock` (Curator naming) + delete.
     ZkRecipe(String),
     /// fairlock, through this URL.
@@ -47,9 +51,11 @@ impl System {
     pub fn all(etcd: &str, zk: &str) -> Vec<System> {
         vec![
             System::EtcdFloor(etcd.into()),
+            System::EtcdSameRequests(etcd.into()),
             System::EtcdLockRpc(etcd.into()),
             System::Fairlock("etcd", format!("etcd://{etcd}/fairlock-bench")),
             System::ZkFloor(zk.into()),
+            System::ZkSameRequests(zk.into()),
             System::ZkRecipe(zk.into()),
             System::Fairlock("zookeeper", format!("zk://{zk}/fairlock-bench")),
             System::Curator(zk.into()),
@@ -62,6 +68,8 @@ impl System {
         match self {
             System::EtcdFloor(_) => "etcd floor (put+delete)".into(),
             System::EtcdLockRpc(_) => "etcd Lock RPC (etcd-client)".into(),
+            System::EtcdSameRequests(_) => "etcd: fairlock's 2 Txns, raw".into(),
+            System::ZkSameRequests(_) => "zk: fairlock's 3 requests, raw".into(),
             System::ZkFloor(_) => "zk floor (create+delete)".into(),
             System::ZkRecipe(_) => "zookeeper-client Client::lock".into(),
             System::Fairlock(backend, _) => format!("fairlock/{backend}"),
@@ -73,10 +81,12 @@ impl System {
     /// The server the system runs on.
     pub fn backend(&self) -> &'static str {
         match self {
-            System::EtcdFloor(_) | System::EtcdLockRpc(_) => "etcd",
-            System::ZkFloor(_) | System::ZkRecipe(_) | System::Curator(_) | System::Kazoo(_) => {
-                "zookeeper"
-            }
+            System::EtcdFloor(_) | System::EtcdSameRequests(_) | System::EtcdLockRpc(_) => "etcd",
+            System::ZkFloor(_)
+            | System::ZkSameRequests(_)
+            | System::ZkRecipe(_)
+            | System::Curator(_)
+            | System::Kazoo(_) => "zookeeper",
             System::Fairlock(backend, _) => backend,
         }
     }
@@ -89,9 +99,13 @@ impl System {
         matches!(self, System::Fairlock(..))
     }
 
-    /// Floors are single operations, not locks: nothing to contend for.
+    /// Floors and raw request sequences are not locks: nothing to contend for.
     pub fn contends(&self) -> bool {
-        !self.is_floor() && !matches!(self, System::ZkRecipe(_))
+        !self.is_floor()
+            && !matches!(
+                self,
+                System::ZkRecipe(_) | System::EtcdSameRequests(_) | System::ZkSameRequests(_)
+            )
     }
 
     pub fn queues_waiters(&self) -> bool {
@@ -105,19 +119,32 @@ impl System {
         }
     }
 
-    /// `rounds` uncontended acquire+release pairs (after a warm-up), each timed.
-    pub async fn uncontended(&self, rounds: usize) -> Result<Sample, BoxError> {
+    /// A prepared uncontended runner (connected, lock created), or `None` for the peers,
+    /// which run in processes of their own (see [`uncontended_peer`](Self::uncontended_peer)).
+    pub async fn runner(&self) -> Result<Option<Box<dyn PairRunner>>, BoxError> {
+        Ok(Some(match self {
+            System::EtcdFloor(endpoint) => Box::new(EtcdFloor::new(endpoint).await?),
+            System::EtcdLockRpc(endpoint) => Box::new(EtcdLockRpc::new(endpoint).await?),
+            System::ZkFloor(endpoint) => Box::new(ZkFloor::new(endpoint).await?),
+            System::EtcdSameRequests(endpoint) => Box::new(EtcdSameRequests::new(endpoint).await?),
+            System::ZkSameRequests(endpoint) => {
+                Box::new(ZkSameRequests(ZkFloor::new(endpoint).await?))
+            }
+            System::ZkRecipe(endpoint) => Box::new(ZkRecipe::new(endpoint).await?),
+            System::Fairlock(_, url) => Box::new(Fairlock::new(url).await?),
+            System::Curator(_) | System::Kazoo(_) => return Ok(None),
+        }))
+    }
+
+    /// `rounds` uncontended pairs of a peer, timed by the peer itself after its warm-up.
+    pub async fn uncontended_peer(&self, rounds: usize) -> Result<Sample, BoxError> {
         crate::settle().await;
         match self {
-            System::EtcdFloor(endpoint) => etcd_floor(endpoint, rounds).await,
-            System::EtcdLockRpc(endpoint) => etcd_lock_rpc(endpoint, 1, rounds).await,
-            System::ZkFloor(endpoint) => zk_floor(endpoint, rounds).await,
-            System::ZkRecipe(endpoint) => zk_recipe(endpoint, rounds).await,
-            System::Fairlock(_, url) => fairlock(url, 1, rounds, true).await,
             System::Curator(endpoint) => {
                 peer(curator(endpoint, &["bench", &rounds.to_string()])).await
             }
             System::Kazoo(endpoint) => peer(kazoo(endpoint, &["bench", &rounds.to_string()])).await,
+            _ => Err("not a peer".into()),
         }
     }
 
@@ -128,7 +155,7 @@ impl System {
         let each = (total / sessions).max(1);
         match self {
             System::EtcdLockRpc(endpoint) => etcd_lock_rpc(endpoint, sessions, each).await,
-            System::Fairlock(_, url) => fairlock(url, sessions, each, false).await,
+            System::Fairlock(_, url) => fairlock(url, sessions, each).await,
             System::Curator(endpoint) => {
                 let args = ["contend", &sessions.to_string(), &each.to_string()];
                 peer(curator(endpoint, &args)).await
@@ -142,48 +169,8 @@ impl System {
     }
 }
 
-/// Times `rounds` calls of `op` after a warm-up.
-async fn timed<F, Fut>(rounds: usize, mut op: F) -> Result<Sample, BoxError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), BoxError>>,
-{
-    for _ in 0..WARMUP.min(rounds) {
-        op().await?;
-    }
-    let mut latencies = Vec::with_capacity(rounds);
-    let start = Instant::now();
-    for _ in 0..rounds {
-        let t0 = Instant::now();
-        op().await?;
-        latencies.push(t0.elapsed());
-    }
-    Ok(Sample {
-        latencies,
-        elapsed: start.elapsed(),
-    })
-}
-
 async fn etcd_client(endpoint: &str) -> Result<etcd_client::Client, BoxError> {
     Ok(etcd_client::Client::connect([format!("http://{endpoint}")], None).await?)
-}
-
-async fn etcd_floor(endpoint: &str, rounds: usize) -> Result<Sample, BoxError> {
-    let client = etcd_client(endpoint).await?;
-    let lease = client.lease_client().grant(30, None).await?.id();
-    let key = format!("{}/k", unique("etcd-floor"));
-    let sample = timed(rounds, || {
-        let (mut kv, key) = (client.kv_client(), key.clone());
-        async move {
-            let put = etcd_client::PutOptions::new().with_lease(lease);
-            kv.put(key.as_str(), "", Some(put)).await?;
-            kv.delete(key.as_str(), None).await?;
-            Ok(())
-        }
-    })
-    .await;
-    client.lease_client().revoke(lease).await?;
-    sample
 }
 
 /// `sessions` leases, each running `each` Lock + Unlock pairs on one name.
@@ -250,73 +237,12 @@ async fn zk_client(endpoint: &str) -> Result<zk::Client, BoxError> {
         .await?)
 }
 
-async fn zk_floor(endpoint: &str, rounds: usize) -> Result<Sample, BoxError> {
-    let client = zk_client(endpoint).await?;
-    let dir = format!("/{}", unique("zk-floor"));
-    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-    client.create(&dir, b"", &persistent).await?;
-    let prefix = format!("{dir}/n-");
-    let ephemeral = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
-    let sample = timed(rounds, || {
-        let (client, prefix, ephemeral) = (&client, &prefix, &ephemeral);
-        async move {
-            let (_, sequence) = client.create(prefix, b"", ephemeral).await?;
-            client.delete(&format!("{prefix}{sequence}"), None).await?;
-            Ok(())
-        }
-    })
-    .await;
-    client.delete(&dir, None).await?;
-    sample
-}
-
-async fn zk_recipe(endpoint: &str, rounds: usize) -> Result<Sample, BoxError> {
-    let client = zk_client(endpoint).await?;
-    let dir = format!("/{}", unique("zk-recipe"));
-    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-    client.create(&dir, b"", &persistent).await?;
-    timed(rounds, || {
-        let (client, dir) = (&client, &dir);
-        async move {
-            let prefix = zk::LockPrefix::new_curator(dir, "lock-")?;
-            let lock = client
-                .lock(prefix, b"", zk::LockOptions::new(zk::Acls::anyone_all()))
-                .await?;
-            // Release explicitly and wait, as the other systems do (dropping the guard
-            // deletes in the background).
-            client.delete(lock.lock_path(), None).await?;
-            std::mem::forget(lock);
-            Ok(())
-        }
-    })
-    .await
-}
-
-/// fairlock: `sessions` clients, `each` acquisitions each. Uncontended runs time the
-/// acquire+release pair; contended ones time the wait for the lock.
-async fn fairlock(
-    url: &str,
-    sessions: usize,
-    each: usize,
-    pairs: bool,
-) -> Result<Sample, BoxError> {
+/// fairlock: `sessions` clients, `each` acquisitions each, timing the wait for the lock.
+async fn fairlock(url: &str, sessions: usize, each: usize) -> Result<Sample, BoxError> {
     let name = unique("fairlock");
     let mut clients = Vec::new();
     for _ in 0..sessions {
         clients.push(Client::connect(url).await?);
-    }
-    if pairs {
-        let mutex = clients[0].mutex(&name)?;
-        let sample = timed(each, || {
-            let mutex = mutex.clone();
-            async move {
-                mutex.lock().await?.release().await?;
-                Ok(())
-            }
-        })
-        .await;
-        clients[0].close().await?;
-        return sample;
     }
     let barrier = Arc::new(Barrier::new(sessions + 1));
     let mut tasks = Vec::new();
@@ -396,4 +322,293 @@ async fn peer(cmd: Result<tokio::process::Command, BoxError>) -> Result<Sample, 
             .collect(),
         elapsed: micros(&report["elapsed_us"]),
     })
+}
+
+/// One system, connected and ready to run uncontended acquire+release pairs.
+#[async_trait::async_trait]
+pub trait PairRunner: Send {
+    /// One acquire+release pair.
+    async fn pair(&mut self) -> Result<(), BoxError>;
+    /// Cleans up.
+    async fn finish(self: Box<Self>) -> Result<(), BoxError>;
+}
+
+struct EtcdFloor {
+    client: etcd_client::Client,
+    lease: i64,
+    key: String,
+}
+
+impl EtcdFloor {
+    async fn new(endpoint: &str) -> Result<Self, BoxError> {
+        let client = etcd_client(endpoint).await?;
+        let lease = client.lease_client().grant(60, None).await?.id();
+        let key = format!("{}/k", unique("etcd-floor"));
+        Ok(EtcdFloor { client, lease, key })
+    }
+}
+
+#[async_trait::async_trait]
+impl PairRunner for EtcdFloor {
+    async fn pair(&mut self) -> Result<(), BoxError> {
+        let mut kv = self.client.kv_client();
+        let put = etcd_client::PutOptions::new().with_lease(self.lease);
+        kv.put(self.key.as_str(), "", Some(put)).await?;
+        kv.delete(self.key.as_str(), None).await?;
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<(), BoxError> {
+        self.client.lease_client().revoke(self.lease).await?;
+        Ok(())
+    }
+}
+
+struct EtcdSameRequests {
+    floor: EtcdFloor,
+    prefix: String,
+}
+
+impl EtcdSameRequests {
+    async fn new(endpoint: &str) -> Result<Self, BoxError> {
+        let floor = EtcdFloor::new(endpoint).await?;
+        let prefix = format!("{}/", unique("etcd-txns"));
+        Ok(EtcdSameRequests { floor, prefix })
+    }
+}
+
+#[async_trait::async_trait]
+impl PairRunner for EtcdSameRequests {
+    async fn pair(&mut self) -> Result<(), BoxError> {
+        use etcd_client::{
+            Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+        };
+        let mut kv = self.floor.client.kv_client();
+        let key = format!("{}{:x}-0", self.prefix, self.floor.lease);
+        let newest = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(2)
+            .with_keys_only();
+        let enqueue = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(
+                    key.as_str(),
+                    "",
+                    Some(PutOptions::new().with_lease(self.floor.lease)),
+                ),
+                TxnOp::get(self.prefix.as_str(), Some(newest)),
+            ])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        let revision = kv.txn(enqueue).await?.header().map_or(0, |h| h.revision());
+        let release = Txn::new()
+            .when([Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        kv.txn(release).await?;
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<(), BoxError> {
+        Box::new(self.floor).finish().await
+    }
+}
+
+struct ZkSameRequests(ZkFloor);
+
+#[async_trait::async_trait]
+impl PairRunner for ZkSameRequests {
+    async fn pair(&mut self) -> Result<(), BoxError> {
+        let floor = &self.0;
+        let prefix = format!("{}/_c_0-lock-", floor.dir);
+        let ephemeral = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+        let (_, sequence) = floor.client.create(&prefix, b"", &ephemeral).await?;
+        floor.client.list_children(&floor.dir).await?;
+        floor
+            .client
+            .delete(&format!("{prefix}{sequence}"), None)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<(), BoxError> {
+        Box::new(self.0).finish().await
+    }
+}
+
+struct EtcdLockRpc {
+    client: etcd_client::Client,
+    lease: i64,
+    name: String,
+}
+
+impl EtcdLockRpc {
+    async fn new(endpoint: &str) -> Result<Self, BoxError> {
+        let client = etcd_client(endpoint).await?;
+        let lease = client.lease_client().grant(60, None).await?.id();
+        let name = unique("etcd-lock-rpc");
+        Ok(EtcdLockRpc {
+            client,
+            lease,
+            name,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl PairRunner for EtcdLockRpc {
+    async fn pair(&mut self) -> Result<(), BoxError> {
+        let mut locks = self.client.lock_client();
+        let options = etcd_client::LockOptions::new().with_lease(self.lease);
+        let key = locks
+            .lock(self.name.as_str(), Some(options))
+            .await?
+            .key()
+            .to_vec();
+        locks.unlock(key).await?;
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<(), BoxError> {
+        self.client.lease_client().revoke(self.lease).await?;
+        Ok(())
+    }
+}
+
+struct ZkFloor {
+    client: zk::Client,
+    dir: String,
+}
+
+impl ZkFloor {
+    async fn new(endpoint: &str) -> Result<Self, BoxError> {
+        let client = zk_client(endpoint).await?;
+        let dir = format!("/{}", unique("zk-floor"));
+        let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        client.create(&dir, b"", &persistent).await?;
+        Ok(ZkFloor { client, dir })
+    }
+}
+
+#[async_trait::async_trait]
+impl PairRunner for ZkFloor {
+    async fn pair(&mut self) -> Result<(), BoxError> {
+        let prefix = format!("{}/n-", self.dir);
+        let ephemeral = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+        let (_, sequence) = self.client.create(&prefix, b"", &ephemeral).await?;
+        self.client
+            .delete(&format!("{prefix}{sequence}"), None)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<(), BoxError> {
+        self.client.delete(&self.dir, None).await?;
+        Ok(())
+    }
+}
+
+struct ZkRecipe {
+    client: zk::Client,
+    dir: String,
+}
+
+impl ZkRecipe {
+    async fn new(endpoint: &str) -> Result<Self, BoxError> {
+        let client = zk_client(endpoint).await?;
+        let dir = format!("/{}", unique("zk-recipe"));
+        let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        client.create(&dir, b"", &persistent).await?;
+        Ok(ZkRecipe { client, dir })
+    }
+}
+
+#[async_trait::async_trait]
+impl PairRunner for ZkRecipe {
+    async fn pair(&mut self) -> Result<(), BoxError> {
+        let prefix = zk::LockPrefix::new_curator(&self.dir, "lock-")?;
+        let lock = self
+            .client
+            .lock(prefix, b"", zk::LockOptions::new(zk::Acls::anyone_all()))
+            .await?;
+        // Release explicitly and wait, as the other systems do (dropping the guard deletes
+        // in the background).
+        self.client.delete(lock.lock_path(), None).await?;
+        std::mem::forget(lock);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<(), BoxError> {
+        self.client.delete(&self.dir, None).await?;
+        Ok(())
+    }
+}
+
+struct Fairlock {
+    client: Client,
+    mutex: Arc<dyn fairlock::DistributedMutex>,
+}
+
+impl Fairlock {
+    async fn new(url: &str) -> Result<Self, BoxError> {
+        let client = Client::connect(url).await?;
+        let mutex = client.mutex(&unique("fairlock"))?;
+        Ok(Fairlock { client, mutex })
+    }
+}
+
+#[async_trait::async_trait]
+impl PairRunner for Fairlock {
+    async fn pair(&mut self) -> Result<(), BoxError> {
+        self.mutex.lock().await?.release().await?;
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<(), BoxError> {
+        self.client.close().await?;
+        Ok(())
+    }
+}
+
+/// Uncontended pairs of several systems, measured in interleaved blocks of `block` pairs,
+/// so that drift in the machine or the servers during the run affects them alike.
+pub async fn interleaved(
+    runners: &mut [(usize, Box<dyn PairRunner>)],
+    rounds: usize,
+    block: usize,
+) -> Result<Vec<(usize, Sample)>, BoxError> {
+    for (_, runner) in runners.iter_mut() {
+        for _ in 0..WARMUP {
+            runner.pair().await?;
+        }
+    }
+    let mut samples: Vec<(usize, Sample)> = runners
+        .iter()
+        .map(|(i, _)| {
+            let sample = Sample {
+                latencies: Vec::with_capacity(rounds),
+                elapsed: Duration::ZERO,
+            };
+            (*i, sample)
+        })
+        .collect();
+    let mut done = 0;
+    while done < rounds {
+        let n = block.min(rounds - done);
+        for ((_, runner), (_, sample)) in runners.iter_mut().zip(samples.iter_mut()) {
+            let start = Instant::now();
+            for _ in 0..n {
+                let t0 = Instant::now();
+                runner.pair().await?;
+                sample.latencies.push(t0.elapsed());
+            }
+            sample.elapsed += start.elapsed();
+        }
+        done += n;
+    }
+    Ok(samples)
 }
