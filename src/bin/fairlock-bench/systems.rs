@@ -128,9 +128,11 @@ impl System {
             System::ZkFloor(endpoint) => Box::new(ZkFloor::new(endpoint).await?),
             System::EtcdSameRequests(endpoint) => Box::new(EtcdSameRequests::new(endpoint).await?),
             System::ZkSameRequests(endpoint) => {
-                Box::new(ZkSameRequests(ZkFloor::new(endpoint).await?))
+                Box::new(ZkSameRequests(ZkDir::new(endpoint, "zk-requests").await?))
             }
-            System::ZkRecipe(endpoint) => Box::new(ZkRecipe::new(endpoint).await?),
+            System::ZkRecipe(endpoint) => {
+                Box::new(ZkRecipe(ZkDir::new(endpoint, "zk-recipe").await?))
+            }
             System::Fairlock(_, url) => Box::new(Fairlock::new(url).await?),
             System::Curator(_) | System::Kazoo(_) => return Ok(None),
         }))
@@ -418,25 +420,22 @@ impl PairRunner for EtcdSameRequests {
     }
 }
 
-struct ZkSameRequests(ZkFloor);
+struct ZkSameRequests(ZkDir);
 
 #[async_trait::async_trait]
 impl PairRunner for ZkSameRequests {
     async fn pair(&mut self) -> Result<(), BoxError> {
-        let floor = &self.0;
-        let prefix = format!("{}/_c_0-lock-", floor.dir);
+        let ZkDir { client, dir } = &self.0;
+        let prefix = format!("{dir}/_c_0-lock-");
         let ephemeral = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
-        let (_, sequence) = floor.client.create(&prefix, b"", &ephemeral).await?;
-        floor.client.list_children(&floor.dir).await?;
-        floor
-            .client
-            .delete(&format!("{prefix}{sequence}"), None)
-            .await?;
+        let (_, sequence) = client.create(&prefix, b"", &ephemeral).await?;
+        client.list_children(dir).await?;
+        client.delete(&format!("{prefix}{sequence}"), None).await?;
         Ok(())
     }
 
     async fn finish(self: Box<Self>) -> Result<(), BoxError> {
-        Box::new(self.0).finish().await
+        self.0.finish().await
     }
 }
 
@@ -479,72 +478,70 @@ impl PairRunner for EtcdLockRpc {
     }
 }
 
-struct ZkFloor {
+/// A ZooKeeper connection with a directory of its own, removed at the end.
+struct ZkDir {
     client: zk::Client,
     dir: String,
 }
 
-impl ZkFloor {
-    async fn new(endpoint: &str) -> Result<Self, BoxError> {
+impl ZkDir {
+    async fn new(endpoint: &str, tag: &str) -> Result<Self, BoxError> {
         let client = zk_client(endpoint).await?;
-        let dir = format!("/{}", unique("zk-floor"));
+        let dir = format!("/{}", unique(tag));
         let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
         client.create(&dir, b"", &persistent).await?;
-        Ok(ZkFloor { client, dir })
+        Ok(ZkDir { client, dir })
+    }
+
+    async fn finish(self) -> Result<(), BoxError> {
+        self.client.delete(&self.dir, None).await?;
+        Ok(())
+    }
+}
+
+struct ZkFloor(ZkDir);
+
+impl ZkFloor {
+    async fn new(endpoint: &str) -> Result<Self, BoxError> {
+        Ok(ZkFloor(ZkDir::new(endpoint, "zk-floor").await?))
     }
 }
 
 #[async_trait::async_trait]
 impl PairRunner for ZkFloor {
     async fn pair(&mut self) -> Result<(), BoxError> {
-        let prefix = format!("{}/n-", self.dir);
+        let ZkDir { client, dir } = &self.0;
+        let prefix = format!("{dir}/n-");
         let ephemeral = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
-        let (_, sequence) = self.client.create(&prefix, b"", &ephemeral).await?;
-        self.client
-            .delete(&format!("{prefix}{sequence}"), None)
-            .await?;
+        let (_, sequence) = client.create(&prefix, b"", &ephemeral).await?;
+        client.delete(&format!("{prefix}{sequence}"), None).await?;
         Ok(())
     }
 
     async fn finish(self: Box<Self>) -> Result<(), BoxError> {
-        self.client.delete(&self.dir, None).await?;
-        Ok(())
+        self.0.finish().await
     }
 }
 
-struct ZkRecipe {
-    client: zk::Client,
-    dir: String,
-}
-
-impl ZkRecipe {
-    async fn new(endpoint: &str) -> Result<Self, BoxError> {
-        let client = zk_client(endpoint).await?;
-        let dir = format!("/{}", unique("zk-recipe"));
-        let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-        client.create(&dir, b"", &persistent).await?;
-        Ok(ZkRecipe { client, dir })
-    }
-}
+struct ZkRecipe(ZkDir);
 
 #[async_trait::async_trait]
 impl PairRunner for ZkRecipe {
     async fn pair(&mut self) -> Result<(), BoxError> {
-        let prefix = zk::LockPrefix::new_curator(&self.dir, "lock-")?;
-        let lock = self
-            .client
+        let ZkDir { client, dir } = &self.0;
+        let prefix = zk::LockPrefix::new_curator(dir, "lock-")?;
+        let lock = client
             .lock(prefix, b"", zk::LockOptions::new(zk::Acls::anyone_all()))
             .await?;
         // Release explicitly and wait, as the other systems do (dropping the guard deletes
         // in the background).
-        self.client.delete(lock.lock_path(), None).await?;
+        client.delete(lock.lock_path(), None).await?;
         std::mem::forget(lock);
         Ok(())
     }
 
     async fn finish(self: Box<Self>) -> Result<(), BoxError> {
-        self.client.delete(&self.dir, None).await?;
-        Ok(())
+        self.0.finish().await
     }
 }
 
