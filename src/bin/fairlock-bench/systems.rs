@@ -175,7 +175,8 @@ async fn etcd_client(endpoint: &str) -> Result<etcd_client::Client, BoxError> {
     Ok(etcd_client::Client::connect([format!("http://{endpoint}")], None).await?)
 }
 
-/// `sessions` leases, each running `each` Lock + Unlock pairs on one name.
+/// `sessions` leases, each running `each` Lock + Unlock pairs on one name, timing the
+/// wait for each Lock.
 async fn etcd_lock_rpc(endpoint: &str, sessions: usize, each: usize) -> Result<Sample, BoxError> {
     let client = etcd_client(endpoint).await?;
     let name = unique("etcd-lock-rpc");
@@ -186,50 +187,45 @@ async fn etcd_lock_rpc(endpoint: &str, sessions: usize, each: usize) -> Result<S
     let barrier = Arc::new(Barrier::new(sessions + 1));
     let mut tasks = Vec::new();
     for &lease in &leases {
-        let (client, name, barrier) = (client.clone(), name.clone(), barrier.clone());
+        let (mut locks, name, barrier) = (client.lock_client(), name.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
-            let mut locks = client.lock_client();
-            let once = |locks: &mut etcd_client::LockClient| {
-                let mut locks = locks.clone();
-                let name = name.clone();
-                async move {
-                    let t0 = Instant::now();
-                    let options = etcd_client::LockOptions::new().with_lease(lease);
-                    let key = locks
-                        .lock(name.as_str(), Some(options))
-                        .await?
-                        .key()
-                        .to_vec();
-                    let waited = t0.elapsed();
-                    locks.unlock(key).await?;
-                    Ok::<_, BoxError>((waited, t0.elapsed()))
-                }
-            };
-            if sessions == 1 {
-                for _ in 0..WARMUP {
-                    once(&mut locks).await?;
-                }
-            }
             barrier.wait().await;
-            let mut latencies = Vec::new();
+            let mut latencies = Vec::with_capacity(each);
             for _ in 0..each {
-                let (waited, pair) = once(&mut locks).await?;
-                latencies.push(if sessions == 1 { pair } else { waited });
+                let t0 = Instant::now();
+                let options = etcd_client::LockOptions::new().with_lease(lease);
+                let key = locks
+                    .lock(name.as_str(), Some(options))
+                    .await?
+                    .key()
+                    .to_vec();
+                latencies.push(t0.elapsed());
+                locks.unlock(key).await?;
             }
-            Ok::<_, BoxError>(latencies)
+            Ok(latencies)
         }));
     }
+    let sample = start_together(&barrier, tasks).await?;
+    for lease in leases {
+        client.lease_client().revoke(lease).await?;
+    }
+    Ok(sample)
+}
+
+type Waits = tokio::task::JoinHandle<Result<Vec<Duration>, BoxError>>;
+
+/// Releases session tasks waiting at `barrier` and collects their timed waits.
+async fn start_together(barrier: &Barrier, tasks: Vec<Waits>) -> Result<Sample, BoxError> {
     barrier.wait().await;
     let start = Instant::now();
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await??);
     }
-    let elapsed = start.elapsed();
-    for lease in leases {
-        client.lease_client().revoke(lease).await?;
-    }
-    Ok(Sample { latencies, elapsed })
+    Ok(Sample {
+        latencies,
+        elapsed: start.elapsed(),
+    })
 }
 
 async fn zk_client(endpoint: &str) -> Result<zk::Client, BoxError> {
@@ -247,7 +243,7 @@ async fn fairlock(url: &str, sessions: usize, each: usize) -> Result<Sample, Box
         clients.push(Client::connect(url).await?);
     }
     let barrier = Arc::new(Barrier::new(sessions + 1));
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<Waits> = Vec::new();
     for client in &clients {
         let (mutex, barrier) = (client.mutex(&name)?, barrier.clone());
         tasks.push(tokio::spawn(async move {
@@ -259,20 +255,14 @@ async fn fairlock(url: &str, sessions: usize, each: usize) -> Result<Sample, Box
                 latencies.push(t0.elapsed());
                 guard.release().await?;
             }
-            Ok::<_, BoxError>(latencies)
+            Ok(latencies)
         }));
     }
-    barrier.wait().await;
-    let start = Instant::now();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let elapsed = start.elapsed();
+    let sample = start_together(&barrier, tasks).await?;
     for client in clients {
         client.close().await?;
     }
-    Ok(Sample { latencies, elapsed })
+    Ok(sample)
 }
 
 fn repo() -> PathBuf {
