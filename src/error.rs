@@ -58,6 +58,19 @@ pub enum Error {
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
 
+    /// A write was sent, but no answer came back (the request timed out, or the connection
+    /// broke while it was in flight): it may or may not have been applied. Read back before
+    /// retrying. Writes known *not* to have been applied report [`Error::LockLost`] or
+    /// [`Error::SessionExpired`] instead.
+    #[error("{backend}: outcome unknown: {source}")]
+    OutcomeUnknown {
+        /// Which backend: `etcd`, `zookeeper` or `memory`.
+        backend: &'static str,
+        /// What cut the request short.
+        #[source]
+        source: BoxError,
+    },
+
     /// The backend reported an error; the client library's error is the source.
     #[error("{backend} error: {source}")]
     Backend {
@@ -82,6 +95,7 @@ impl Error {
             Error::Unreachable { .. }
                 | Error::SessionExpired
                 | Error::Timeout(_)
+                | Error::OutcomeUnknown { .. }
                 | Error::Backend { .. }
         )
     }
