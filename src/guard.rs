@@ -149,8 +149,11 @@ impl LockGuard {
     /// # Errors
     /// - [`Error::LockLost`](crate::Error::LockLost): the lock is no longer held; nothing
     ///   was written.
+    /// - [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown): the write was sent but no
+    ///   definite answer came back (connection lost, request timeout): it may or may not
+    ///   have been applied. Read back before retrying.
     /// - [`Error::Timeout`](crate::Error::Timeout), [`Error::Backend`](crate::Error::Backend):
-    ///   the write's outcome is unknown.
+    ///   the write failed before it was sent, or the server refused it; nothing was written.
     ///
     /// # Cancel safety
     /// Not cancel safe: dropping the future may or may not leave the write applied.

@@ -285,7 +285,11 @@ async fn acquire<S: SessionSource>(
 async fn wait_turn<S: QueueSession>(name: &str, pending: &mut Pending<S>) -> Result<()> {
     let session = pending.session.clone();
     let lost = session.trigger().signal();
-    let mut pred = session.enqueue(name, &mut pending.entry).await?;
+    // A lost session ends the waiter at every await, the enqueue included.
+    let mut pred = tokio::select! {
+        enqueued = session.enqueue(name, &mut pending.entry) => enqueued?,
+        reason = lost.wait() => return Err(session_error(reason)),
+    };
     while let Some(p) = pred {
         crate::stats::waiting();
         tokio::select! {

@@ -4,12 +4,17 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use common::proxy::Proxy;
 use common::{eventually, soon, unique, zk_endpoint, Harness, ZkHarness};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use fairlock::{Client, Error, WriteOp};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdout, Command};
 
 #[tokio::test]
@@ -274,4 +279,258 @@ async fn fairlock_waits_for_leader_latch() {
     let leading = soon("fairlock leads", campaign).await.unwrap();
     assert_eq!(election.leader().await.unwrap().unwrap().value, b"fairlock");
     leading.resign().await.unwrap();
+}
+
+// ---- faults: silent partitions, requests cut in flight ----
+
+/// Under a silent partition every request ends at the request timeout: `lock()` and
+/// `try_lock()` fail after a few request timeouts, long before the session could be
+/// declared lost (2/5 of a 30 s session timeout), and leave no entry behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_partition_ends_acquisitions_at_the_request_timeout() {
+    let h = ZkHarness::new().await;
+    let proxy = Proxy::start(&h.endpoint()).await;
+    let url = format!("{}&request_timeout=1s", h.url_via(&proxy.endpoint(), 30));
+    let client = Client::connect(&url).await.unwrap();
+    let name = unique("partition-timeout");
+    let mutex = client.mutex(&name).unwrap();
+
+    proxy.cut();
+    let started = Instant::now();
+    let locked = soon("lock under a partition", mutex.lock()).await;
+    let lock_took = started.elapsed();
+    let started = Instant::now();
+    let tried = soon("try_lock under a partition", mutex.try_lock()).await;
+    let try_took = started.elapsed();
+    assert!(locked.is_err(), "lock() succeeded under a partition");
+    assert!(tried.is_err(), "try_lock() succeeded under a partition");
+    // Session loss would come at 12 s; six request timeouts is generous and still tells.
+    let bound = Duration::from_secs(6);
+    assert!(lock_took < bound, "lock() took {lock_took:?}: {locked:?}");
+    assert!(try_took < bound, "try_lock() took {try_took:?}: {tried:?}");
+    assert!(!client.session_lost().is_lost(), "the session was lost");
+
+    proxy.restore();
+    // Whatever the cut-short create left is removed once the server is reachable again.
+    eventually("no entry left", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
+    let guard = soon("lock after the partition", mutex.lock())
+        .await
+        .unwrap();
+    guard.release().await.unwrap();
+}
+
+/// A holder cut off (as if paused) past its session timeout while writing: once its loss
+/// is known, the write reports the lock lost, never a raw backend error. The write was
+/// never sent, and the server does not have it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_of_a_holder_cut_off_past_its_session_reports_lock_lost() {
+    let h = ZkHarness::new().await;
+    let proxy = Proxy::start(&h.endpoint()).await;
+    // The connection is declared dead after 2/5 of 4 s; the request timeout is longer.
+    let url = format!("{}&request_timeout=10s", h.url_via(&proxy.endpoint(), 4));
+    let client = Client::connect(&url).await.unwrap();
+    let name = unique("paused-holder");
+    let guard = Arc::new(client.mutex(&name).unwrap().lock().await.unwrap());
+    let lost = guard.lost();
+    let key = h.data_key(&name);
+
+    proxy.cut();
+    let write = tokio::spawn({
+        let (guard, key) = (guard.clone(), key.clone());
+        async move { guard.guarded_write(&[WriteOp::put(key, "late")]).await }
+    });
+    // Past the session timeout: the server expires the session.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    proxy.restore();
+    let result = soon("guarded write", write).await.unwrap();
+    assert!(lost.is_lost(), "lost() did not fire");
+    assert!(
+        matches!(result, Err(Error::LockLost(_))),
+        "expected LockLost, got {result:?}"
+    );
+    let stored = h.raw().get_data(&key).await;
+    assert!(
+        matches!(stored, Err(zookeeper_client::Error::NoNode)),
+        "a write reported lost was applied: {stored:?}"
+    );
+}
+
+/// A guarded write whose connection breaks (or goes silent) after the request went out is
+/// reported as of unknown outcome, and indeed it may have been applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_write_cut_in_flight_has_unknown_outcome() {
+    let h = ZkHarness::new().await;
+    let trap = RequestTrap::start(&h.endpoint()).await;
+    let url = format!("{}&request_timeout=2s", h.url_via(&trap.endpoint(), 10));
+    let client = Client::connect(&url).await.unwrap();
+    let name = unique("write-in-flight");
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    let key = h.data_key(&name);
+
+    // The connection closes right behind the multi-op.
+    trap.arm(OP_MULTI, Cut::Close);
+    let result = guard.guarded_write(&[WriteOp::put(&key, "1")]).await;
+    assert!(
+        matches!(result, Err(Error::OutcomeUnknown { .. })),
+        "connection lost in flight: expected OutcomeUnknown, got {result:?}"
+    );
+
+    // The connection goes silent behind the multi-op: the server applies it, the answer
+    // never comes.
+    trap.arm(OP_MULTI, Cut::Freeze);
+    let result = guard.guarded_write(&[WriteOp::put(&key, "2")]).await;
+    assert!(
+        matches!(result, Err(Error::OutcomeUnknown { .. })),
+        "no answer in time: expected OutcomeUnknown, got {result:?}"
+    );
+    eventually("the unconfirmed write is applied", || async {
+        matches!(h.raw().get_data(&key).await, Ok((value, _)) if value == b"2")
+    })
+    .await;
+    trap.thaw();
+
+    // The session survives; a write that gets its answer succeeds.
+    soon("write", guard.guarded_write(&[WriteOp::put(&key, "3")]))
+        .await
+        .unwrap();
+    guard.release().await.unwrap();
+}
+
+/// `Client::put` and `Leadership::proclaim` without an answer: unknown outcome too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_and_proclaim_without_an_answer_have_unknown_outcome() {
+    let h = ZkHarness::new().await;
+    let trap = RequestTrap::start(&h.endpoint()).await;
+    let url = format!("{}&request_timeout=2s", h.url_via(&trap.endpoint(), 10));
+    let client = Client::connect(&url).await.unwrap();
+    let name = unique("put-in-flight");
+    let key = h.data_key(&name);
+    client.put(&key, "0").await.unwrap();
+
+    trap.arm(OP_SET_DATA, Cut::Freeze);
+    let result = client.put(&key, "1").await;
+    assert!(
+        matches!(result, Err(Error::OutcomeUnknown { .. })),
+        "put: expected OutcomeUnknown, got {result:?}"
+    );
+    trap.thaw();
+
+    let mut leading = soon("campaign", client.election(&name).unwrap().campaign(b"a"))
+        .await
+        .unwrap();
+    trap.arm(OP_SET_DATA, Cut::Freeze);
+    let result = leading.proclaim(b"b").await;
+    assert!(
+        matches!(result, Err(Error::OutcomeUnknown { .. })),
+        "proclaim: expected OutcomeUnknown, got {result:?}"
+    );
+    trap.thaw();
+    soon("resign", leading.resign()).await.unwrap();
+}
+
+const OP_SET_DATA: i32 = 5;
+const OP_MULTI: i32 = 14;
+
+/// What a [`RequestTrap`] does to a connection once the trapped request went through.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// Close both sides: the client sees the connection lost.
+    Close,
+    /// Forward nothing more either way, keeping the sockets open, until `thaw`.
+    Freeze,
+}
+
+/// A loopback proxy that reads ZooKeeper's framing from client to server: once armed, it
+/// forwards the next request with the given opcode to the server, then cuts that
+/// connection, so the request is in flight when its connection goes.
+struct RequestTrap {
+    addr: SocketAddr,
+    armed: Arc<Mutex<Option<(i32, Cut)>>>,
+    frozen: Arc<Mutex<Vec<(TcpStream, TcpStream)>>>,
+}
+
+impl RequestTrap {
+    async fn start(upstream: &str) -> RequestTrap {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let armed = Arc::new(Mutex::new(None));
+        let frozen = Arc::new(Mutex::new(Vec::new()));
+        let (upstream, armed2, frozen2) = (upstream.to_owned(), armed.clone(), frozen.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, armed, frozen) = (upstream.clone(), armed2.clone(), frozen2.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut client, mut server) = (client, server);
+                    let cut = {
+                        let (mut client_rd, mut client_wr) = client.split();
+                        let (mut server_rd, mut server_wr) = server.split();
+                        let down = tokio::io::copy(&mut server_rd, &mut client_wr);
+                        let up = forward_until_trapped(&mut client_rd, &mut server_wr, &armed);
+                        tokio::select! {
+                            _ = down => None,
+                            cut = up => cut,
+                        }
+                    };
+                    if let Some(Cut::Freeze) = cut {
+                        frozen.lock().unwrap().push((client, server));
+                    } // else: both dropped, closed
+                });
+            }
+        });
+        RequestTrap {
+            addr,
+            armed,
+            frozen,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Cuts the connection that carries the next request with `opcode`, as `cut` says.
+    fn arm(&self, opcode: i32, cut: Cut) {
+        *self.armed.lock().unwrap() = Some((opcode, cut));
+    }
+
+    /// Closes the frozen connections, so their clients reconnect.
+    fn thaw(&self) {
+        self.frozen.lock().unwrap().clear();
+    }
+}
+
+/// Forwards client frames (a 4-byte length, then the body; after the connect request each
+/// body starts with xid and opcode) until one with the armed opcode has been forwarded.
+async fn forward_until_trapped(
+    from: &mut (impl AsyncReadExt + Unpin),
+    to: &mut (impl AsyncWriteExt + Unpin),
+    armed: &Mutex<Option<(i32, Cut)>>,
+) -> Option<Cut> {
+    let mut first = true;
+    loop {
+        let mut len = [0u8; 4];
+        from.read_exact(&mut len).await.ok()?;
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        from.read_exact(&mut body).await.ok()?;
+        to.write_all(&len).await.ok()?;
+        to.write_all(&body).await.ok()?;
+        to.flush().await.ok()?;
+        if std::mem::take(&mut first) || body.len() < 8 {
+            continue;
+        }
+        let opcode = i32::from_be_bytes(body[4..8].try_into().unwrap());
+        let mut armed = armed.lock().unwrap();
+        if let Some((trapped, cut)) = *armed {
+            if trapped == opcode {
+                *armed = None;
+                return Some(cut);
+            }
+        }
+    }
 }

@@ -18,6 +18,13 @@
 //! - **Fencing**: the token is the own node's czxid, a strictly increasing transaction id.
 //!   [`LockGuard::guarded_write`](crate::LockGuard::guarded_write) is a multi-op that first
 //!   checks the own node still exists.
+//! - **Timeouts and outcomes**: every request honours the request timeout (the own node's
+//!   create included), and a waiter ends as soon as its session is known lost. A write
+//!   (guarded write, proclaim, put) that went out without a definite answer (connection
+//!   lost, or no answer within the request timeout) is [`Error::OutcomeUnknown`]: it may
+//!   have been applied. [`Error::LockLost`] and [`Error::SessionExpired`] mean not
+//!   applied: the loss was known before sending, or the server said so (failed check,
+//!   expired session).
 //! - **Disconnections**: while disconnected, the session is *suspended*
 //!   ([`Client::is_suspended`](crate::Client::is_suspended)): the holder cannot know
 //!   whether it still holds the lock, and should not start new protected work. A
@@ -144,24 +151,12 @@ impl KeySpace for ZkClient {
         }
     }
 
+    /// An unconditional put is idempotent: connection failures are retried, and without a
+    /// definite answer within the request timeout the outcome is unknown.
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        self.request(|c| async move {
-            match c.set_data(key, &value, None).await {
-                Err(zk::Error::NoNode) => {
-                    if let Some((parent, _)) = key.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
-                        let dirs = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-                        c.mkdir(parent, &dirs).await?;
-                    }
-                    let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-                    match c.create(key, &value, &options).await {
-                        Err(zk::Error::NodeExists) => c.set_data(key, &value, None).await.map(drop),
-                        other => other.map(drop),
-                    }
-                }
-                other => other.map(drop),
-            }
-        })
-        .await
+        let session = self.session().await?;
+        let client = session.client()?;
+        session.write(|| put_once(&client, key, &value)).await
     }
 
     async fn queue(
@@ -231,6 +226,24 @@ impl KeySpace for ZkClient {
                 _ = tx.closed() => return,
             }
         }
+    }
+}
+
+/// One attempt of [`KeySpace::put`]: set the data, or create the node (and its parents).
+async fn put_once(c: &zk::Client, key: &str, value: &[u8]) -> Result<(), zk::Error> {
+    match c.set_data(key, value, None).await {
+        Err(zk::Error::NoNode) => {
+            if let Some((parent, _)) = key.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+                let dirs = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                c.mkdir(parent, &dirs).await?;
+            }
+            let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+            match c.create(key, value, &options).await {
+                Err(zk::Error::NodeExists) => c.set_data(key, value, None).await.map(drop),
+                other => other.map(drop),
+            }
+        }
+        other => other.map(drop),
     }
 }
 

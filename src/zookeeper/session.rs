@@ -185,26 +185,64 @@ impl ZkSession {
         }
     }
 
-    /// Runs `op` within the request timeout, retrying connection losses (ZooKeeper gives no
-    /// answer for them: the request may or may not have been applied, so every `op` here
-    /// is idempotent or checks first).
+    /// Runs `op` within the request timeout, retrying connection failures (ZooKeeper gives
+    /// no answer for them: the request may or may not have been applied, so every `op` here
+    /// is idempotent or checks first). Ends early, with the session's error, once the
+    /// session is lost: a waiter must not outlive its session.
     async fn request<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, zk::Error>>,
     {
-        let retried = op
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(20))
-                    .with_max_delay(Duration::from_millis(500))
-                    .without_max_times(),
-            )
-            .when(|e| *e == zk::Error::ConnectionLoss);
-        within(self.settings.request_timeout, async {
-            retried.await.map_err(|e| self.error(e))
+        self.bounded(async { retrying(op).await.map_err(|e| self.error(e)) })
+            .await
+    }
+
+    /// Runs `fut` within the request timeout, ending it early if the session is lost. Only
+    /// for requests whose outcome does not matter once the session is gone (reads, the own
+    /// node's create): writes whose outcome the caller needs use [`Self::write`].
+    async fn bounded<T>(&self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let lost = self.trigger.signal();
+        tokio::select! {
+            biased;
+            done = within(self.settings.request_timeout, fut) => done,
+            reason = lost.wait() => Err(session_error(reason)),
+        }
+    }
+
+    /// Runs an idempotent write within the request timeout, retrying connection failures.
+    /// No answer in time is [`Error::OutcomeUnknown`], and so is any error after an attempt
+    /// that went unanswered (that attempt may have been applied); otherwise a definite
+    /// answer from the server is mapped as by [`Self::error`].
+    pub(super) async fn write<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, zk::Error>>,
+    {
+        let unanswered = AtomicBool::new(false);
+        let attempt = || {
+            let fut = op();
+            async {
+                let done = fut.await;
+                if done.as_ref().is_err_and(is_unanswered) {
+                    unanswered.store(true, Ordering::Relaxed);
+                }
+                done
+            }
+        };
+        let answered = within(self.settings.request_timeout, async {
+            Ok(retrying(attempt).await)
         })
-        .await
+        .await;
+        match answered {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(e)) if unanswered.load(Ordering::Relaxed) || is_unanswered(&e) => {
+                Err(outcome_unknown(e))
+            }
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(Error::Timeout(after)) => Err(outcome_unknown(no_answer(after))),
+            Err(e) => Err(e),
+        }
     }
 
     /// Own node of an unconfirmed entry, found by its attempt marker and checked to belong
@@ -229,13 +267,19 @@ impl ZkSession {
         Ok(None)
     }
 
-    /// Creates the own node (and the lock's parent znodes if needed).
+    /// Creates the own node (and the lock's parent znodes if needed). Each request honours
+    /// the request timeout and ends with the session; a create cut short leaves at most a
+    /// node that the caller's clean-up finds by its attempt marker.
     async fn create(&self, name: &str, entry: &mut Entry) -> Result<()> {
         let client = self.client()?;
         for _ in 0..3 {
-            let created = client
-                .create(&entry.key, &entry.value, &ephemeral_sequential())
-                .await;
+            let created = self
+                .bounded(async {
+                    Ok(client
+                        .create(&entry.key, &entry.value, &ephemeral_sequential())
+                        .await)
+                })
+                .await?;
             let (path, stat) = match created {
                 Ok((stat, sequence)) => (format!("{}{sequence}", entry.key), stat),
                 Err(zk::Error::NoNode) => {
@@ -243,7 +287,7 @@ impl ZkSession {
                     self.request(|| client.mkdir(&lock_path, &dirs)).await?;
                     continue;
                 }
-                Err(zk::Error::ConnectionLoss) => match self.find_own(entry).await? {
+                Err(e) if is_transport(&e) => match self.find_own(entry).await? {
                     Some(found) => found,
                     None => continue, // the create did not happen: try again
                 },
@@ -391,6 +435,58 @@ fn unshare(shared: Arc<Error>) -> Error {
 
 pub(super) fn is_no_node(e: &(dyn std::error::Error + 'static)) -> bool {
     matches!(e.downcast_ref::<zk::Error>(), Some(zk::Error::NoNode))
+}
+
+/// Whether `e` is the connection failing rather than an answer of the server: the
+/// connection lost or closed, or silent past the library's deadline ("no response from
+/// connection"), or an I/O error (both reported as custom errors).
+pub(super) fn is_transport(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::Custom(_)
+    )
+}
+
+/// Whether a request that failed with `e` may nevertheless have been applied: the
+/// connection failed after it went out, or its answer could not be read. Every other error
+/// is the server's definite answer (the request was refused), or the client library's
+/// refusal to send it (bad arguments, client closed, session known expired).
+pub(super) fn is_unanswered(e: &zk::Error) -> bool {
+    is_transport(e)
+        || matches!(
+            e,
+            zk::Error::UnexpectedError(_) | zk::Error::UnmarshalError { .. }
+        )
+}
+
+/// A write sent without a definite answer.
+pub(super) fn outcome_unknown(source: impl Into<crate::BoxError>) -> Error {
+    Error::OutcomeUnknown {
+        backend: "zookeeper",
+        source: source.into(),
+    }
+}
+
+/// The source of an [`Error::OutcomeUnknown`] for a write without an answer in time.
+pub(super) fn no_answer(after: Duration) -> String {
+    format!("no answer within the request timeout of {after:?}")
+}
+
+/// `op`, retried with backoff while the connection fails (not bounded in time: callers
+/// bound it).
+async fn retrying<T, F, Fut>(op: F) -> Result<T, zk::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, zk::Error>>,
+{
+    op.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_millis(500))
+            .without_max_times(),
+    )
+    .when(is_transport)
+    .await
 }
 
 impl Drop for ZkSession {
@@ -575,11 +671,13 @@ impl QueueSession for ZkSession {
     }
 
     async fn proclaim(&self, own: &Entry, value: &[u8]) -> Result<()> {
+        // Known lost: nothing is sent.
+        if let Some(reason) = self.trigger.signal().reason() {
+            return Err(session_error(reason));
+        }
         let client = self.client()?;
-        match self
-            .request(|| client.set_data(&own.key, value, None))
-            .await
-        {
+        // Setting the own node's value again is idempotent: connection failures are retried.
+        match self.write(|| client.set_data(&own.key, value, None)).await {
             Ok(_) => Ok(()),
             Err(Error::Backend { source, .. }) if is_no_node(&*source) => Err(self.gone()),
             Err(e) => Err(e),
@@ -625,7 +723,7 @@ impl QueueSession for ZkSession {
                 let watcher = match watched {
                     Ok((Some(_), watcher)) => watcher,
                     Ok((None, _)) => break,
-                    Err(zk::Error::ConnectionLoss) => {
+                    Err(e) if is_transport(&e) => {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -688,10 +786,14 @@ impl QueueSession for ZkSession {
         self.disconnect();
     }
 
+    /// Errors: nothing was applied, except for [`Error::OutcomeUnknown`] (the multi-op went
+    /// out and no definite answer came back).
     async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()> {
         let client = self.client()?;
         // Existence decides between create and set_data, and lets deletes of absent nodes
-        // be no-ops; a race with another writer shows up as a failed op: try again.
+        // be no-ops; a race with another writer shows up as a failed op: try again. The
+        // reads before the multi-op write nothing: they are retried, and end with the
+        // session's error once the session is known lost.
         for _ in 0..3 {
             let mut exists = Vec::with_capacity(ops.len());
             for op in ops {
@@ -722,10 +824,16 @@ impl QueueSession for ZkSession {
                 }
                 .map_err(zk_error)?;
             }
-            let committed = within(self.settings.request_timeout, async {
-                Ok(writer.commit().await)
-            })
-            .await?;
+            // Known lost: nothing is sent. From here on, only a definite answer of the
+            // server says "not applied".
+            if let Some(reason) = self.trigger.signal().reason() {
+                return Err(session_error(reason));
+            }
+            let timeout = self.settings.request_timeout;
+            let committed = match tokio::time::timeout(timeout, writer.commit()).await {
+                Ok(committed) => committed,
+                Err(_) => return Err(outcome_unknown(no_answer(timeout))),
+            };
             match committed {
                 Ok(_) => return Ok(()),
                 Err(zk::CheckWriteError::CheckFailed { .. }) => return Err(self.gone()),
@@ -735,7 +843,11 @@ impl QueueSession for ZkSession {
                 }) => continue,
                 Err(zk::CheckWriteError::OperationFailed { source, .. })
                 | Err(zk::CheckWriteError::RequestFailed { source }) => {
-                    return Err(self.error(source))
+                    return Err(if is_unanswered(&source) {
+                        outcome_unknown(source)
+                    } else {
+                        self.error(source)
+                    })
                 }
             }
         }
