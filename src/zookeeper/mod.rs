@@ -9,6 +9,11 @@
 //!   `new InterProcessMutex(client, "/PATH/NAME")` is the same lock. kazoo's nodes
 //!   (`…__lock__<seq>`) count as contenders too: every party recognised by its sequence
 //!   number, so mutual exclusion holds with Curator and kazoo alike.
+//! - **Sequence wrap**: ZooKeeper's sequence counter is signed 32-bit and wraps from
+//!   2³¹−1 to −2³¹; fairlock orders sequence numbers in wrapping (serial-number) order,
+//!   exact while the live entries of one queue lie fewer than 2³¹ counter steps apart
+//!   (fewer than 2³¹ live entries, the holder younger than about a billion acquisitions of
+//!   the lock). Curator and kazoo compare them as text, which breaks at the wrap.
 //! - **Waiting**: each waiter sets a data watch on the node directly ahead of it (one
 //!   release wakes one waiter), then re-lists the children: its own node must still be
 //!   there (the post-wait check) and nothing else ahead of it.

@@ -1,5 +1,14 @@
 //! Queue node names: Curator's protected names for our own nodes, and the contenders of the
 //! Java (Curator) and Python (kazoo) peers recognised by their sequence numbers.
+//!
+//! Sequence numbers wrap: ZooKeeper numbers a sequential node with its parent's child
+//! version, a signed 32-bit counter that counts every create and delete of a child and goes
+//! from 2³¹−1 to −2³¹. Numbers are therefore compared in serial-number order (RFC 1982,
+//! [`precedes`]) wherever the queue is ordered. That order is exact while the live entries
+//! of one queue lie fewer than 2³¹ counter steps apart: fewer than 2³¹ live entries, and
+//! the oldest of them (the holder) younger than about a billion acquisitions of the same
+//! lock (each costs a create and a delete). Curator and kazoo compare the numbers as text,
+//! which breaks at the wrap: at that moment, mutual exclusion with them is not assured.
 
 use crate::client::QueueKind;
 
@@ -37,7 +46,7 @@ pub(crate) fn attempt_marker(prefix: &str) -> &str {
 /// contenders are named by Curator (`…lock-<seq>`) or kazoo (`…__lock__<seq>`); election
 /// candidates by Curator's LeaderLatch (`…latch-<seq>`). The number is parsed as signed:
 /// ZooKeeper prints sequences past 2³¹−1 as negative.
-pub(crate) fn sequence(child: &str, kind: QueueKind) -> Option<i64> {
+pub(crate) fn sequence(child: &str, kind: QueueKind) -> Option<i32> {
     let after = |marker: &str| child.rfind(marker).map(|i| &child[i + marker.len()..]);
     let digits = match kind {
         // kazoo first: "__lock__" ends in "lock__", never in "lock-".
@@ -50,16 +59,44 @@ pub(crate) fn sequence(child: &str, kind: QueueKind) -> Option<i64> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
         return None;
     }
-    digits.parse::<i32>().ok().map(i64::from)
+    digits.parse::<i32>().ok()
 }
 
-/// The contenders of `kind` among `children`, sorted by sequence number.
-pub(crate) fn contenders(children: &[String], kind: QueueKind) -> Vec<(i64, &str)> {
-    let mut found: Vec<(i64, &str)> = children
+/// Whether sequence number `a` was issued before `b`: `b` lies less than 2³¹ steps after
+/// `a` on the wrapping counter (see the module docs for the bound this relies on).
+pub(crate) fn precedes(a: i32, b: i32) -> bool {
+    b.wrapping_sub(a) > 0
+}
+
+/// The contender of `kind` directly ahead of sequence number `own` among `children`: the
+/// nearest one that [`precedes`] it.
+pub(crate) fn predecessor(own: i32, children: &[String], kind: QueueKind) -> Option<&str> {
+    // One pass, no sorted copy: many waiters may share one large listing.
+    children
+        .iter()
+        .filter_map(|c| sequence(c, kind).map(|s| (s, c.as_str())))
+        .filter(|(sequence, _)| precedes(*sequence, own))
+        .min_by_key(|(sequence, _)| own.wrapping_sub(*sequence))
+        .map(|(_, child)| child)
+}
+
+/// The contenders of `kind` among `children`, in queue order (the head first).
+pub(crate) fn contenders(children: &[String], kind: QueueKind) -> Vec<(i32, &str)> {
+    let mut found: Vec<(i32, &str)> = children
         .iter()
         .filter_map(|c| sequence(c, kind).map(|s| (s, c.as_str())))
         .collect();
     found.sort_unstable();
+    // Numerically sorted, the queue may have wrapped: its newest entries first (just past
+    // −2³¹), its oldest last (just below 2³¹). Within the bound on live entries, the widest
+    // gap between neighbours (the one from the last back to the first counts too) is the
+    // one outside the queue: the head follows it. (Rotating keeps the sort a total order;
+    // sorting with `precedes` as comparator would not be one.)
+    let n = found.len();
+    let gap_before = |i: usize| found[i].0.wrapping_sub(found[(i + n - 1) % n].0) as u32;
+    if let Some(head) = (0..n).max_by_key(|&i| gap_before(i)) {
+        found.rotate_left(head);
+    }
     found
 }
 
@@ -105,16 +142,101 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let order: Vec<i64> = contenders(&children, LOCK)
+        let order: Vec<i32> = contenders(&children, LOCK)
             .iter()
             .map(|(s, _)| *s)
             .collect();
         assert_eq!(order, [1, 2, 3]);
-        let order: Vec<i64> = contenders(&children, ELECTION)
+        let order: Vec<i32> = contenders(&children, ELECTION)
             .iter()
             .map(|(s, _)| *s)
             .collect();
         assert_eq!(order, [4]);
+    }
+
+    fn lock_children(sequences: &[i32]) -> Vec<String> {
+        sequences
+            .iter()
+            .map(|s| format!("_c_{s}-lock-{s:010}"))
+            .collect()
+    }
+
+    #[test]
+    fn contenders_sort_across_the_wrap() {
+        let (max, min) = (i32::MAX, i32::MIN);
+        let children = lock_children(&[min + 1, max, min, max - 1]);
+        let order: Vec<i32> = contenders(&children, LOCK)
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(order, [max - 1, max, min, min + 1]);
+        // No wrap: plain order, negative numbers included.
+        let children = lock_children(&[3, -5, 0]);
+        let order: Vec<i32> = contenders(&children, LOCK)
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(order, [-5, 0, 3]);
+    }
+
+    #[test]
+    fn predecessor_across_the_wrap() {
+        let (max, min) = (i32::MAX, i32::MIN);
+        let children = lock_children(&[max - 1, max, min, min + 1]);
+        let name = |s: i32| format!("_c_{s}-lock-{s:010}");
+        // The first number after the wrap waits for the last one before it.
+        assert_eq!(predecessor(min, &children, LOCK), Some(name(max).as_str()));
+        assert_eq!(
+            predecessor(min + 1, &children, LOCK),
+            Some(name(min).as_str())
+        );
+        assert_eq!(
+            predecessor(max, &children, LOCK),
+            Some(name(max - 1).as_str())
+        );
+        // The oldest holds: nothing ahead of it, even though later numbers are smaller.
+        assert_eq!(predecessor(max - 1, &children, LOCK), None);
+        // Away from the wrap, plain order.
+        let children = lock_children(&[5, 9, 7]);
+        assert_eq!(predecessor(9, &children, LOCK), Some(name(7).as_str()));
+        assert_eq!(predecessor(5, &children, LOCK), None);
+    }
+
+    #[test]
+    fn precedes_in_serial_number_order() {
+        assert!(precedes(1, 2) && !precedes(2, 1) && !precedes(2, 2));
+        assert!(precedes(-1, 0) && precedes(-7, 5));
+        assert!(precedes(i32::MAX, i32::MIN));
+        assert!(!precedes(i32::MIN, i32::MAX));
+        assert!(precedes(i32::MAX - 10, i32::MIN + 10));
+        assert!(precedes(0, i32::MAX) && !precedes(i32::MAX, 0));
+    }
+
+    /// For windows of live entries anywhere on the counter (across the wrap, across zero),
+    /// listed in any order and named by either peer: the sorted order is the issue order,
+    /// and each entry's predecessor is the one before it in that order.
+    #[test]
+    fn predecessor_agrees_with_queue_order_everywhere() {
+        for start in [0, -3, i32::MAX - 4, i32::MAX, i32::MIN, 1 << 30] {
+            let issued: Vec<i32> = (0..7).map(|i| start.wrapping_add(i * 2)).collect();
+            let names: Vec<String> = issued
+                .iter()
+                .enumerate()
+                .map(|(i, s)| match i % 2 {
+                    0 => format!("_c_{i}-lock-{s:010}"),
+                    _ => format!("k{i}__lock__{s:010}"),
+                })
+                .collect();
+            let mut listed = names.clone();
+            listed.reverse();
+            listed.swap(1, 4);
+            let order: Vec<i32> = contenders(&listed, LOCK).iter().map(|(s, _)| *s).collect();
+            assert_eq!(order, issued, "window from {start}");
+            for (i, s) in issued.iter().enumerate() {
+                let expected = i.checked_sub(1).map(|p| names[p].as_str());
+                assert_eq!(predecessor(*s, &listed, LOCK), expected, "{s} from {start}");
+            }
+        }
     }
 
     #[test]

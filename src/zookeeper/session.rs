@@ -297,6 +297,7 @@ impl ZkSession {
                 .rsplit('/')
                 .next()
                 .and_then(|node| names::sequence(node, entry.kind))
+                .map(i64::from)
                 .ok_or_else(|| Error::Backend {
                     backend: "zookeeper",
                     source: format!("unexpected node name {path}").into(),
@@ -431,6 +432,11 @@ fn unshare(shared: Arc<Error>) -> Error {
             },
         },
     }
+}
+
+/// The sequence number of a confirmed own entry (stored widened in `Entry::order`).
+fn sequence_of(own: &Entry) -> i32 {
+    own.order as i32 // set from an i32 by `create`: lossless
 }
 
 pub(super) fn is_no_node(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -627,13 +633,8 @@ impl QueueSession for ZkSession {
         if !children.iter().any(|c| c == own_name) {
             return Err(self.gone());
         }
-        // One pass, no sorted copy: many waiters may share one large listing.
-        let pred = children
-            .iter()
-            .filter_map(|c| names::sequence(c, own.kind).map(|s| (s, c)))
-            .filter(|(sequence, _)| *sequence < own.order)
-            .max_by_key(|(sequence, _)| *sequence)
-            .map(|(_, child)| Predecessor {
+        let pred =
+            names::predecessor(sequence_of(own), &children, own.kind).map(|child| Predecessor {
                 key: format!("{}/{child}", self.lock_path(name)),
                 revision: 0,
             });
