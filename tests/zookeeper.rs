@@ -358,30 +358,80 @@ async fn write_of_a_holder_cut_off_past_its_session_reports_lock_lost() {
     );
 }
 
-/// A guarded write whose connection breaks (or goes silent) after the request went out is
-/// reported as of unknown outcome, and indeed it may have been applied.
+/// The own node's version, which every guarded write moves by one.
+async fn own_version(h: &ZkHarness, guard: &fairlock::LockGuard) -> i32 {
+    h.raw().get_data(guard.key()).await.unwrap().1.version
+}
+
+/// A guarded write whose connection breaks in flight is resolved by reading the own node's
+/// version back: applied exactly once, whether the request reached the server or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guarded_write_cut_in_flight_has_unknown_outcome() {
+async fn guarded_write_cut_in_flight_is_resolved_exactly_once() {
+    let h = ZkHarness::new().await;
+    let trap = RequestTrap::start(&h.endpoint()).await;
+    let url = format!("{}&request_timeout=5s", h.url_via(&trap.endpoint(), 10));
+    let client = Client::connect(&url).await.unwrap();
+    let name = unique("write-resolved");
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    let key = h.data_key(&name);
+    let before = own_version(&h, &guard).await;
+
+    // The server gets the multi-op; the connection closes before the answer.
+    trap.arm(OP_MULTI, Cut::Close);
+    let result = soon("write", guard.guarded_write(&[WriteOp::put(&key, "1")])).await;
+    assert!(trap.sprung(), "the trap did not catch the write");
+    assert!(result.is_ok(), "applied, then cut: {result:?}");
+    assert_eq!(h.raw().get_data(&key).await.unwrap().0, b"1");
+    assert_eq!(own_version(&h, &guard).await, before + 1, "applied once");
+
+    // The connection closes before the multi-op reaches the server: sent again.
+    trap.arm(OP_MULTI, Cut::Swallow);
+    let result = soon("write", guard.guarded_write(&[WriteOp::put(&key, "2")])).await;
+    assert!(trap.sprung(), "the trap did not catch the write");
+    assert!(
+        result.is_ok(),
+        "lost before the server, then sent again: {result:?}"
+    );
+    assert_eq!(h.raw().get_data(&key).await.unwrap().0, b"2");
+    assert_eq!(own_version(&h, &guard).await, before + 2, "applied once");
+
+    assert!(!guard.is_lost());
+    guard.release().await.unwrap();
+}
+
+/// A guarded write that went out and got no answer, with no way to read back in time, is
+/// reported as of unknown outcome; and indeed it may have been applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_write_without_an_answer_has_unknown_outcome() {
     let h = ZkHarness::new().await;
     let trap = RequestTrap::start(&h.endpoint()).await;
     let url = format!("{}&request_timeout=2s", h.url_via(&trap.endpoint(), 10));
     let client = Client::connect(&url).await.unwrap();
-    let name = unique("write-in-flight");
+    let name = unique("write-unknown");
     let guard = client.mutex(&name).unwrap().lock().await.unwrap();
     let key = h.data_key(&name);
 
-    // The connection closes right behind the multi-op.
-    trap.arm(OP_MULTI, Cut::Close);
-    let result = guard.guarded_write(&[WriteOp::put(&key, "1")]).await;
+    // The connection closes right behind the multi-op, and the server stays out of reach.
+    trap.arm(OP_MULTI, Cut::CloseAndSilence);
+    let result = soon("write", guard.guarded_write(&[WriteOp::put(&key, "1")])).await;
     assert!(
         matches!(result, Err(Error::OutcomeUnknown { .. })),
         "connection lost in flight: expected OutcomeUnknown, got {result:?}"
     );
+    trap.thaw();
+    eventually("the unconfirmed write is applied", || async {
+        matches!(h.raw().get_data(&key).await, Ok((value, _)) if value == b"1")
+    })
+    .await;
 
     // The connection goes silent behind the multi-op: the server applies it, the answer
     // never comes.
+    eventually("session confirmed again", || async {
+        !client.is_suspended()
+    })
+    .await;
     trap.arm(OP_MULTI, Cut::Freeze);
-    let result = guard.guarded_write(&[WriteOp::put(&key, "2")]).await;
+    let result = soon("write", guard.guarded_write(&[WriteOp::put(&key, "2")])).await;
     assert!(
         matches!(result, Err(Error::OutcomeUnknown { .. })),
         "no answer in time: expected OutcomeUnknown, got {result:?}"
@@ -397,6 +447,25 @@ async fn guarded_write_cut_in_flight_has_unknown_outcome() {
         .await
         .unwrap();
     guard.release().await.unwrap();
+}
+
+/// A release whose delete is answered by nobody (the connection closes behind it) is
+/// still a clean release: the retry finds the node gone, deleted by the first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_cut_in_flight_is_a_clean_release() {
+    let h = ZkHarness::new().await;
+    let trap = RequestTrap::start(&h.endpoint()).await;
+    let url = format!("{}&request_timeout=5s", h.url_via(&trap.endpoint(), 10));
+    let client = Client::connect(&url).await.unwrap();
+    let name = unique("release-cut");
+    // (lost() not armed: whether the entry watch reports the own delete as Released is
+    // another matter, issue 8's defect 8.)
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    trap.arm(OP_DELETE, Cut::Close);
+    let released = soon("release", guard.release()).await;
+    assert!(trap.sprung(), "the trap did not catch the delete");
+    assert!(released.is_ok(), "{released:?}");
+    assert!(h.entries(&name).await.is_empty());
 }
 
 /// `Client::put` and `Leadership::proclaim` without an answer: unknown outcome too.
@@ -431,37 +500,54 @@ async fn put_and_proclaim_without_an_answer_have_unknown_outcome() {
     soon("resign", leading.resign()).await.unwrap();
 }
 
+const OP_DELETE: i32 = 2;
 const OP_SET_DATA: i32 = 5;
 const OP_MULTI: i32 = 14;
 
-/// What a [`RequestTrap`] does to a connection once the trapped request went through.
-#[derive(Clone, Copy, Debug)]
+/// What a [`RequestTrap`] does to the connection that carries the trapped request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cut {
-    /// Close both sides: the client sees the connection lost.
+    /// Forward the request, then close both sides: the client sees the connection lost.
     Close,
-    /// Forward nothing more either way, keeping the sockets open, until `thaw`.
+    /// Close both sides without forwarding the request.
+    Swallow,
+    /// Forward the request, then forward nothing more either way (sockets kept open) until
+    /// `thaw`.
     Freeze,
+    /// As `Close`, and leave new connections unanswered until `thaw`.
+    CloseAndSilence,
 }
 
 /// A loopback proxy that reads ZooKeeper's framing from client to server: once armed, it
-/// forwards the next request with the given opcode to the server, then cuts that
-/// connection, so the request is in flight when its connection goes.
+/// cuts the connection that carries the next request with the given opcode, so the
+/// request is in flight when its connection goes.
 struct RequestTrap {
     addr: SocketAddr,
-    armed: Arc<Mutex<Option<(i32, Cut)>>>,
-    frozen: Arc<Mutex<Vec<(TcpStream, TcpStream)>>>,
+    state: Arc<TrapState>,
+}
+
+#[derive(Default)]
+struct TrapState {
+    armed: Mutex<Option<(i32, Cut)>>,
+    sprung: std::sync::atomic::AtomicBool,
+    silent: std::sync::atomic::AtomicBool,
+    held: Mutex<Vec<TcpStream>>,
 }
 
 impl RequestTrap {
     async fn start(upstream: &str) -> RequestTrap {
+        use std::sync::atomic::Ordering::SeqCst;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let armed = Arc::new(Mutex::new(None));
-        let frozen = Arc::new(Mutex::new(Vec::new()));
-        let (upstream, armed2, frozen2) = (upstream.to_owned(), armed.clone(), frozen.clone());
+        let state = Arc::new(TrapState::default());
+        let (upstream, state2) = (upstream.to_owned(), state.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (upstream, armed, frozen) = (upstream.clone(), armed2.clone(), frozen2.clone());
+                if state2.silent.load(SeqCst) {
+                    state2.held.lock().unwrap().push(client); // accepted, never answered
+                    continue;
+                }
+                let (upstream, state) = (upstream.clone(), state2.clone());
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&upstream).await else {
                         return;
@@ -471,23 +557,24 @@ impl RequestTrap {
                         let (mut client_rd, mut client_wr) = client.split();
                         let (mut server_rd, mut server_wr) = server.split();
                         let down = tokio::io::copy(&mut server_rd, &mut client_wr);
-                        let up = forward_until_trapped(&mut client_rd, &mut server_wr, &armed);
+                        let up = forward_until_trapped(&mut client_rd, &mut server_wr, &state);
                         tokio::select! {
                             _ = down => None,
                             cut = up => cut,
                         }
                     };
-                    if let Some(Cut::Freeze) = cut {
-                        frozen.lock().unwrap().push((client, server));
-                    } // else: both dropped, closed
+                    match cut {
+                        Some(Cut::Freeze) => state.held.lock().unwrap().extend([client, server]),
+                        Some(Cut::CloseAndSilence) => state.silent.store(true, SeqCst),
+                        _ => {} // both dropped: closed
+                    }
+                    if cut.is_some() {
+                        state.sprung.store(true, SeqCst);
+                    }
                 });
             }
         });
-        RequestTrap {
-            addr,
-            armed,
-            frozen,
-        }
+        RequestTrap { addr, state }
     }
 
     fn endpoint(&self) -> String {
@@ -496,21 +583,34 @@ impl RequestTrap {
 
     /// Cuts the connection that carries the next request with `opcode`, as `cut` says.
     fn arm(&self, opcode: i32, cut: Cut) {
-        *self.armed.lock().unwrap() = Some((opcode, cut));
+        self.state
+            .sprung
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        *self.state.armed.lock().unwrap() = Some((opcode, cut));
     }
 
-    /// Closes the frozen connections, so their clients reconnect.
+    /// Whether the armed trap caught its request.
+    fn sprung(&self) -> bool {
+        self.state.sprung.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Answers new connections again and closes the frozen or unanswered ones, so their
+    /// clients reconnect.
     fn thaw(&self) {
-        self.frozen.lock().unwrap().clear();
+        self.state
+            .silent
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.state.held.lock().unwrap().clear();
     }
 }
 
 /// Forwards client frames (a 4-byte length, then the body; after the connect request each
-/// body starts with xid and opcode) until one with the armed opcode has been forwarded.
+/// body starts with xid and opcode) until one with the armed opcode comes; forwards that
+/// one too unless the cut swallows it.
 async fn forward_until_trapped(
     from: &mut (impl AsyncReadExt + Unpin),
     to: &mut (impl AsyncWriteExt + Unpin),
-    armed: &Mutex<Option<(i32, Cut)>>,
+    state: &TrapState,
 ) -> Option<Cut> {
     let mut first = true;
     loop {
@@ -518,19 +618,25 @@ async fn forward_until_trapped(
         from.read_exact(&mut len).await.ok()?;
         let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
         from.read_exact(&mut body).await.ok()?;
+        let mut trapped = None;
+        if !std::mem::take(&mut first) && body.len() >= 8 {
+            let opcode = i32::from_be_bytes(body[4..8].try_into().unwrap());
+            let mut armed = state.armed.lock().unwrap();
+            if let Some((wanted, cut)) = *armed {
+                if wanted == opcode {
+                    *armed = None;
+                    trapped = Some(cut);
+                }
+            }
+        }
+        if trapped == Some(Cut::Swallow) {
+            return trapped;
+        }
         to.write_all(&len).await.ok()?;
         to.write_all(&body).await.ok()?;
         to.flush().await.ok()?;
-        if std::mem::take(&mut first) || body.len() < 8 {
-            continue;
-        }
-        let opcode = i32::from_be_bytes(body[4..8].try_into().unwrap());
-        let mut armed = armed.lock().unwrap();
-        if let Some((trapped, cut)) = *armed {
-            if trapped == opcode {
-                *armed = None;
-                return Some(cut);
-            }
+        if trapped.is_some() {
+            return trapped;
         }
     }
 }

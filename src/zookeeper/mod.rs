@@ -24,12 +24,16 @@
 //!   [`LockGuard::guarded_write`](crate::LockGuard::guarded_write) is a multi-op that first
 //!   checks the own node still exists.
 //! - **Timeouts and outcomes**: every request honours the request timeout (the own node's
-//!   create included), and a waiter ends as soon as its session is known lost. A write
-//!   (guarded write, proclaim, put) that went out without a definite answer (connection
-//!   lost, or no answer within the request timeout) is [`Error::OutcomeUnknown`]: it may
-//!   have been applied. [`Error::LockLost`] and [`Error::SessionExpired`] mean not
-//!   applied: the loss was known before sending, or the server said so (failed check,
-//!   expired session).
+//!   create included), and a waiter ends as soon as its session is known lost. Requests
+//!   cut short by a connection failure (a server dying: the session moves to another one
+//!   in the URL) are resolved where possible: reads and idempotent writes are sent again;
+//!   a guarded write's multi-op also checks the own node's version and writes its data
+//!   back unchanged, so at most one attempt per version applies and reading the version
+//!   back tells whether it did; a release whose delete went unanswered and then finds the
+//!   node gone deleted it. A write (guarded write, proclaim, put) left without a definite
+//!   answer within the request timeout is [`Error::OutcomeUnknown`]: it may have been
+//!   applied. [`Error::LockLost`] and [`Error::SessionExpired`] mean not applied: the loss
+//!   was known before sending, or the server said so (failed check, expired session).
 //! - **Disconnections**: while disconnected, the session is *suspended*
 //!   ([`Client::is_suspended`](crate::Client::is_suspended)): the holder cannot know
 //!   whether it still holds the lock, and should not start new protected work. A

@@ -18,7 +18,7 @@
 //! short connection to the same session sends ZooKeeper's CloseSession.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
 
@@ -61,6 +61,8 @@ pub(crate) struct ZkSession {
     runtime: Handle,
     /// Coalesced children listings, by lock name.
     listings: StdMutex<HashMap<String, NextListing>>,
+    /// Guarded writes in progress.
+    writes: Writes,
     /// This session, for the tasks it spawns.
     me: Weak<ZkSession>,
 }
@@ -92,6 +94,7 @@ impl ZkSession {
         }
         let session = Arc::new_cyclic(|me| ZkSession {
             listings: StdMutex::new(HashMap::new()),
+            writes: Writes::default(),
             me: me.clone(),
             id: client.session_id().0,
             info,
@@ -312,6 +315,112 @@ impl ZkSession {
         })
     }
 
+    /// One attempt of a guarded write (see [`QueueSession::guarded_write`]). `sent`: the own
+    /// node's version of an earlier attempt that went unanswered; once set, every error is
+    /// [`Error::OutcomeUnknown`], since that attempt may have been applied.
+    async fn write_attempt(
+        &self,
+        client: &zk::Client,
+        own: &Entry,
+        ops: &[WriteOp],
+        sent: Option<i32>,
+        writing: &WriteTicket<'_>,
+    ) -> Result<Attempt> {
+        let unknown = |e: Error| match sent {
+            Some(_) => outcome_unknown(e),
+            None => e,
+        };
+        // The reads write nothing: they are retried, and end with the session's error once
+        // the session is known lost.
+        let (data, stat) = match self.request(|| client.get_data(&own.key)).await {
+            Ok(found) => found,
+            Err(Error::Backend { source, .. }) if is_no_node(&*source) => {
+                return Err(unknown(self.gone()))
+            }
+            Err(e) => return Err(unknown(e)),
+        };
+        if let Some(version) = sent {
+            if stat.version == version.wrapping_add(1) && writing.alone() {
+                return Ok(Attempt::Applied);
+            } else if stat.version != version {
+                return Err(outcome_unknown("the own node was changed by another write"));
+            }
+        }
+        // Existence decides between create and set_data, and lets deletes of absent nodes
+        // be no-ops; a race with another writer shows up as a failed op: try again.
+        let mut exists = Vec::with_capacity(ops.len());
+        for op in ops {
+            let key = match op {
+                WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
+            };
+            let found = self
+                .request(|| client.check_stat(key))
+                .await
+                .map_err(unknown)?
+                .is_some();
+            if let (WriteOp::Put { .. }, false) = (op, found) {
+                // Parents are plain directories: creating them needs no fence.
+                if let Some((parent, _)) = key.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+                    let dirs = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                    self.request(|| client.mkdir(parent, &dirs))
+                        .await
+                        .map_err(unknown)?;
+                }
+            }
+            exists.push(found);
+        }
+        let mut writer = client
+            .new_check_writer(&own.key, Some(stat.version))
+            .map_err(zk_error)?;
+        writer
+            .add_set_data(&own.key, &data, None)
+            .map_err(zk_error)?;
+        for (op, exists) in ops.iter().zip(exists) {
+            match (op, exists) {
+                (WriteOp::Put { key, value }, true) => writer.add_set_data(key, value, None),
+                (WriteOp::Put { key, value }, false) => writer.add_create(
+                    key,
+                    value,
+                    &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+                ),
+                (WriteOp::Delete { key }, true) => writer.add_delete(key, None),
+                (WriteOp::Delete { .. }, false) => Ok(()),
+            }
+            .map_err(zk_error)?;
+        }
+        // Known lost: nothing is sent. From here on, only a definite answer of the server
+        // says "not applied".
+        if let Some(reason) = self.trigger.signal().reason() {
+            return Err(unknown(session_error(reason)));
+        }
+        let timeout = self.settings.request_timeout;
+        let committed = match tokio::time::timeout(timeout, writer.commit()).await {
+            Ok(committed) => committed,
+            Err(_) => return Ok(Attempt::Unanswered(stat.version, no_answer(timeout).into())),
+        };
+        match committed {
+            Ok(_) => Ok(Attempt::Applied),
+            // The own node's version moved (an earlier attempt of ours, or a concurrent
+            // write of this holder): read again.
+            Err(zk::CheckWriteError::CheckFailed {
+                source: zk::Error::BadVersion,
+            }) => Ok(Attempt::Again),
+            Err(zk::CheckWriteError::CheckFailed { .. }) => Err(unknown(self.gone())),
+            Err(zk::CheckWriteError::OperationFailed {
+                source: zk::Error::NoNode | zk::Error::NodeExists,
+                ..
+            }) => Ok(Attempt::Again),
+            Err(zk::CheckWriteError::OperationFailed { source, .. })
+            | Err(zk::CheckWriteError::RequestFailed { source }) => {
+                if is_unanswered(&source) {
+                    Ok(Attempt::Unanswered(stat.version, source.into()))
+                } else {
+                    Err(unknown(self.error(source)))
+                }
+            }
+        }
+    }
+
     /// The children of lock `name`, listed after this call began. Listings are coalesced:
     /// at most one per lock name is in flight, and the callers that arrive meanwhile share
     /// the next one. Each of them started waiting before that listing began, so it sees
@@ -354,6 +463,56 @@ impl ZkSession {
             Err(Error::Backend { source, .. }) if is_no_node(&*source) => Ok(Vec::new()),
             other => other,
         }
+    }
+}
+
+/// What became of one attempt of a guarded write.
+enum Attempt {
+    Applied,
+    /// Definitely not applied, for a reason that another attempt may not meet.
+    Again,
+    /// Sent against this version of the own node; no answer.
+    Unanswered(i32, crate::BoxError),
+}
+
+/// The guarded writes of a session in progress, to tell whether one overlapped another:
+/// only then can the own node's version have moved for a reason other than the write
+/// itself.
+#[derive(Default)]
+struct Writes {
+    started: AtomicU64,
+    running: AtomicUsize,
+}
+
+impl Writes {
+    fn start(&self) -> WriteTicket<'_> {
+        let others = self.running.fetch_add(1, Ordering::SeqCst);
+        let number = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        WriteTicket {
+            writes: self,
+            number,
+            overlapped: others > 0,
+        }
+    }
+}
+
+/// One guarded write in progress.
+struct WriteTicket<'a> {
+    writes: &'a Writes,
+    number: u64,
+    overlapped: bool,
+}
+
+impl WriteTicket<'_> {
+    /// No other guarded write of the session ran at any time since this one started.
+    fn alone(&self) -> bool {
+        !self.overlapped && self.writes.started.load(Ordering::SeqCst) == self.number
+    }
+}
+
+impl Drop for WriteTicket<'_> {
+    fn drop(&mut self) {
+        self.writes.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -698,10 +857,22 @@ impl QueueSession for ZkSession {
             own.key.clone()
         };
         // Sequential paths are never reused: deleting our path can only delete our node.
+        // A delete that went unanswered (a server died) is retried; if the retry finds the
+        // node gone, the first one removed it.
         let client = self.client()?;
-        match self.request(|| client.delete(&path, None)).await {
+        let unanswered = AtomicBool::new(false);
+        let delete = || async {
+            let deleted = client.delete(&path, None).await;
+            if deleted.as_ref().is_err_and(is_unanswered) {
+                unanswered.store(true, Ordering::Relaxed);
+            }
+            deleted
+        };
+        match self.request(delete).await {
             Ok(()) => Ok(true),
-            Err(Error::Backend { source, .. }) if is_no_node(&*source) => Ok(false),
+            Err(Error::Backend { source, .. }) if is_no_node(&*source) => {
+                Ok(unanswered.load(Ordering::Relaxed))
+            }
             Err(e) => Err(e),
         }
     }
@@ -787,74 +958,46 @@ impl QueueSession for ZkSession {
         self.disconnect();
     }
 
-    /// Errors: nothing was applied, except for [`Error::OutcomeUnknown`] (the multi-op went
-    /// out and no definite answer came back).
+    /// Errors: nothing was applied, except for [`Error::OutcomeUnknown`] (a multi-op went
+    /// out, and neither its answer nor a read-back told whether it was applied).
+    ///
+    /// Each multi-op checks the own node's version and writes its data back unchanged, which
+    /// bumps the version: of all attempts made against one version, at most one can apply.
+    /// So after an attempt went unanswered (connection lost, for example when a server
+    /// dies), reading the version back tells: one more, it was applied; the same, it was
+    /// not (yet), and sending it again is safe.
     async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()> {
         let client = self.client()?;
-        // Existence decides between create and set_data, and lets deletes of absent nodes
-        // be no-ops; a race with another writer shows up as a failed op: try again. The
-        // reads before the multi-op write nothing: they are retried, and end with the
-        // session's error once the session is known lost.
-        for _ in 0..3 {
-            let mut exists = Vec::with_capacity(ops.len());
-            for op in ops {
-                let key = match op {
-                    WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
-                };
-                let found = self.request(|| client.check_stat(key)).await?.is_some();
-                if let (WriteOp::Put { .. }, false) = (op, found) {
-                    // Parents are plain directories: creating them needs no fence.
-                    if let Some((parent, _)) = key.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
-                        let dirs = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-                        self.request(|| client.mkdir(parent, &dirs)).await?;
-                    }
-                }
-                exists.push(found);
-            }
-            let mut writer = client.new_check_writer(&own.key, None).map_err(zk_error)?;
-            for (op, exists) in ops.iter().zip(exists) {
-                match (op, exists) {
-                    (WriteOp::Put { key, value }, true) => writer.add_set_data(key, value, None),
-                    (WriteOp::Put { key, value }, false) => writer.add_create(
-                        key,
-                        value,
-                        &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
-                    ),
-                    (WriteOp::Delete { key }, true) => writer.add_delete(key, None),
-                    (WriteOp::Delete { .. }, false) => Ok(()),
-                }
-                .map_err(zk_error)?;
-            }
-            // Known lost: nothing is sent. From here on, only a definite answer of the
-            // server says "not applied".
-            if let Some(reason) = self.trigger.signal().reason() {
-                return Err(session_error(reason));
-            }
-            let timeout = self.settings.request_timeout;
-            let committed = match tokio::time::timeout(timeout, writer.commit()).await {
-                Ok(committed) => committed,
-                Err(_) => return Err(outcome_unknown(no_answer(timeout))),
+        let writing = self.writes.start();
+        // Set once an attempt went unanswered: its version, the deadline for finding out
+        // what became of it, and why it went unanswered.
+        let mut unanswered: Option<(i32, Instant, crate::BoxError)> = None;
+        for _ in 0..5 {
+            let sent = unanswered.as_ref().map(|(version, ..)| *version);
+            let attempt = self.write_attempt(&client, own, ops, sent, &writing);
+            let outcome = match &unanswered {
+                None => attempt.await,
+                Some((_, deadline, _)) => match tokio::time::timeout_at(*deadline, attempt).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => break,
+                },
             };
-            match committed {
-                Ok(_) => return Ok(()),
-                Err(zk::CheckWriteError::CheckFailed { .. }) => return Err(self.gone()),
-                Err(zk::CheckWriteError::OperationFailed {
-                    source: zk::Error::NoNode | zk::Error::NodeExists,
-                    ..
-                }) => continue,
-                Err(zk::CheckWriteError::OperationFailed { source, .. })
-                | Err(zk::CheckWriteError::RequestFailed { source }) => {
-                    return Err(if is_unanswered(&source) {
-                        outcome_unknown(source)
-                    } else {
-                        self.error(source)
-                    })
+            match outcome? {
+                Attempt::Applied => return Ok(()),
+                Attempt::Again => {}
+                Attempt::Unanswered(version, source) => {
+                    let deadline = Instant::now() + self.settings.request_timeout;
+                    let deadline = unanswered.as_ref().map_or(deadline, |(_, d, _)| *d);
+                    unanswered = Some((version, deadline, source));
                 }
             }
         }
-        Err(Error::Backend {
-            backend: "zookeeper",
-            source: "guarded write kept racing with other writers".into(),
+        Err(match unanswered {
+            Some((_, _, source)) => outcome_unknown(source),
+            None => Error::Backend {
+                backend: "zookeeper",
+                source: "guarded write kept racing with other writers".into(),
+            },
         })
     }
 }
