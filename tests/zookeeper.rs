@@ -468,6 +468,21 @@ async fn release_cut_in_flight_is_a_clean_release() {
     assert!(h.entries(&name).await.is_empty());
 }
 
+/// A read whose connection closes in flight (a server dying) is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_cut_in_flight_is_sent_again() {
+    let h = ZkHarness::new().await;
+    let trap = RequestTrap::start(&h.endpoint()).await;
+    let url = format!("{}&request_timeout=5s", h.url_via(&trap.endpoint(), 10));
+    let client = Client::connect(&url).await.unwrap();
+    let key = h.data_key(&unique("read-cut"));
+    client.put(&key, "x").await.unwrap();
+    trap.arm(OP_GET_DATA, Cut::Close);
+    let read = soon("get", client.get(&key)).await;
+    assert!(trap.sprung(), "the trap did not catch the read");
+    assert_eq!(read.unwrap().as_deref(), Some(&b"x"[..]));
+}
+
 /// `Client::put` and `Leadership::proclaim` without an answer: unknown outcome too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_and_proclaim_without_an_answer_have_unknown_outcome() {
@@ -501,6 +516,7 @@ async fn put_and_proclaim_without_an_answer_have_unknown_outcome() {
 }
 
 const OP_DELETE: i32 = 2;
+const OP_GET_DATA: i32 = 4;
 const OP_SET_DATA: i32 = 5;
 const OP_MULTI: i32 = 14;
 

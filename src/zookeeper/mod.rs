@@ -58,7 +58,7 @@ use crate::client::{KeySpace, QueueEntry, QueueKind};
 use crate::config::Config;
 use crate::error::{within, Error, Result};
 use crate::queue::{SessionSlot, SessionSource};
-use session::{is_no_node, ZkSession};
+use session::{is_no_node, retrying, ZkSession};
 
 pub use zookeeper_client::SessionInfo;
 
@@ -125,13 +125,15 @@ impl ZkClient {
         }))
     }
 
-    async fn request<T, Fut>(&self, op: impl FnOnce(zk::Client) -> Fut) -> Result<T>
+    /// A read within the request timeout, sent again after connection failures (a server
+    /// dying: the session moves to another one).
+    async fn request<T, Fut>(&self, mut op: impl FnMut(zk::Client) -> Fut) -> Result<T>
     where
         Fut: std::future::Future<Output = Result<T, zk::Error>>,
     {
         let client = self.session().await?.client()?;
         within(self.settings.request_timeout, async move {
-            op(client).await.map_err(zk_error)
+            retrying(|| op(client.clone())).await.map_err(zk_error)
         })
         .await
     }
@@ -176,7 +178,10 @@ impl KeySpace for ZkClient {
     ) -> Result<Vec<QueueEntry>> {
         let path = format!("{}/{name}", self.settings.base);
         let children = match self
-            .request(|c| async move { c.list_children(&path).await })
+            .request(|c| {
+                let path = &path;
+                async move { c.list_children(path).await }
+            })
             .await
         {
             Err(Error::Backend { source, .. }) if is_no_node(&*source) => return Ok(Vec::new()),

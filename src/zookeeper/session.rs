@@ -639,7 +639,7 @@ pub(super) fn no_answer(after: Duration) -> String {
 
 /// `op`, retried with backoff while the connection fails (not bounded in time: callers
 /// bound it).
-async fn retrying<T, F, Fut>(op: F) -> Result<T, zk::Error>
+pub(super) async fn retrying<T, F, Fut>(op: F) -> Result<T, zk::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, zk::Error>>,
