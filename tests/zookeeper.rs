@@ -296,6 +296,7 @@ async fn silent_partition_ends_acquisitions_at_the_request_timeout() {
     let mutex = client.mutex(&name).unwrap();
 
     proxy.cut();
+    tokio::time::sleep(Duration::from_millis(100)).await; // let the proxy go silent
     let started = Instant::now();
     let locked = soon("lock under a partition", mutex.lock()).await;
     let lock_took = started.elapsed();
@@ -338,6 +339,7 @@ async fn write_of_a_holder_cut_off_past_its_session_reports_lock_lost() {
     let key = h.data_key(&name);
 
     proxy.cut();
+    tokio::time::sleep(Duration::from_millis(100)).await; // let the proxy go silent
     let write = tokio::spawn({
         let (guard, key) = (guard.clone(), key.clone());
         async move { guard.guarded_write(&[WriteOp::put(key, "late")]).await }
@@ -405,7 +407,9 @@ async fn guarded_write_cut_in_flight_is_resolved_exactly_once() {
 async fn guarded_write_without_an_answer_has_unknown_outcome() {
     let h = ZkHarness::new().await;
     let trap = RequestTrap::start(&h.endpoint()).await;
-    let url = format!("{}&request_timeout=2s", h.url_via(&trap.endpoint(), 10));
+    // The library declares a silent connection dead 2/5 of the TTL after the last answer:
+    // 8 s, long after the 2 s request timeout (and the 2 s more spent trying to read back).
+    let url = format!("{}&request_timeout=2s", h.url_via(&trap.endpoint(), 20));
     let client = Client::connect(&url).await.unwrap();
     let name = unique("write-unknown");
     let guard = client.mutex(&name).unwrap().lock().await.unwrap();
@@ -488,7 +492,8 @@ async fn read_cut_in_flight_is_sent_again() {
 async fn put_and_proclaim_without_an_answer_have_unknown_outcome() {
     let h = ZkHarness::new().await;
     let trap = RequestTrap::start(&h.endpoint()).await;
-    let url = format!("{}&request_timeout=2s", h.url_via(&trap.endpoint(), 10));
+    // As above: the request timeout ends the wait long before the library would.
+    let url = format!("{}&request_timeout=2s", h.url_via(&trap.endpoint(), 20));
     let client = Client::connect(&url).await.unwrap();
     let name = unique("put-in-flight");
     let key = h.data_key(&name);
