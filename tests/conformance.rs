@@ -580,6 +580,44 @@ pub async fn reentrant_holds_are_counted(h: Arc<dyn Harness>) {
     );
 }
 
+/// A holder's own release ends its `lost()` signal with `Released`, never `Deleted`: the
+/// own-entry watch must not mistake the release for someone else's deletion.
+pub async fn own_release_is_reported_as_released(h: Arc<dyn Harness>) {
+    let name = unique("own-release");
+    let client = h.client().await;
+    let mutex = client.mutex(&name).unwrap();
+    for round in 0..40 {
+        let guard = mutex.lock().await.unwrap();
+        let lost = guard.lost(); // arms the own-entry watch
+        assert!(!guard.is_lost());
+        guard.release().await.unwrap();
+        let reason = soon("released signal", lost).await;
+        assert_eq!(reason, LostReason::Released, "round {round}");
+    }
+    client.close().await.unwrap();
+}
+
+/// A session ended from outside (lease revoked, session expired by the server) costs the
+/// next acquisition nothing: it runs on a new session instead of failing with the raw
+/// backend error until the keep-alive notices.
+pub async fn acquire_right_after_the_session_ended_from_outside(h: Arc<dyn Harness>) {
+    let name = unique("after-revoke");
+    let client = h.client_ttl(30).await;
+    let old = client.session_id();
+    h.expire_session(&client).await;
+    let guard = client.mutex(&name).unwrap().try_lock().await;
+    let guard = match guard {
+        Ok(Some(guard)) => guard,
+        other => panic!("acquisition after the session ended: {other:?}"),
+    };
+    assert_ne!(client.session_id(), old, "still on the ended session");
+    assert!(!guard.is_lost());
+    guard.release().await.unwrap();
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    guard.release().await.unwrap();
+    client.close().await.unwrap();
+}
+
 macro_rules! conformance {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -598,7 +636,9 @@ macro_rules! conformance {
                 waiter_session_expires_while_queued, dropped_guard_releases,
                 close_releases_everything, bad_names_refused, election_fifo_succession,
                 observe_yields_each_change_once, no_two_leaders_under_crash_and_restart,
-                proclaim_after_loss_fails, reentrant_holds_are_counted);
+                proclaim_after_loss_fails, reentrant_holds_are_counted,
+                own_release_is_reported_as_released,
+                acquire_right_after_the_session_ended_from_outside);
         }
     };
     (@tests $($test:ident),*) => {

@@ -102,6 +102,71 @@ async fn long_partition_is_reported_before_the_server_frees_the_lock(h: Arc<dyn 
     assert!(write.is_err());
 }
 
+/// A waiter whose timeout expires while the server is slow, and whose caller then gives up
+/// on it too (an outer timeout dropping `lock_timeout` while it removes its entry), still
+/// leaves no entry behind once the server answers again.
+async fn cancel_during_cleanup_leaves_no_entry(h: Arc<dyn Harness>) {
+    let name = unique("cancel-cleanup");
+    let holder = h.client().await;
+    let held = holder.mutex(&name).unwrap().lock().await.unwrap();
+
+    let proxy = Proxy::start(&h.endpoint()).await;
+    let client = Client::connect(&h.url_via(&proxy.endpoint(), 30))
+        .await
+        .unwrap();
+    let mutex = client.mutex(&name).unwrap();
+    let waiting = tokio::spawn(async move {
+        // lock_timeout gives up after 3 s and starts removing its entry; the removal
+        // hangs on the silent proxy (request timeout 5 s) and this outer timeout drops it.
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(4),
+            mutex.lock_timeout(Duration::from_secs(3)),
+        )
+        .await;
+        assert!(
+            outcome.is_err(),
+            "the removal should still hang: {outcome:?}"
+        );
+    });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    proxy.cut();
+    soon("outer timeout", waiting).await.unwrap();
+    proxy.restore();
+
+    eventually("the waiter's entry removed", || async {
+        h.entries(&name).await.len() == 1
+    })
+    .await;
+    held.release().await.unwrap();
+    assert!(h.entries(&name).await.is_empty());
+    client.close().await.unwrap();
+}
+
+/// Every request of the first session is bounded by the request timeout, not by the
+/// (longer) connect timeout.
+async fn first_session_uses_the_request_timeout(h: Arc<dyn Harness>) {
+    let proxy = Proxy::start(&h.endpoint()).await;
+    let url = format!(
+        "{}&connect_timeout=60s&request_timeout=1s",
+        h.url_via(&proxy.endpoint(), 30)
+    );
+    let client = Client::connect(&url).await.unwrap();
+    let mutex = client.mutex(&unique("request-timeout")).unwrap();
+    proxy.cut();
+    let started = Instant::now();
+    let result = soon("try_lock on a silent server", mutex.try_lock()).await;
+    assert!(result.is_err(), "{result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "bounded by the 60 s connect timeout, not the 1 s request timeout: {:?}",
+        started.elapsed()
+    );
+    proxy.restore();
+}
+
 macro_rules! network_tests {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -111,7 +176,8 @@ macro_rules! network_tests {
                 ttl_below_server_minimum_is_refused, refused_endpoint_is_unreachable,
                 silent_endpoint_is_unreachable_after_connect_timeout,
                 short_partition_loses_nothing,
-                long_partition_is_reported_before_the_server_frees_the_lock);
+                long_partition_is_reported_before_the_server_frees_the_lock,
+                cancel_during_cleanup_leaves_no_entry, first_session_uses_the_request_timeout);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {

@@ -113,13 +113,10 @@ impl EtcdClient {
             Err(_) => return Err(unreachable("connect timed out".into())),
         };
         let hub = WatchHub::start(client.clone(), config.request_timeout);
-        // The first lease grant proves the cluster answers.
-        let connect_settings = Arc::new(Settings {
-            prefix: settings.prefix.clone(),
-            ttl_secs: settings.ttl_secs,
-            request_timeout: config.connect_timeout,
-        });
-        let first = match EtcdSession::open(&client, &hub, &connect_settings).await {
+        // The first lease grant proves the cluster answers, so it may take the connect
+        // timeout; the session's own requests later use the request timeout.
+        let opened = EtcdSession::open(&client, &hub, &settings, config.connect_timeout).await;
+        let first = match opened {
             Ok(session) => session,
             Err(Error::Timeout(_)) => {
                 return Err(unreachable(
@@ -140,11 +137,26 @@ impl EtcdClient {
     }
 }
 
+/// Whether the server said the session's lease does not exist (revoked or expired): gRPC
+/// status NOT_FOUND, which etcd returns for nothing else fairlock asks on a lease.
+pub(crate) fn is_lease_not_found(e: &Error) -> bool {
+    match e {
+        Error::Backend { source, .. } => matches!(
+            source.downcast_ref::<etcd_client::Error>(),
+            Some(etcd_client::Error::GRpcStatus(s)) if i32::from(s.code()) == GRPC_NOT_FOUND
+        ),
+        _ => false,
+    }
+}
+
+/// gRPC status codes (etcd-client does not re-export tonic's `Code`).
+const GRPC_NOT_FOUND: i32 = 5;
+const GRPC_UNAVAILABLE: i32 = 14;
+
 fn is_transport(e: &(dyn std::error::Error + 'static)) -> bool {
     match e.downcast_ref::<etcd_client::Error>() {
         Some(etcd_client::Error::TransportError(_)) => true,
-        // gRPC status code 14: UNAVAILABLE.
-        Some(etcd_client::Error::GRpcStatus(s)) => i32::from(s.code()) == 14,
+        Some(etcd_client::Error::GRpcStatus(s)) => i32::from(s.code()) == GRPC_UNAVAILABLE,
         _ => false,
     }
 }
@@ -158,7 +170,13 @@ impl SessionSource for EtcdClient {
     }
 
     async fn open(&self) -> Result<Arc<EtcdSession>> {
-        EtcdSession::open(&self.client, &self.hub, &self.settings).await
+        EtcdSession::open(
+            &self.client,
+            &self.hub,
+            &self.settings,
+            self.settings.request_timeout,
+        )
+        .await
     }
 }
 

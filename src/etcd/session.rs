@@ -46,14 +46,17 @@ impl EtcdSession {
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] if the server raised the TTL to its minimum; request errors.
+    /// The grant may take `grant_timeout` (the connect timeout for a client's first
+    /// session); every later request of the session takes the request timeout.
     pub(super) async fn open(
         client: &etcd_client::Client,
         hub: &WatchHub,
         settings: &Arc<Settings>,
+        grant_timeout: Duration,
     ) -> Result<Arc<Self>> {
         let ttl = settings.ttl_secs;
         let granted_at = Instant::now();
-        let grant = within(settings.request_timeout, async {
+        let grant = within(grant_timeout, async {
             client
                 .lease_client()
                 .grant(ttl, None)
@@ -106,10 +109,19 @@ impl EtcdSession {
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         let mut kv = self.client.kv_client();
-        within(self.settings.request_timeout, async move {
+        let result = within(self.settings.request_timeout, async move {
             kv.txn(txn).await.map_err(etcd_error)
         })
-        .await
+        .await;
+        if let Err(e) = &result {
+            if super::is_lease_not_found(e) {
+                // Revoked or expired on the server before the keep-alive noticed: the
+                // session is over now, for every guard of it and for the next acquisition.
+                self.trigger.fire(LostReason::SessionExpired);
+                return Err(Error::SessionExpired);
+            }
+        }
+        result
     }
 
     /// Why `own` is gone: the session ended, or someone deleted the key.
@@ -168,11 +180,11 @@ async fn revoke(client: &etcd_client::Client, lease: i64, timeout: Duration) -> 
     within(timeout, async move {
         match leases.revoke(lease).await {
             Ok(_) => Ok(()),
-            // Already expired or revoked: the goal is reached.
-            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("lease not found") => {
-                Ok(())
-            }
-            Err(e) => Err(etcd_error(e)),
+            Err(e) => match etcd_error(e) {
+                // Already expired or revoked: the goal is reached.
+                e if super::is_lease_not_found(&e) => Ok(()),
+                e => Err(e),
+            },
         }
     })
     .await
@@ -474,6 +486,9 @@ impl QueueSession for EtcdSession {
         let (lease, session) = (self.lease, self.trigger.clone());
         let timeout = self.settings.request_timeout;
         let on_delete = move || {
+            if trigger.signal().is_lost() {
+                return; // released (the delete was our own) or lost already
+            }
             tokio::spawn(async move {
                 if lease_gone(&client, lease, timeout).await {
                     session.fire(LostReason::SessionExpired);

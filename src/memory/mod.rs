@@ -118,7 +118,7 @@ pub(crate) struct MemorySession {
 }
 
 impl MemorySession {
-    fn open(store: &MemoryStore, ttl: Duration) -> Arc<Self> {
+    pub(crate) fn open(store: &MemoryStore, ttl: Duration) -> Arc<Self> {
         let trigger = LossTrigger::new();
         let id = store.open_session(trigger.clone());
         Arc::new(MemorySession {

@@ -637,6 +637,9 @@ impl QueueSession for ZkSession {
                     _ => {}
                 }
             }
+            if trigger.signal().is_lost() {
+                return; // released (the delete was our own) or lost already
+            }
             // Deleted: by someone else, or with the whole session, which the server reports
             // on the next request (after the connection loss it may cause first).
             let deadline = Instant::now() + request_timeout;
