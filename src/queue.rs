@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::guard::{HeldLock, LockGuard, WriteOp};
 use crate::lost::{LossTrigger, LostReason};
 use crate::mutex::{Acquire, DistributedMutex};
+use crate::state::StateChannel;
 
 /// One queue entry. Before the backend confirmed it, `order` is 0 and `key` may be
 /// provisional (whatever the backend needs to find and remove it).
@@ -145,6 +146,8 @@ pub(crate) struct SessionSlot<S> {
     /// install a session after `close()` took the last one.
     state: StdMutex<SlotState<S>>,
     renewing: tokio::sync::Mutex<()>,
+    /// Where the client's session states are reported.
+    states: Arc<StateChannel>,
 }
 
 struct SlotState<S> {
@@ -153,14 +156,22 @@ struct SlotState<S> {
 }
 
 impl<S: QueueSession> SessionSlot<S> {
-    pub(crate) fn new(first: Arc<S>) -> Self {
+    /// A slot holding `first`; `states` is the channel its sessions report to.
+    pub(crate) fn new(first: Arc<S>, states: Arc<StateChannel>) -> Self {
+        states.follow(first.trigger().signal());
         SessionSlot {
             state: StdMutex::new(SlotState {
                 current: first,
                 closed: false,
             }),
             renewing: tokio::sync::Mutex::new(()),
+            states,
         }
+    }
+
+    /// The client's session state channel.
+    pub(crate) fn states(&self) -> &Arc<StateChannel> {
+        &self.states
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, SlotState<S>> {
@@ -201,6 +212,7 @@ impl<S: QueueSession> SessionSlot<S> {
             let mut state = self.state();
             if !state.closed {
                 state.current = fresh.clone();
+                self.states.follow(fresh.trigger().signal());
                 return Ok(fresh);
             }
         }
@@ -574,7 +586,7 @@ mod tests {
     async fn close_during_renewal_ends_the_new_session() {
         let store = MemoryStore::named("slot-close-during-renewal");
         let ttl = Duration::from_secs(10);
-        let slot = SessionSlot::new(MemorySession::open(&store, ttl));
+        let slot = SessionSlot::new(MemorySession::open(&store, ttl), StateChannel::new());
         assert!(store.expire_session(&slot.current().id()));
 
         let fresh = MemorySession::open(&store, ttl);

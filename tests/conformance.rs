@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{eventually, soon, unique, Harness};
-use fairlock::{Error, Leader, LostReason, WriteOp};
+use fairlock::{Error, Leader, LostReason, SessionState, WriteOp};
 use futures::StreamExt;
 
 /// 16 contenders on separate sessions increment a counter with a deliberate
@@ -618,6 +618,35 @@ pub async fn acquire_right_after_the_session_ended_from_outside(h: Arc<dyn Harne
     client.close().await.unwrap();
 }
 
+/// The session state stream follows the client across sessions: connected, lost when the
+/// session ends, connected again with the next acquisition's new session, lost on close.
+pub async fn session_states_follow_the_session(h: Arc<dyn Harness>) {
+    let name = unique("states");
+    let client = h.client().await;
+    let mut states = client.session_states();
+    assert_eq!(
+        soon("next session state", states.next()).await,
+        Some(SessionState::Connected)
+    );
+    h.expire_session(&client).await;
+    assert_eq!(
+        soon("next session state", states.next()).await,
+        Some(SessionState::Lost(LostReason::SessionExpired))
+    );
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    assert_eq!(
+        soon("next session state", states.next()).await,
+        Some(SessionState::Connected)
+    );
+    assert_eq!(client.session_state(), SessionState::Connected);
+    guard.release().await.unwrap();
+    client.close().await.unwrap();
+    assert_eq!(
+        soon("next session state", states.next()).await,
+        Some(SessionState::Lost(LostReason::SessionClosed))
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -638,7 +667,8 @@ macro_rules! conformance {
                 observe_yields_each_change_once, no_two_leaders_under_crash_and_restart,
                 proclaim_after_loss_fails, reentrant_holds_are_counted,
                 own_release_is_reported_as_released,
-                acquire_right_after_the_session_ended_from_outside);
+                acquire_right_after_the_session_ended_from_outside,
+                session_states_follow_the_session);
         }
     };
     (@tests $($test:ident),*) => {

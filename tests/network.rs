@@ -11,7 +11,8 @@ use common::proxy::Proxy;
 use common::{eventually, soon, unique, Harness};
 use std::time::{Duration, Instant};
 
-use fairlock::{Client, Error, LostReason, WriteOp};
+use fairlock::{Client, Error, LostReason, SessionState, WriteOp};
+use futures::StreamExt;
 
 async fn ttl_below_server_minimum_is_refused(h: Arc<dyn Harness>) {
     let result = Client::connect(&h.url(1)).await;
@@ -50,11 +51,20 @@ async fn short_partition_loses_nothing(h: Arc<dyn Harness>) {
         .unwrap();
     let name = unique("short-partition");
     let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    let mut states = client.session_states();
+    assert_eq!(
+        soon("state", states.next()).await,
+        Some(SessionState::Connected)
+    );
 
     proxy.cut();
     // Long enough for the client to notice (keep-alive round, dead connection), well
     // within any loss deadline.
     eventually("session suspended", || async { client.is_suspended() }).await;
+    assert_eq!(
+        soon("state", states.next()).await,
+        Some(SessionState::Suspended)
+    );
     assert!(!guard.is_lost());
     proxy.restore();
 
@@ -62,6 +72,10 @@ async fn short_partition_loses_nothing(h: Arc<dyn Harness>) {
         !client.is_suspended()
     })
     .await;
+    assert_eq!(
+        soon("state", states.next()).await,
+        Some(SessionState::Reconnected)
+    );
     assert!(!guard.is_lost(), "a short partition lost the lock");
     guard
         .guarded_write(&[WriteOp::put(h.data_key(&name), "still mine")])

@@ -17,6 +17,7 @@
 //!   client-side deadline passes, at most one TTL after its last successful keep-alive, and
 //!   no later than the cluster frees the lock for the next waiter.
 
+mod request;
 mod session;
 mod watch;
 
@@ -32,6 +33,8 @@ use crate::client::{KeySpace, QueueEntry, QueueKind};
 use crate::config::Config;
 use crate::error::{within, Error, Result};
 use crate::queue::{SessionSlot, SessionSource};
+use crate::state::StateChannel;
+use request::{request, Retry};
 use session::EtcdSession;
 use watch::WatchHub;
 
@@ -66,6 +69,10 @@ pub(crate) struct Settings {
     prefix: String,
     ttl_secs: i64,
     request_timeout: Duration,
+    /// How long before the server's earliest expiry a holder counts its lease as lost.
+    safety_margin: Duration,
+    /// The client's session state channel.
+    states: Arc<StateChannel>,
 }
 
 pub(crate) struct EtcdClient {
@@ -81,6 +88,8 @@ impl EtcdClient {
             prefix: config.prefix_or(DEFAULT_PREFIX).to_owned(),
             ttl_secs: config.ttl.as_secs_f64().ceil() as i64,
             request_timeout: config.request_timeout,
+            safety_margin: config.effective_safety_margin(),
+            states: StateChannel::new(),
         });
         let endpoints: Vec<String> = config
             .endpoints
@@ -131,8 +140,8 @@ impl EtcdClient {
         Ok(Arc::new(EtcdClient {
             client,
             hub,
+            slot: SessionSlot::new(first, settings.states.clone()),
             settings,
-            slot: SessionSlot::new(first),
         }))
     }
 }
@@ -143,21 +152,17 @@ pub(crate) fn is_lease_not_found(e: &Error) -> bool {
     match e {
         Error::Backend { source, .. } => matches!(
             source.downcast_ref::<etcd_client::Error>(),
-            Some(etcd_client::Error::GRpcStatus(s)) if i32::from(s.code()) == GRPC_NOT_FOUND
+            Some(etcd_client::Error::GRpcStatus(s)) if i32::from(s.code()) == request::GRPC_NOT_FOUND
         ),
         _ => false,
     }
 }
 
-/// gRPC status codes (etcd-client does not re-export tonic's `Code`).
-const GRPC_NOT_FOUND: i32 = 5;
-const GRPC_UNAVAILABLE: i32 = 14;
-
 fn is_transport(e: &(dyn std::error::Error + 'static)) -> bool {
     match e.downcast_ref::<etcd_client::Error>() {
         Some(etcd_client::Error::TransportError(_)) => true,
-        Some(etcd_client::Error::GRpcStatus(s)) => i32::from(s.code()) == GRPC_UNAVAILABLE,
-        _ => false,
+        Some(e) => request::is_unavailable(e),
+        None => false,
     }
 }
 
@@ -183,18 +188,19 @@ impl SessionSource for EtcdClient {
 #[async_trait]
 impl KeySpace for EtcdClient {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let mut kv = self.client.kv_client();
-        let resp = within(self.settings.request_timeout, async move {
-            kv.get(key, None).await.map_err(etcd_error)
+        let resp = request(self.settings.request_timeout, Retry::Idempotent, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.get(key, None).await }
         })
         .await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        let mut kv = self.client.kv_client();
-        within(self.settings.request_timeout, async move {
-            kv.put(key, value, None).await.map_err(etcd_error)
+        // A plain put of one value: repeating it is harmless.
+        request(self.settings.request_timeout, Retry::Idempotent, || {
+            let (mut kv, value) = (self.client.kv_client(), value.clone());
+            async move { kv.put(key, value, None).await }
         })
         .await?;
         Ok(())
@@ -233,7 +239,6 @@ impl EtcdClient {
 
     /// The first `limit` entries of queue `name`, with the revision they were read at.
     async fn read_queue(&self, name: &str, limit: Option<usize>) -> Result<(Vec<QueueEntry>, i64)> {
-        let mut kv = self.client.kv_client();
         let mut options = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend);
@@ -241,8 +246,10 @@ impl EtcdClient {
             options = options.with_limit(limit as i64);
         }
         let prefix = self.queue_prefix(name);
-        let resp = within(self.settings.request_timeout, async move {
-            kv.get(prefix, Some(options)).await.map_err(etcd_error)
+        let resp = request(self.settings.request_timeout, Retry::Idempotent, || {
+            let (mut kv, prefix, options) =
+                (self.client.kv_client(), prefix.clone(), options.clone());
+            async move { kv.get(prefix, Some(options)).await }
         })
         .await?;
         let revision = resp.header().map_or(0, |h| h.revision());

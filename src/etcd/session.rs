@@ -15,16 +15,18 @@ use etcd_client::{
     TxnOpResponse, TxnResponse,
 };
 use tokio::runtime::Handle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::request::{request, Retry};
 use super::watch::{DeleteWatch, Notify, WatchHub};
-use super::{etcd_error, Settings};
+use super::Settings;
 use crate::client::QueueKind;
-use crate::error::{within, Error, Result};
+use crate::clock::{BootInstant, Deadline};
+use crate::error::{Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
 use crate::queue::{remove_until_done, session_error, Entry, Predecessor, QueueSession};
+use crate::state::Suspension;
 
 pub(crate) struct EtcdSession {
     pub(super) lease: i64,
@@ -36,7 +38,7 @@ pub(crate) struct EtcdSession {
     stop: CancellationToken,
     abandoned: AtomicBool,
     /// Set while keep-alives fail; see [`Client::is_suspended`](crate::Client::is_suspended).
-    pub(super) suspended: Arc<AtomicBool>,
+    pub(super) suspended: Arc<Suspension>,
     next_entry: AtomicU64,
     runtime: Handle,
 }
@@ -55,42 +57,39 @@ impl EtcdSession {
         grant_timeout: Duration,
     ) -> Result<Arc<Self>> {
         let ttl = settings.ttl_secs;
-        let granted_at = Instant::now();
-        let grant = within(grant_timeout, async {
-            client
-                .lease_client()
-                .grant(ttl, None)
-                .await
-                .map_err(etcd_error)
+        let granted_at = BootInstant::now();
+        // A retried grant may leave an unused lease behind: it expires after its TTL.
+        let grant = request(grant_timeout, Retry::Idempotent, || {
+            let mut leases = client.lease_client();
+            async move { leases.grant(ttl, None).await }
         })
         .await?;
         if grant.ttl() > ttl {
-            let _ = within(settings.request_timeout, async {
-                client
-                    .lease_client()
-                    .revoke(grant.id())
-                    .await
-                    .map_err(etcd_error)
-            })
-            .await;
+            let _ = revoke(client, grant.id(), settings.request_timeout).await;
             return Err(Error::config(format!(
                 "ttl {ttl}s is below the etcd server's minimum lease TTL of {}s",
                 grant.ttl()
             )));
         }
+        // The server frees the lease `ttl` after the grant was *sent* at the earliest; the
+        // holder gives up `safety_margin` before that.
+        let deadline = Arc::new(Deadline::new(
+            granted_at
+                .add(Duration::from_secs(grant.ttl() as u64))
+                .sub(settings.safety_margin),
+        ));
         let session = Arc::new(EtcdSession {
             lease: grant.id(),
             client: client.clone(),
             hub: hub.clone(),
             settings: settings.clone(),
-            trigger: LossTrigger::new(),
+            trigger: LossTrigger::with_deadline(deadline.clone()),
             stop: CancellationToken::new(),
             abandoned: AtomicBool::new(false),
-            suspended: Arc::new(AtomicBool::new(false)),
+            suspended: Suspension::new(&settings.states),
             next_entry: AtomicU64::new(0),
             runtime: Handle::current(),
         });
-        let deadline = granted_at + Duration::from_secs(grant.ttl() as u64);
         tokio::spawn(keep_alive(
             client.clone(),
             grant.id(),
@@ -107,10 +106,12 @@ impl EtcdSession {
         format!("{}/{name}/", self.settings.prefix)
     }
 
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        let mut kv = self.client.kv_client();
-        let result = within(self.settings.request_timeout, async move {
-            kv.txn(txn).await.map_err(etcd_error)
+    /// One Txn, failing over between members as `retry` allows (see `request.rs` for why
+    /// each Txn of the queue is safe to repeat).
+    async fn txn(&self, txn: Txn, retry: Retry) -> Result<TxnResponse> {
+        let result = request(self.settings.request_timeout, retry, || {
+            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+            async move { kv.txn(txn).await }
         })
         .await;
         if let Err(e) = &result {
@@ -176,25 +177,23 @@ impl Drop for EtcdSession {
 }
 
 async fn revoke(client: &etcd_client::Client, lease: i64, timeout: Duration) -> Result<()> {
-    let mut leases = client.lease_client();
-    within(timeout, async move {
-        match leases.revoke(lease).await {
-            Ok(_) => Ok(()),
-            Err(e) => match etcd_error(e) {
-                // Already expired or revoked: the goal is reached.
-                e if super::is_lease_not_found(&e) => Ok(()),
-                e => Err(e),
-            },
-        }
+    let revoked = request(timeout, Retry::Idempotent, || {
+        let mut leases = client.lease_client();
+        async move { leases.revoke(lease).await }
     })
-    .await
+    .await;
+    match revoked {
+        // Already expired or revoked: the goal is reached.
+        Err(e) if super::is_lease_not_found(&e) => Ok(()),
+        other => other.map(drop),
+    }
 }
 
 /// Whether the server no longer knows lease `lease` (false if it cannot tell).
 async fn lease_gone(client: &etcd_client::Client, lease: i64, timeout: Duration) -> bool {
-    let mut leases = client.lease_client();
-    let asked = within(timeout, async move {
-        leases.time_to_live(lease, None).await.map_err(etcd_error)
+    let asked = request(timeout, Retry::Idempotent, || {
+        let mut leases = client.lease_client();
+        async move { leases.time_to_live(lease, None).await }
     })
     .await;
     matches!(asked, Ok(resp) if resp.ttl() <= 0)
@@ -203,23 +202,26 @@ async fn lease_gone(client: &etcd_client::Client, lease: i64, timeout: Duration)
 /// Keeps lease `lease` alive every TTL/3 until `stop`, firing `trigger` when it is lost.
 ///
 /// The lease counts as lost when the server says it is gone (TTL ≤ 0, "lease not found"),
-/// or when no keep-alive succeeded for a whole TTL: the client-side deadline, which passes
-/// no later than the server's own expiry (the deadline runs from when a keep-alive was
-/// *sent*). A lost lease is revoked on the way out, best effort, so that a server that comes
-/// back does not keep the keys of a session its holders gave up.
+/// or when `deadline` passes: the remaining TTL of the last successful keep-alive, counted
+/// from when it was *sent* (so no later than the server's own expiry) less the safety
+/// margin, on the suspend-aware clock. A lost lease is revoked on the way out, best effort,
+/// so that a server that comes back does not keep the keys of a session its holders gave
+/// up. A broken stream (a member died) is reopened at once, on whichever member the
+/// client's balancer picks next, with a short backoff while that fails.
 async fn keep_alive(
     client: etcd_client::Client,
     lease: i64,
     settings: Arc<Settings>,
     trigger: LossTrigger,
     stop: CancellationToken,
-    suspended: Arc<AtomicBool>,
-    mut deadline: Instant,
+    suspended: Arc<Suspension>,
+    deadline: Arc<Deadline>,
 ) {
     let ttl = Duration::from_secs(settings.ttl_secs as u64);
     let mut stream = None;
+    let mut failures = 0u32;
     loop {
-        let sent = Instant::now();
+        let sent = BootInstant::now();
         let round = async {
             let (keeper, responses) = match &mut stream {
                 Some(stream) => stream,
@@ -232,16 +234,21 @@ async fn keep_alive(
             keeper.keep_alive().await?;
             Ok(responses.message().await?.map(|r| r.ttl()))
         };
+        // A round that takes longer than TTL/3 counts as failed (a silent partition looks
+        // like this); the session is suspended and the stream reopened.
+        let limit = deadline.get().remaining().min(ttl / 3);
         let outcome: Option<Result<Option<i64>, etcd_client::Error>> = tokio::select! {
             _ = stop.cancelled() => return,
-            // A round that takes longer than TTL/3 counts as failed (a silent partition
-            // looks like this); the session is suspended and the stream reopened.
-            outcome = tokio::time::timeout_at(deadline.min(sent + ttl / 3), round) => outcome.ok(),
+            outcome = tokio::time::timeout(limit, round) => outcome.ok(),
         };
         let retry = match outcome {
             Some(Ok(Some(remaining))) if remaining > 0 => {
-                deadline = sent + Duration::from_secs(remaining as u64);
-                suspended.store(false, Ordering::SeqCst);
+                deadline.set(
+                    sent.add(Duration::from_secs(remaining as u64))
+                        .sub(settings.safety_margin),
+                );
+                suspended.set(false);
+                failures = 0;
                 ttl / 3
             }
             // etcd-client reports a dead lease as this message (and a broken stream as other
@@ -264,18 +271,15 @@ async fn keep_alive(
                 trigger.fire(LostReason::SessionExpired);
                 return;
             }
-            Some(Ok(None)) | Some(Err(_)) => {
-                suspended.store(true, Ordering::SeqCst);
+            Some(Ok(None)) | Some(Err(_)) | None => {
+                suspended.set(true);
                 stream = None;
-                Duration::from_millis(250)
-            }
-            None => {
-                suspended.store(true, Ordering::SeqCst);
-                stream = None;
-                Duration::ZERO
+                failures = failures.saturating_add(1);
+                // 10, 30, 70, 150, 250 ms…: the first reopen at once, likely on another member.
+                Duration::from_millis((10u64 << failures.min(5)) - 10).min(RETRY_MAX)
             }
         };
-        if Instant::now() >= deadline {
+        if deadline.has_passed() || trigger.signal().is_lost() {
             tracing::warn!(
                 lease = format!("{lease:x}"),
                 "etcd lease deadline passed: session lost"
@@ -284,11 +288,26 @@ async fn keep_alive(
             let _ = revoke(&client, lease, settings.request_timeout).await;
             return;
         }
-        let wake = (Instant::now() + retry).min(deadline);
+        let wake = BootInstant::now().add(retry).min(deadline.get());
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(wake) => {}
+            _ = sleep_until(wake) => {}
         }
+    }
+}
+
+/// The longest pause between two attempts to reopen the keep-alive stream.
+const RETRY_MAX: Duration = Duration::from_millis(250);
+
+/// Sleeps until `at` on the suspend-aware clock: in slices of at most a second, since
+/// tokio's timers run on a clock that stops while the machine is suspended.
+async fn sleep_until(at: BootInstant) {
+    loop {
+        let left = at.remaining();
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(Duration::from_secs(1))).await;
     }
 }
 
@@ -355,15 +374,36 @@ impl QueueSession for EtcdSession {
         // "No key under the prefix": a range compare over an empty range compares a zero
         // key, whose version is 0.
         let prefix = self.prefix(name);
+        // Else read the own key back: if a retried attempt finds it, the first attempt put
+        // it (into an empty queue) and only its answer was lost.
         let txn = Txn::new()
             .when([Compare::version(prefix.as_bytes(), CompareOp::Equal, 0).with_prefix()])
             .and_then([TxnOp::put(
                 entry.key.as_bytes(),
                 entry.value.clone(),
                 Some(PutOptions::new().with_lease(self.lease)),
+            )])
+            .or_else([TxnOp::get(
+                entry.key.as_bytes(),
+                Some(GetOptions::new().with_keys_only()),
             )]);
-        let resp = self.txn(txn).await?;
+        let resp = self.txn(txn, Retry::Idempotent).await?;
         if !resp.succeeded() {
+            let own = get_response(resp.op_responses().first())
+                .ok_or_else(malformed)?
+                .kvs()
+                .first()
+                .map(|kv| kv.create_revision());
+            let Some(created) = own else {
+                return Ok(false);
+            };
+            entry.order = created;
+            entry.token = created as u64;
+            if self.predecessor(name, entry).await?.is_none() {
+                return Ok(true);
+            }
+            self.remove(entry).await?; // cannot happen (it was put into an empty queue)
+            entry.order = 0;
             return Ok(false);
         }
         let revision = resp.header().ok_or_else(malformed)?.revision();
@@ -395,7 +435,7 @@ impl QueueSession for EtcdSession {
                 TxnOp::get(prefix.as_bytes(), Some(newest)),
             ])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.txn(txn).await?;
+        let resp = self.txn(txn, Retry::Idempotent).await?;
         let revision = resp.header().ok_or_else(malformed)?.revision();
         let ops = resp.op_responses();
         if !resp.succeeded() {
@@ -426,7 +466,7 @@ impl QueueSession for EtcdSession {
             TxnOp::get(own.key.as_bytes(), Some(GetOptions::new().with_keys_only())),
             predecessor_query(&self.prefix(name), own.order),
         ]);
-        let resp = self.txn(txn).await?;
+        let resp = self.txn(txn, Retry::Idempotent).await?;
         let revision = resp.header().ok_or_else(malformed)?.revision();
         let ops = resp.op_responses();
         let own_kv = get_response(ops.first()).ok_or_else(malformed)?;
@@ -458,7 +498,7 @@ impl QueueSession for EtcdSession {
         let txn = Txn::new()
             .when([super::fence_compare(&own.key, own.token)])
             .and_then([put]);
-        if self.txn(txn).await?.succeeded() {
+        if self.txn(txn, Retry::Idempotent).await?.succeeded() {
             Ok(())
         } else {
             Err(self.gone())
@@ -466,7 +506,7 @@ impl QueueSession for EtcdSession {
     }
 
     async fn remove(&self, own: &Entry) -> Result<bool> {
-        let resp = self.txn(Self::delete_txn(own)).await?;
+        let resp = self.txn(Self::delete_txn(own), Retry::Idempotent).await?;
         let deleted = resp.op_responses().iter().any(|op| match op {
             TxnOpResponse::Delete(d) => d.deleted() > 0,
             _ => false,
@@ -507,7 +547,7 @@ impl QueueSession for EtcdSession {
     }
 
     fn is_suspended(&self) -> bool {
-        self.suspended.load(Ordering::SeqCst)
+        self.suspended.get()
     }
 
     /// Revokes the lease: every key of the session goes at once.
@@ -534,7 +574,7 @@ impl QueueSession for EtcdSession {
         let txn = Txn::new()
             .when([super::fence_compare(&own.key, own.token)])
             .and_then(ops);
-        if self.txn(txn).await?.succeeded() {
+        if self.txn(txn, Retry::Write).await?.succeeded() {
             Ok(())
         } else {
             Err(self.gone())

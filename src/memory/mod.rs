@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
 use crate::queue::{Entry, Predecessor, QueueSession, SessionSlot, SessionSource};
+use crate::state::StateChannel;
 use store::{Notify, WatchHandle};
 
 const LOCK_ROOT: &str = "fairlock";
@@ -45,7 +46,7 @@ impl MemoryClient {
         Ok(Arc::new(MemoryClient {
             store,
             ttl: config.ttl,
-            slot: SessionSlot::new(first),
+            slot: SessionSlot::new(first, StateChannel::new()),
         }))
     }
 }

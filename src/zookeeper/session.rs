@@ -33,10 +33,12 @@ use zookeeper_client as zk;
 use super::names;
 use super::{zk_error, Settings};
 use crate::client::QueueKind;
+use crate::clock::BootInstant;
 use crate::error::{within, Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
 use crate::queue::{remove_until_done, session_error, Entry, Predecessor, QueueSession};
+use crate::state::Suspension;
 
 fn ephemeral_sequential() -> zk::CreateOptions<'static> {
     zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all())
@@ -55,7 +57,7 @@ pub(crate) struct ZkSession {
     pub(super) id: i64,
     settings: Arc<Settings>,
     trigger: LossTrigger,
-    pub(super) suspended: Arc<AtomicBool>,
+    pub(super) suspended: Arc<Suspension>,
     /// Set once the session was closed or abandoned on purpose.
     ended: AtomicBool,
     runtime: Handle,
@@ -96,7 +98,7 @@ impl ZkSession {
             id: client.session_id().0,
             info,
             trigger: LossTrigger::new(),
-            suspended: Arc::new(AtomicBool::new(false)),
+            suspended: Suspension::new(&settings.states),
             ended: AtomicBool::new(false),
             settings: settings.clone(),
             runtime: Handle::current(),
@@ -105,6 +107,7 @@ impl ZkSession {
         tokio::spawn(watch_state(
             client.state_watcher(),
             negotiated,
+            settings.safety_margin,
             Arc::downgrade(&session),
         ));
         *session.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client);
@@ -425,9 +428,16 @@ pub(super) async fn close_session(cluster: &str, info: zk::SessionInfo, timeout:
 /// an answer (checked every 1/20), and the server expires the session one timeout after it
 /// last heard from us, which is no earlier than we last heard from it. So the server cannot
 /// expire the session before `11/20` of the timeout after the disconnection; counting 2/5
-/// from it declares the loss first, with 3/20 of the timeout to spare.
-async fn watch_state(mut states: zk::StateWatcher, timeout: Duration, session: Weak<ZkSession>) {
-    let mut deadline: Option<Instant> = None;
+/// from it declares the loss first, with 3/20 of the timeout to spare, or the configured
+/// safety margin if that is larger. Counted on the suspend-aware clock.
+async fn watch_state(
+    mut states: zk::StateWatcher,
+    timeout: Duration,
+    margin: Duration,
+    session: Weak<ZkSession>,
+) {
+    let grace = (timeout * 2 / 5).min((timeout * 11 / 20).saturating_sub(margin));
+    let mut deadline: Option<BootInstant> = None;
     loop {
         let state = tokio::select! {
             state = states.changed() => state,
@@ -444,11 +454,11 @@ async fn watch_state(mut states: zk::StateWatcher, timeout: Duration, session: W
         };
         match state {
             zk::SessionState::Disconnected => {
-                session.suspended.store(true, Ordering::SeqCst);
-                deadline.get_or_insert(Instant::now() + timeout * 2 / 5);
+                session.suspended.set(true);
+                deadline.get_or_insert(BootInstant::now().add(grace));
             }
             zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                session.suspended.store(false, Ordering::SeqCst);
+                session.suspended.set(false);
                 deadline = None;
             }
             zk::SessionState::Closed => {
@@ -466,10 +476,14 @@ async fn watch_state(mut states: zk::StateWatcher, timeout: Duration, session: W
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// Sleeps until `at` on the suspend-aware clock (in slices: tokio's timers stop while the
+/// machine is suspended); never if `None`.
+async fn sleep_until(at: Option<BootInstant>) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    while !at.has_passed() {
+        tokio::time::sleep(at.remaining().min(Duration::from_secs(1))).await;
     }
 }
 
@@ -668,7 +682,7 @@ impl QueueSession for ZkSession {
     }
 
     fn is_suspended(&self) -> bool {
-        self.suspended.load(Ordering::SeqCst)
+        self.suspended.get()
     }
 
     /// Closes the session: its nodes go at once.

@@ -1,0 +1,96 @@
+//! Bounded requests that fail over between cluster members.
+//!
+//! etcd-client balances requests over every endpoint of the URL but keeps a dead member in
+//! rotation: a request that lands on it fails at once as UNAVAILABLE ("tcp connect
+//! error"). Another attempt is balanced afresh and usually lands on a live member, so each
+//! request is retried, with a short backoff, until it succeeds or its request timeout runs
+//! out.
+//!
+//! Retrying is safe because of how fairlock writes (see docs/DESIGN.md, "Retries"):
+//! - [`Retry::Idempotent`]: every queue request is conditional or a read. The enqueue Txn
+//!   creates the own key only if it does not exist (else reads it back); try-lock's Txn
+//!   reads the own key back when the queue was not empty; removals compare the create
+//!   revision; proclaims put the same value under the same comparison; lease grants at
+//!   worst leave an unused lease that expires after its TTL. A retry of a request that was
+//!   applied finds its effect and reports it.
+//! - [`Retry::Write`]: a user's guarded write is retried only when the failed attempt
+//!   provably never reached a server (the connection to the member was refused);
+//!   any other failure after sending means its outcome is unknown:
+//!   [`Error::OutcomeUnknown`].
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+
+use crate::error::{Error, Result};
+
+/// gRPC status codes (etcd-client does not re-export tonic's `Code`).
+pub(super) const GRPC_NOT_FOUND: i32 = 5;
+const GRPC_UNAVAILABLE: i32 = 14;
+
+/// What may be retried after a failed attempt.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Any failure of the member or the transport: the request is safe to repeat.
+    Idempotent,
+    /// Only attempts that never reached a server.
+    Write,
+}
+
+/// Runs `op` within `timeout`, retrying on another member as `retry` allows.
+///
+/// # Errors
+/// The last attempt's error as [`Error::Backend`]; [`Error::Timeout`] when the time ran out
+/// (for [`Retry::Write`], [`Error::OutcomeUnknown`] if an attempt may have been applied).
+pub(crate) async fn request<T, F, Fut>(timeout: Duration, retry: Retry, op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let attempts = op
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(10))
+                .with_max_delay(Duration::from_millis(250))
+                .without_max_times(),
+        )
+        .when(|e: &etcd_client::Error| match retry {
+            Retry::Idempotent => is_unavailable(e),
+            Retry::Write => never_sent(e),
+        });
+    match tokio::time::timeout(timeout, attempts).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) if retry == Retry::Write && is_unavailable(&e) => Err(Error::OutcomeUnknown {
+            backend: "etcd",
+            source: Box::new(e),
+        }),
+        Ok(Err(e)) => Err(super::etcd_error(e)),
+        Err(_) if retry == Retry::Write => Err(Error::OutcomeUnknown {
+            backend: "etcd",
+            source: format!("no answer within {timeout:?}").into(),
+        }),
+        Err(_) => Err(Error::Timeout(timeout)),
+    }
+}
+
+/// A failure of the member or of the way to it (as opposed to a refusal of the request).
+pub(super) fn is_unavailable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => i32::from(s.code()) == GRPC_UNAVAILABLE,
+        _ => false,
+    }
+}
+
+/// Whether the attempt failed before any byte of it reached a server: the connection to
+/// the member chosen was refused.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        source = cause.source();
+    }
+    false
+}
