@@ -42,36 +42,70 @@ pub(crate) enum Retry {
 /// # Errors
 /// The last attempt's error as [`Error::Backend`]; [`Error::Timeout`] when the time ran out
 /// (for [`Retry::Write`], [`Error::OutcomeUnknown`] if an attempt may have been applied).
-pub(crate) async fn request<T, F, Fut>(timeout: Duration, retry: Retry, op: F) -> Result<T>
+pub(crate) async fn request<T, F, Fut>(timeout: Duration, retry: Retry, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
-    let attempts = op
+    // An idempotent attempt that hangs is abandoned and sent again: a request that reached a
+    // follower just as the leader died is forwarded to the dead leader and never answered
+    // (the server gives up only after its own 5 s + 2 election timeouts), while a retry
+    // after the election succeeds at once.
+    let attempt_timeout = match retry {
+        Retry::Idempotent => (timeout / 4).clamp(ATTEMPT_MIN, ATTEMPT_MAX),
+        Retry::Write => timeout,
+    };
+    let bounded = || {
+        let attempt = op();
+        async move {
+            match tokio::time::timeout(attempt_timeout, attempt).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => Err(Failed::Etcd(e)),
+                Err(_) => Err(Failed::Abandoned),
+            }
+        }
+    };
+    let attempts = bounded
         .retry(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(10))
                 .with_max_delay(Duration::from_millis(250))
                 .without_max_times(),
         )
-        .when(|e: &etcd_client::Error| match retry {
-            Retry::Idempotent => is_unavailable(e),
-            Retry::Write => never_sent(e),
+        .when(|e: &Failed| match (retry, e) {
+            (Retry::Idempotent, Failed::Abandoned) => true,
+            (Retry::Idempotent, Failed::Etcd(e)) => is_unavailable(e),
+            (Retry::Write, Failed::Etcd(e)) => never_sent(e),
+            (Retry::Write, Failed::Abandoned) => false,
         });
+    let unknown = |source: crate::BoxError| Error::OutcomeUnknown {
+        backend: "etcd",
+        source,
+    };
     match tokio::time::timeout(timeout, attempts).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) if retry == Retry::Write && is_unavailable(&e) => Err(Error::OutcomeUnknown {
-            backend: "etcd",
-            source: Box::new(e),
-        }),
-        Ok(Err(e)) => Err(super::etcd_error(e)),
-        Err(_) if retry == Retry::Write => Err(Error::OutcomeUnknown {
-            backend: "etcd",
-            source: format!("no answer within {timeout:?}").into(),
-        }),
-        Err(_) => Err(Error::Timeout(timeout)),
+        Ok(Err(Failed::Etcd(e))) if retry == Retry::Write && is_unavailable(&e) => {
+            Err(unknown(Box::new(e)))
+        }
+        Ok(Err(Failed::Etcd(e))) => Err(super::etcd_error(e)),
+        Ok(Err(Failed::Abandoned)) | Err(_) if retry == Retry::Write => {
+            Err(unknown(format!("no answer within {timeout:?}").into()))
+        }
+        Ok(Err(Failed::Abandoned)) | Err(_) => Err(Error::Timeout(timeout)),
     }
 }
+
+/// Why one attempt failed.
+enum Failed {
+    Etcd(etcd_client::Error),
+    /// No answer within the attempt's time.
+    Abandoned,
+}
+
+/// Bounds of one idempotent attempt: long enough for a slow fsync, short enough to retry
+/// within the request timeout after a leader change.
+const ATTEMPT_MIN: Duration = Duration::from_millis(500);
+const ATTEMPT_MAX: Duration = Duration::from_secs(2);
 
 /// A failure of the member or of the way to it (as opposed to a refusal of the request).
 pub(super) fn is_unavailable(e: &etcd_client::Error) -> bool {
@@ -85,7 +119,12 @@ pub(super) fn is_unavailable(e: &etcd_client::Error) -> bool {
 /// Whether the attempt failed before any byte of it reached a server: the connection to
 /// the member chosen was refused.
 fn never_sent(e: &etcd_client::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // etcd-client's error has no `source()`: start from the status or transport error.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(status) => Some(status),
+        etcd_client::Error::TransportError(transport) => Some(transport),
+        _ => None,
+    };
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             return io.kind() == std::io::ErrorKind::ConnectionRefused;
