@@ -100,7 +100,11 @@ async fn try_and_timeout_exit_75_and_leave_no_entry(h: &dyn Harness) {
 async fn signals_while_waiting_leave_the_queue(h: &dyn Harness) {
     let name = unique("cli-sig");
     let (mut holder, _) = hold(h, &name, "echo started; sleep 60").await;
-    for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+    for (sig, code) in [
+        (Signal::SIGINT, 130),
+        (Signal::SIGTERM, 143),
+        (Signal::SIGHUP, 129),
+    ] {
         let mut cmd = fairlock(&h.url(10));
         cmd.args(["lock", &name, "--", "true"]);
         let waiter = cmd.spawn().unwrap();
@@ -136,10 +140,13 @@ async fn signals_while_holding_go_to_the_command(h: &dyn Harness) {
 
 async fn lost_lock_stops_the_command_and_exits_74(h: &dyn Harness) {
     let name = unique("cli-lost");
+    // The whole group gets SIGTERM, `sleep` too: the shell's "Terminated" report of it goes
+    // to /dev/null so that stderr is fairlock's alone.
     let (holder, mut lines) = hold(
         h,
         &name,
-        "trap 'echo got-term; exit 0' TERM; echo started; while true; do sleep 0.1; done",
+        "exec 2>/dev/null; trap 'echo got-term; exit 0' TERM; echo started; \
+         while true; do sleep 0.1; done",
     )
     .await;
     let entries = h.entries(&name).await;
@@ -378,19 +385,21 @@ async fn observe_prints_each_leader(h: &dyn Harness) {
 async fn elect_interrupted_while_campaigning_withdraws(h: &dyn Harness) {
     let name = unique("cli-elect-int");
     let (mut leader, _) = lead(h, &name, "alpha", "echo started; exec sleep 60").await;
-    let mut cmd = fairlock(&h.url(10));
-    cmd.args(["elect", "--value", "beta", &name, "--", "true"]);
-    let candidate = cmd.spawn().unwrap();
-    eventually("candidate queued", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
-    signal(&candidate, Signal::SIGINT);
-    let out = soon("candidate exits", candidate.wait_with_output())
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
-    assert_eq!(h.entries(&name).await.len(), 1, "the candidacy stayed");
+    for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGHUP, 129)] {
+        let mut cmd = fairlock(&h.url(10));
+        cmd.args(["elect", "--value", "beta", &name, "--", "true"]);
+        let candidate = cmd.spawn().unwrap();
+        eventually("candidate queued", || async {
+            h.entries(&name).await.len() == 2
+        })
+        .await;
+        signal(&candidate, sig);
+        let out = soon("candidate exits", candidate.wait_with_output())
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{}", stderr(&out));
+        assert_eq!(h.entries(&name).await.len(), 1, "the candidacy stayed");
+    }
     leader.kill().await.unwrap();
 }
 
@@ -400,6 +409,201 @@ async fn lost_leadership_exits_74(h: &dyn Harness) {
     let entries = h.entries(&name).await;
     h.delete_entry(&entries[0]).await;
     let out = soon("leader exits", leader.wait_with_output())
+        .await
+        .unwrap();
+    assert_one_line_failure(&out, 74);
+}
+
+/// A file path unique to this test, for a script to write a pid into.
+fn pid_file(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(unique(tag))
+}
+
+/// The pid a script wrote into `path` (it writes it before printing "started").
+fn read_pid(path: &std::path::Path) -> i32 {
+    let text = std::fs::read_to_string(path).unwrap();
+    let _ = std::fs::remove_file(path);
+    text.trim().parse().unwrap()
+}
+
+/// Whether process `pid` runs (not a zombie) the program named `comm`: a reused pid or a
+/// zombie waiting for its (possibly non-reaping) new parent counts as gone.
+fn running(pid: i32, comm: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let state = stat[close + 1..].split_whitespace().next();
+    &stat[open + 1..close] == comm && !matches!(state, Some("Z" | "X" | "x"))
+}
+
+/// The pids whose parent is `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if ppid.and_then(|p| p.parse::<i32>().ok()) == Some(parent) {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+/// Waits (up to `SOON`) until none of `processes` runs; SIGKILLs those still running then
+/// (they are this test's) and returns them.
+async fn left_running_after_soon<'a>(processes: &[(i32, &'a str)]) -> Vec<(i32, &'a str)> {
+    let deadline = tokio::time::Instant::now() + common::SOON;
+    loop {
+        let left: Vec<(i32, &str)> = processes
+            .iter()
+            .copied()
+            .filter(|&(pid, comm)| running(pid, comm))
+            .collect();
+        if left.is_empty() || tokio::time::Instant::now() >= deadline {
+            for &(pid, _) in &left {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts `fairlock ARGS -- sh -c SCRIPT`; returns once SCRIPT has printed "started".
+async fn start(h: &dyn Harness, args: &[&str], script: &str) -> (Child, Lines) {
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(args).args(["--", "sh", "-c", script]);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = soon("command starts", lines.next_line()).await.unwrap();
+    assert_eq!(line.as_deref(), Some("started"));
+    (child, lines)
+}
+
+/// Deleting the held entry stops COMMAND's whole process group, including a background
+/// child that the shell leaves behind when SIGTERM ends it, before fairlock exits 74.
+async fn lost_hold_stops_the_whole_group(h: &dyn Harness, args: &[&str], name: &str) {
+    let background = pid_file("cli-bg");
+    let script = format!(
+        "sleep 777 & echo $! > {}; echo started; wait",
+        background.display()
+    );
+    let (mut holder, _) = start(h, args, &script).await;
+    let sleep = read_pid(&background);
+    let entries = h.entries(name).await;
+    h.delete_entry(&entries[0]).await;
+    // Its status only: a surviving `sleep` would keep the output pipes open.
+    let status = soon("holder exits", holder.wait()).await.unwrap();
+    let survived = running(sleep, "sleep");
+    if survived {
+        let _ = kill(Pid::from_raw(sleep), Signal::SIGKILL);
+    }
+    assert_eq!(status.code(), Some(74));
+    assert!(!survived, "the background `sleep 777` outlived the lock");
+}
+
+async fn lost_lock_stops_the_whole_group(h: &dyn Harness) {
+    let name = unique("cli-group");
+    lost_hold_stops_the_whole_group(h, &["lock", "--grace", "1s", &name], &name).await;
+}
+
+async fn lost_leadership_stops_the_whole_group(h: &dyn Harness) {
+    let name = unique("cli-elect-group");
+    let args = ["elect", "--grace", "1s", "--value", "v", &name];
+    lost_hold_stops_the_whole_group(h, &args, &name).await;
+}
+
+/// Writes the shell's pid and its background child's pid, then waits.
+fn leader_and_background_script(leader: &std::path::Path, background: &std::path::Path) -> String {
+    format!(
+        "echo $$ > {}; sleep 777 & echo $! > {}; echo started; wait",
+        leader.display(),
+        background.display()
+    )
+}
+
+/// `kill -9` of fairlock ends COMMAND and its process group: nothing runs on unprotected
+/// while the lock frees itself after the TTL.
+async fn killed_fairlock_takes_the_command_group_along(h: &dyn Harness) {
+    let name = unique("cli-kill9");
+    let (leader_file, background_file) = (pid_file("cli-leader"), pid_file("cli-bg"));
+    let script = leader_and_background_script(&leader_file, &background_file);
+    let (mut holder, _) = start(h, &["lock", &name], &script).await;
+    let (leader, sleep) = (read_pid(&leader_file), read_pid(&background_file));
+    holder.kill().await.unwrap();
+    let left = left_running_after_soon(&[(leader, "sh"), (sleep, "sleep")]).await;
+    assert!(
+        left.is_empty(),
+        "still running after kill -9 of fairlock: {left:?}"
+    );
+}
+
+/// Without fairlock's group watchdog (killed first), `PR_SET_PDEATHSIG` alone still ends
+/// COMMAND itself when fairlock is killed (its background children are not covered).
+async fn killed_fairlock_ends_the_command_by_pdeathsig(h: &dyn Harness) {
+    let name = unique("cli-pdeath");
+    let (leader_file, background_file) = (pid_file("cli-leader"), pid_file("cli-bg"));
+    let script = leader_and_background_script(&leader_file, &background_file);
+    let (mut holder, _) = start(h, &["lock", &name], &script).await;
+    let (leader, sleep) = (read_pid(&leader_file), read_pid(&background_file));
+    let fairlock_pid = holder.id().unwrap() as i32;
+    for other in children_of(fairlock_pid) {
+        if other != leader {
+            let _ = kill(Pid::from_raw(other), Signal::SIGKILL);
+        }
+    }
+    holder.kill().await.unwrap();
+    let left = left_running_after_soon(&[(leader, "sh")]).await;
+    if running(sleep, "sleep") {
+        let _ = kill(Pid::from_raw(sleep), Signal::SIGKILL); // not covered: see the README
+    }
+    assert!(left.is_empty(), "the command outlived fairlock: {left:?}");
+}
+
+async fn sighup_while_holding_reaches_the_command(h: &dyn Harness) {
+    let name = unique("cli-hup");
+    let (mut holder, _) = hold(
+        h,
+        &name,
+        "trap 'exit 41' HUP; echo started; while true; do sleep 0.1; done",
+    )
+    .await;
+    signal(&holder, Signal::SIGHUP);
+    let status = soon("holder exits", holder.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(41));
+    assert!(h.entries(&name).await.is_empty(), "lock not released");
+}
+
+/// After a loss, during the grace period, a signal to fairlock is still passed on: here the
+/// command ignores SIGTERM but ends on SIGINT, long before the grace period would end.
+async fn signal_during_grace_is_honoured(h: &dyn Harness) {
+    let name = unique("cli-grace-sig");
+    let script = "exec 2>/dev/null; trap 'echo got-term' TERM; trap 'echo got-int; exit 0' INT; \
+                  echo started; while true; do sleep 0.1; done";
+    let (holder, mut lines) = start(h, &["lock", "--grace", "300s", &name], script).await;
+    let entries = h.entries(&name).await;
+    h.delete_entry(&entries[0]).await;
+    let line = soon("command gets SIGTERM", lines.next_line())
+        .await
+        .unwrap();
+    assert_eq!(line.as_deref(), Some("got-term"));
+    signal(&holder, Signal::SIGINT);
+    let line = soon("command gets SIGINT", lines.next_line())
+        .await
+        .unwrap();
+    assert_eq!(line.as_deref(), Some("got-int"));
+    let out = soon("holder exits", holder.wait_with_output())
         .await
         .unwrap();
     assert_one_line_failure(&out, 74);
@@ -417,7 +621,11 @@ macro_rules! cli_tests {
                 command_that_ignores_sigterm_is_killed_after_grace, bad_input_exits_2_with_one_line,
                 missing_command_exits_127, elect_runs_command_while_leading,
                 leader_and_status_report_the_queue, observe_prints_each_leader,
-                elect_interrupted_while_campaigning_withdraws, lost_leadership_exits_74);
+                elect_interrupted_while_campaigning_withdraws, lost_leadership_exits_74,
+                lost_lock_stops_the_whole_group, lost_leadership_stops_the_whole_group,
+                killed_fairlock_takes_the_command_group_along,
+                killed_fairlock_ends_the_command_by_pdeathsig,
+                sighup_while_holding_reaches_the_command, signal_during_grace_is_honoured);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {
