@@ -609,6 +609,128 @@ async fn signal_during_grace_is_honoured(h: &dyn Harness) {
     assert_one_line_failure(&out, 74);
 }
 
+/// Not a test: the command of `terminal_ctrl_c_reaches_the_command_once`, which runs this
+/// test binary with `--ignored --exact sigint_counter_helper`. Until a SIGTERM ends it, it
+/// writes into the file named by `FAIRLOCK_TEST_SIGINT_COUNT` how many SIGINTs it got, and
+/// how many of them did not come from its parent (fairlock) by kill(2): a terminal's come
+/// from the kernel. (Two SIGINTs that arrive together are counted once; the sender of the
+/// first is kept.)
+#[test]
+#[ignore = "a helper process of terminal_ctrl_c_reaches_the_command_once"]
+fn sigint_counter_helper() {
+    use nix::libc::{c_int, c_void, siginfo_t, SI_USER};
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+
+    static PARENT: AtomicI32 = AtomicI32::new(0);
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    static NOT_FROM_PARENT: AtomicUsize = AtomicUsize::new(0);
+    extern "C" fn on_sigint(_: c_int, info: *mut siginfo_t, _: *mut c_void) {
+        // SAFETY: the kernel passes a valid siginfo_t with SA_SIGINFO.
+        let (code, pid) = unsafe { ((*info).si_code, (*info).si_pid()) };
+        if code != SI_USER || pid != PARENT.load(Ordering::Relaxed) {
+            NOT_FROM_PARENT.fetch_add(1, Ordering::Relaxed);
+        }
+        COUNT.fetch_add(1, Ordering::Relaxed);
+    }
+    let Ok(path) = std::env::var("FAIRLOCK_TEST_SIGINT_COUNT") else {
+        return;
+    };
+    let write = |counts: (usize, usize)| {
+        let tmp = format!("{path}.tmp");
+        std::fs::write(&tmp, format!("{} {}", counts.0, counts.1)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    PARENT.store(nix::unistd::getppid().as_raw(), Ordering::Relaxed);
+    let action = SigAction::new(
+        SigHandler::SigAction(on_sigint),
+        SaFlags::SA_RESTART | SaFlags::SA_SIGINFO,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only reads its siginfo and updates atomics.
+    unsafe { sigaction(Signal::SIGINT, &action) }.unwrap();
+    write((0, 0));
+    let mut seen = (0, 0);
+    for _ in 0..3000 {
+        let counts = (
+            COUNT.load(Ordering::Relaxed),
+            NOT_FROM_PARENT.load(Ordering::Relaxed),
+        );
+        if counts != seen {
+            seen = counts;
+            write(counts);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A terminal's Ctrl-C reaches COMMAND once, passed on by fairlock: only fairlock is in the
+/// terminal's foreground process group (before, COMMAND got it from the terminal, and again
+/// from fairlock).
+async fn terminal_ctrl_c_reaches_the_command_once(h: &dyn Harness) {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt as _;
+
+    let name = unique("cli-tty");
+    let count_file = pid_file("cli-sigint-count");
+    // (SIGINTs, of which not sent by fairlock)
+    let counts = || -> Option<(usize, usize)> {
+        let text = std::fs::read_to_string(&count_file).ok()?;
+        let (all, others) = text.split_once(' ')?;
+        Some((all.parse().ok()?, others.parse().ok()?))
+    };
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut cmd = fairlock(&h.url(10));
+    cmd.env("FAIRLOCK_TEST_SIGINT_COUNT", &count_file)
+        .args(["lock", &name, "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "sigint_counter_helper"])
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave));
+    // fairlock leads a new session whose controlling terminal is the pty: its process
+    // group is the terminal's foreground group, as when started from an interactive shell.
+    let become_terminal_session = || -> std::io::Result<()> {
+        nix::unistd::setsid()?;
+        // SAFETY: ioctl on fd 0 (the pty's slave side), async-signal-safe.
+        if unsafe { nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        cmd.as_std_mut().pre_exec(become_terminal_session);
+    }
+    let holder = cmd.spawn().unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let drain = master.try_clone().unwrap();
+    // Keeps the terminal's output flowing; ends at EIO once no process has the slave open.
+    std::thread::spawn(move || std::io::copy(&mut &drain, &mut std::io::sink()));
+    eventually("the command runs", || async { counts() == Some((0, 0)) }).await;
+
+    master.write_all(b"\x03").unwrap(); // VINTR: SIGINT to the foreground process group
+    eventually("the command gets SIGINT", || async {
+        counts().is_some_and(|(all, _)| all >= 1)
+    })
+    .await;
+    // A second delivery, if any, follows within milliseconds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        counts(),
+        Some((1, 0)),
+        "(SIGINTs, of which not from fairlock)"
+    );
+
+    signal(&holder, Signal::SIGTERM);
+    let out = soon("holder exits", holder.wait_with_output())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(143), "the helper's end by SIGTERM");
+    assert!(h.entries(&name).await.is_empty(), "lock not released");
+    let _ = std::fs::remove_file(&count_file);
+}
+
 macro_rules! cli_tests {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -625,7 +747,8 @@ macro_rules! cli_tests {
                 lost_lock_stops_the_whole_group, lost_leadership_stops_the_whole_group,
                 killed_fairlock_takes_the_command_group_along,
                 killed_fairlock_ends_the_command_by_pdeathsig,
-                sighup_while_holding_reaches_the_command, signal_during_grace_is_honoured);
+                sighup_while_holding_reaches_the_command, signal_during_grace_is_honoured,
+                terminal_ctrl_c_reaches_the_command_once);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {
