@@ -524,6 +524,32 @@ async fn lost_leadership_stops_the_whole_group(h: &dyn Harness) {
     lost_hold_stops_the_whole_group(h, &args, &name).await;
 }
 
+/// A process of the group that ignores SIGTERM and outlives COMMAND (reparented to
+/// fairlock) still gets SIGKILL after the grace period, and fairlock exits 74 only after.
+async fn lost_lock_kills_a_group_member_that_ignores_sigterm(h: &dyn Harness) {
+    let name = unique("cli-group-kill");
+    let background = pid_file("cli-bg");
+    let script = format!(
+        "sh -c 'trap \"\" TERM; while true; do sleep 0.1; done' & echo $! > {}; \
+         echo started; wait",
+        background.display()
+    );
+    let (mut holder, _) = start(h, &["lock", "--grace", "1s", &name], &script).await;
+    let stubborn = read_pid(&background);
+    let entries = h.entries(&name).await;
+    h.delete_entry(&entries[0]).await;
+    let status = soon("holder exits", holder.wait()).await.unwrap();
+    let survived = running(stubborn, "sh");
+    if survived {
+        let _ = kill(Pid::from_raw(stubborn), Signal::SIGKILL);
+    }
+    assert_eq!(status.code(), Some(74));
+    assert!(
+        !survived,
+        "a group member ignoring SIGTERM outlived the lock"
+    );
+}
+
 /// Writes the shell's pid and its background child's pid, then waits.
 fn leader_and_background_script(leader: &std::path::Path, background: &std::path::Path) -> String {
     format!(
@@ -748,7 +774,8 @@ macro_rules! cli_tests {
                 killed_fairlock_takes_the_command_group_along,
                 killed_fairlock_ends_the_command_by_pdeathsig,
                 sighup_while_holding_reaches_the_command, signal_during_grace_is_honoured,
-                terminal_ctrl_c_reaches_the_command_once);
+                terminal_ctrl_c_reaches_the_command_once,
+                lost_lock_kills_a_group_member_that_ignores_sigterm);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {
