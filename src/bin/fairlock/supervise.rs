@@ -3,12 +3,15 @@
 //! COMMAND runs as the leader of its own process group, so that everything it starts (a
 //! shell's background jobs included) can be signalled together: on loss the group gets
 //! SIGTERM, then SIGKILL after the grace period, and fairlock returns only once no process
-//! of the group is left. Three mechanisms cover fairlock's own death (even `kill -9`):
-//! the command gets `PR_SET_PDEATHSIG` (SIGKILL) on Linux; a small watchdog process (see
-//! [`crate::watchdog`]) SIGKILLs the whole group when its pipe from fairlock closes without
-//! a word; and fairlock makes itself a child subreaper on Linux so that group members
-//! orphaned by their parent's death are reparented to it and reaped, which is what lets
-//! "the group is gone" be observed at all (a zombie still counts as a group member).
+//! of the group is left. For that to be observable fairlock makes itself a child subreaper
+//! (Linux): group members orphaned by their parent's death are reparented to it and reaped
+//! here, instead of lingering as zombies (which still count as group members) until init
+//! gets to them, if it ever does.
+//!
+//! Two mechanisms cover fairlock's own death, even by `kill -9`: COMMAND gets
+//! `PR_SET_PDEATHSIG` (SIGKILL) on Linux, and a small watchdog process
+//! ([`crate::watchdog`]) SIGKILLs the whole group when its pipe from fairlock closes before
+//! fairlock disarmed it.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -57,8 +60,8 @@ pub async fn run(
     };
     // Acquiring and spawning are not atomic: a signal or a loss may have come in after the
     // acquisition completed. Looked at here, explicitly, so that COMMAND is not started
-    // then; the caller releases. (One arriving after this look is forwarded to COMMAND.)
-    tokio::task::yield_now().await;
+    // then; the caller releases. A signal is seen here once tokio's signal driver (on a
+    // worker thread) has taken it in; one arriving later is forwarded to COMMAND.
     if let Some(received) = signals.pending() {
         return Outcome::NotStarted(received.exit_code());
     }
@@ -81,13 +84,22 @@ pub async fn run(
     };
     loop {
         tokio::select! {
-            status = group.leader.wait() => {
-                // Background processes COMMAND left in its group are left running, as a
-                // shell would; the lock is released now that COMMAND itself has ended.
-                group.disarm();
-                group.reap_orphans();
-                return Outcome::Exited(status.map_or(exit::SOFTWARE, code_of));
-            }
+            status = group.leader.wait() => match status {
+                Ok(status) => {
+                    // Background processes COMMAND left in its group are left running, as
+                    // a shell would; the lock is released now that COMMAND itself ended.
+                    group.disarm();
+                    group.reap_orphans();
+                    return Outcome::Exited(code_of(status));
+                }
+                Err(e) => {
+                    // Whether COMMAND still runs is unknown: stop its group before the
+                    // release, as on a loss.
+                    eprintln!("fairlock: cannot wait for the command: {e}");
+                    group.stop(grace, signals, &mut child_exits).await;
+                    return Outcome::Exited(exit::SOFTWARE);
+                }
+            },
             received = signals.next() => group.signal(received.signal()),
             Some(()) = recv(&mut child_exits) => group.reap_orphans(),
             reason = &mut lost => {
