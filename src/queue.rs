@@ -37,6 +37,25 @@ pub(crate) struct Entry {
     pub kind: QueueKind,
     /// The value stored with the entry (a candidate's value; empty for locks).
     pub value: Vec<u8>,
+    /// The entry's own last change as this process knows it (etcd mod revision; 0: its
+    /// creation), behind a lock that serialises the holder's writes through the entry. A
+    /// write that changes it exactly once lets a retried write tell whether an earlier,
+    /// unanswered attempt was applied.
+    pub version: Arc<tokio::sync::Mutex<i64>>,
+}
+
+impl Entry {
+    /// A provisional entry, before the backend confirmed it.
+    pub(crate) fn new(key: String, kind: QueueKind, value: &[u8]) -> Self {
+        Entry {
+            key,
+            token: 0,
+            order: 0,
+            kind,
+            value: value.to_vec(),
+            version: Arc::default(),
+        }
+    }
 }
 
 /// The entry directly ahead of a waiter, as seen at `revision`.

@@ -13,10 +13,10 @@
 //!   revision; proclaims put the same value under the same comparison; lease grants at
 //!   worst leave an unused lease that expires after its TTL. A retry of a request that was
 //!   applied finds its effect and reports it.
-//! - [`Retry::Write`]: a user's guarded write is retried only when the failed attempt
-//!   provably never reached a server (the connection to the member was refused);
-//!   any other failure after sending means its outcome is unknown:
-//!   [`Error::OutcomeUnknown`].
+//! - [`Retry::Checked`]: a user's guarded write is made safe to repeat by the write itself:
+//!   it compares and moves the own key's mod revision, so a repeat after an applied attempt
+//!   fails its comparison and finds the revision moved (see `session.rs`). If no attempt
+//!   got an answer in time, its outcome is unknown: [`Error::OutcomeUnknown`].
 
 use std::time::Duration;
 
@@ -33,15 +33,16 @@ const GRPC_UNAVAILABLE: i32 = 14;
 pub(crate) enum Retry {
     /// Any failure of the member or the transport: the request is safe to repeat.
     Idempotent,
-    /// Only attempts that never reached a server.
-    Write,
+    /// As `Idempotent`, for a write that checks itself for an earlier applied attempt;
+    /// running out of time means its outcome is unknown.
+    Checked,
 }
 
 /// Runs `op` within `timeout`, retrying on another member as `retry` allows.
 ///
 /// # Errors
 /// The last attempt's error as [`Error::Backend`]; [`Error::Timeout`] when the time ran out
-/// (for [`Retry::Write`], [`Error::OutcomeUnknown`] if an attempt may have been applied).
+/// (for [`Retry::Checked`], [`Error::OutcomeUnknown`]).
 pub(crate) async fn request<T, F, Fut>(timeout: Duration, retry: Retry, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -51,10 +52,7 @@ where
     // follower just as the leader died is forwarded to the dead leader and never answered
     // (the server gives up only after its own 5 s + 2 election timeouts), while a retry
     // after the election succeeds at once.
-    let attempt_timeout = match retry {
-        Retry::Idempotent => (timeout / 4).clamp(ATTEMPT_MIN, ATTEMPT_MAX),
-        Retry::Write => timeout,
-    };
+    let attempt_timeout = (timeout / 8).clamp(ATTEMPT_MIN, ATTEMPT_MAX);
     let bounded = || {
         let attempt = op();
         async move {
@@ -72,11 +70,9 @@ where
                 .with_max_delay(Duration::from_millis(250))
                 .without_max_times(),
         )
-        .when(|e: &Failed| match (retry, e) {
-            (Retry::Idempotent, Failed::Abandoned) => true,
-            (Retry::Idempotent, Failed::Etcd(e)) => is_unavailable(e),
-            (Retry::Write, Failed::Etcd(e)) => never_sent(e),
-            (Retry::Write, Failed::Abandoned) => false,
+        .when(|e: &Failed| match e {
+            Failed::Abandoned => true,
+            Failed::Etcd(e) => is_unavailable(e),
         });
     let unknown = |source: crate::BoxError| Error::OutcomeUnknown {
         backend: "etcd",
@@ -84,11 +80,8 @@ where
     };
     match tokio::time::timeout(timeout, attempts).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(Failed::Etcd(e))) if retry == Retry::Write && is_unavailable(&e) => {
-            Err(unknown(Box::new(e)))
-        }
         Ok(Err(Failed::Etcd(e))) => Err(super::etcd_error(e)),
-        Ok(Err(Failed::Abandoned)) | Err(_) if retry == Retry::Write => {
+        Ok(Err(Failed::Abandoned)) | Err(_) if retry == Retry::Checked => {
             Err(unknown(format!("no answer within {timeout:?}").into()))
         }
         Ok(Err(Failed::Abandoned)) | Err(_) => Err(Error::Timeout(timeout)),
@@ -104,30 +97,28 @@ enum Failed {
 
 /// Bounds of one idempotent attempt: long enough for a slow fsync, short enough to retry
 /// within the request timeout after a leader change.
-const ATTEMPT_MIN: Duration = Duration::from_millis(500);
-const ATTEMPT_MAX: Duration = Duration::from_secs(2);
+const ATTEMPT_MIN: Duration = Duration::from_millis(250);
+const ATTEMPT_MAX: Duration = Duration::from_secs(1);
 
-/// A failure of the member or of the way to it (as opposed to a refusal of the request).
+/// A failure of the member or of the way to it (as opposed to a refusal of the request):
+/// UNAVAILABLE, or any status caused by a broken connection (a member killed mid-request
+/// answers "transport error" with an I/O cause).
 pub(super) fn is_unavailable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => i32::from(s.code()) == GRPC_UNAVAILABLE,
+        etcd_client::Error::GRpcStatus(s) => {
+            i32::from(s.code()) == GRPC_UNAVAILABLE || has_io_cause(s)
+        }
         _ => false,
     }
 }
 
-/// Whether the attempt failed before any byte of it reached a server: the connection to
-/// the member chosen was refused.
-fn never_sent(e: &etcd_client::Error) -> bool {
-    // etcd-client's error has no `source()`: start from the status or transport error.
-    let mut source: Option<&(dyn std::error::Error + 'static)> = match e {
-        etcd_client::Error::GRpcStatus(status) => Some(status),
-        etcd_client::Error::TransportError(transport) => Some(transport),
-        _ => None,
-    };
+/// Whether an I/O error is among the causes of `status`.
+fn has_io_cause(status: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = status.source();
     while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        if cause.is::<std::io::Error>() {
+            return true;
         }
         source = cause.source();
     }

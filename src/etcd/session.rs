@@ -109,20 +109,22 @@ impl EtcdSession {
     /// One Txn, failing over between members as `retry` allows (see `request.rs` for why
     /// each Txn of the queue is safe to repeat).
     async fn txn(&self, txn: Txn, retry: Retry) -> Result<TxnResponse> {
-        let result = request(self.settings.request_timeout, retry, || {
+        request(self.settings.request_timeout, retry, || {
             let (mut kv, txn) = (self.client.kv_client(), txn.clone());
             async move { kv.txn(txn).await }
         })
-        .await;
-        if let Err(e) = &result {
-            if super::is_lease_not_found(e) {
-                // Revoked or expired on the server before the keep-alive noticed: the
-                // session is over now, for every guard of it and for the next acquisition.
-                self.trigger.fire(LostReason::SessionExpired);
-                return Err(Error::SessionExpired);
-            }
+        .await
+        .map_err(|e| self.lease_error(e))
+    }
+
+    /// A lease the server does not know was revoked or expired before the keep-alive
+    /// noticed: the session is over now, for every guard of it and the next acquisition.
+    fn lease_error(&self, e: Error) -> Error {
+        if super::is_lease_not_found(&e) {
+            self.trigger.fire(LostReason::SessionExpired);
+            return Error::SessionExpired;
         }
-        result
+        e
     }
 
     /// Why `own` is gone: the session ended, or someone deleted the key.
@@ -360,13 +362,11 @@ impl QueueSession for EtcdSession {
 
     fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry {
         let n = self.next_entry.fetch_add(1, Ordering::Relaxed);
-        Entry {
-            key: format!("{}{:x}-{n}", self.prefix(name), self.lease),
-            token: 0,
-            order: 0,
+        Entry::new(
+            format!("{}{:x}-{n}", self.prefix(name), self.lease),
             kind,
-            value: value.to_vec(),
-        }
+            value,
+        )
     }
 
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {
@@ -498,11 +498,13 @@ impl QueueSession for EtcdSession {
         let txn = Txn::new()
             .when([super::fence_compare(&own.key, own.token)])
             .and_then([put]);
-        if self.txn(txn, Retry::Idempotent).await?.succeeded() {
-            Ok(())
-        } else {
-            Err(self.gone())
+        let mut seen = own.version.lock().await;
+        let resp = self.txn(txn, Retry::Idempotent).await?;
+        if !resp.succeeded() {
+            return Err(self.gone());
         }
+        *seen = resp.header().ok_or_else(malformed)?.revision();
+        Ok(())
     }
 
     async fn remove(&self, own: &Entry) -> Result<bool> {
@@ -563,21 +565,71 @@ impl QueueSession for EtcdSession {
         self.stop.cancel();
     }
 
+    /// The write's Txn also touches the own key (same value, same lease) and compares its
+    /// mod revision with the last one this guard saw: the revision moves exactly when the
+    /// Txn applies. So the Txn can be sent again after a lost answer (a member died, a
+    /// leader changed): a repeat after an applied attempt fails its comparison, finds the
+    /// key still ours with a newer mod revision, and reports the write done. The cost: a
+    /// change of the own key by someone else while an answer was lost would be taken for
+    /// the write's own (fairlock's and Go's peers never change another's key).
     async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()> {
-        let ops: Vec<TxnOp> = ops
+        let mut seen = own.version.lock().await;
+        if *seen == 0 {
+            *seen = own.order; // never changed since its creation
+        }
+        let mut ops: Vec<TxnOp> = ops
             .iter()
             .map(|op| match op {
                 WriteOp::Put { key, value } => TxnOp::put(key.as_bytes(), value.clone(), None),
                 WriteOp::Delete { key } => TxnOp::delete(key.as_bytes(), None::<DeleteOptions>),
             })
             .collect();
-        let txn = Txn::new()
-            .when([super::fence_compare(&own.key, own.token)])
-            .and_then(ops);
-        if self.txn(txn, Retry::Write).await?.succeeded() {
-            Ok(())
-        } else {
-            Err(self.gone())
+        ops.push(TxnOp::put(
+            own.key.as_bytes(),
+            Vec::new(),
+            Some(PutOptions::new().with_ignore_value().with_ignore_lease()),
+        ));
+        let attempts = AtomicU64::new(0);
+        // A failed comparison with nothing of ours in flight: someone else touched the key;
+        // compare again with what it is now (a few times at most).
+        for _ in 0..3 {
+            let expected = *seen;
+            let txn = Txn::new()
+                .when([
+                    super::fence_compare(&own.key, own.token),
+                    Compare::mod_revision(own.key.as_bytes(), CompareOp::Equal, expected),
+                ])
+                .and_then(ops.clone())
+                .or_else([TxnOp::get(
+                    own.key.as_bytes(),
+                    Some(GetOptions::new().with_keys_only()),
+                )]);
+            let resp = request(self.settings.request_timeout, Retry::Checked, || {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+                async move { kv.txn(txn).await }
+            })
+            .await
+            .map_err(|e| self.lease_error(e))?;
+            if resp.succeeded() {
+                *seen = resp.header().ok_or_else(malformed)?.revision();
+                return Ok(());
+            }
+            let own_now = get_response(resp.op_responses().first())
+                .and_then(|get| get.kvs().first())
+                .filter(|kv| kv.create_revision() == own.order)
+                .map(|kv| kv.mod_revision());
+            let Some(revision) = own_now else {
+                return Err(self.gone());
+            };
+            *seen = revision;
+            if attempts.swap(0, Ordering::SeqCst) > 1 && revision > expected {
+                return Ok(()); // an earlier attempt applied; its answer was lost
+            }
         }
+        Err(Error::Backend {
+            backend: "etcd",
+            source: "the lock key kept changing under the guarded write".into(),
+        })
     }
 }

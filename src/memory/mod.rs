@@ -173,13 +173,11 @@ impl QueueSession for MemorySession {
 
     fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry {
         let seq = self.next_entry.fetch_add(1, Ordering::Relaxed);
-        Entry {
-            key: format!("{}{:x}-{seq}", queue_prefix(name), self.id),
-            token: 0,
-            order: 0,
+        Entry::new(
+            format!("{}{:x}-{seq}", queue_prefix(name), self.id),
             kind,
-            value: value.to_vec(),
-        }
+            value,
+        )
     }
 
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {

@@ -506,13 +506,7 @@ impl QueueSession for ZkSession {
 
     fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry {
         let prefix = names::protected_prefix(&uuid::Uuid::new_v4(), kind);
-        Entry {
-            key: format!("{}/{prefix}", self.lock_path(name)),
-            token: 0,
-            order: 0,
-            kind,
-            value: value.to_vec(),
-        }
+        Entry::new(format!("{}/{prefix}", self.lock_path(name)), kind, value)
     }
 
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {
