@@ -608,9 +608,26 @@ impl QueueSession for ZkSession {
         };
         // Sequential paths are never reused: deleting our path can only delete our node.
         let client = self.client()?;
-        match self.request(|| client.delete(&path, None)).await {
+        // An attempt cut by a connection loss (the server died, the session moved) may
+        // have deleted the node: then the retry's NoNode is our own delete, not someone
+        // else's.
+        let cut = AtomicBool::new(false);
+        let delete = || {
+            let attempt = client.delete(&path, None);
+            let cut = &cut;
+            async move {
+                let result = attempt.await;
+                if result == Err(zk::Error::ConnectionLoss) {
+                    cut.store(true, Ordering::SeqCst);
+                }
+                result
+            }
+        };
+        match self.request(delete).await {
             Ok(()) => Ok(true),
-            Err(Error::Backend { source, .. }) if is_no_node(&*source) => Ok(false),
+            Err(Error::Backend { source, .. }) if is_no_node(&*source) => {
+                Ok(cut.load(Ordering::SeqCst))
+            }
             Err(e) => Err(e),
         }
     }
