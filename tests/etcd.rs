@@ -538,6 +538,7 @@ async fn observe_backs_off_when_its_watch_keeps_being_cancelled() {
     // compaction past them land before the watch that follows the read.
     proxy.delay(Duration::from_millis(300), Duration::ZERO);
     let junk = h.data_key(&unique("junk"));
+    // The counter is process-wide: no other test of this binary uses observe().
     let start = fairlock::stats().head_reads;
     let mut observed = client
         .election(&unique("observe-cancel"))
