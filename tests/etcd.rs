@@ -569,3 +569,53 @@ async fn observe_backs_off_when_its_watch_keeps_being_cancelled() {
     proxy.delay(Duration::ZERO, Duration::ZERO);
     client.close().await.unwrap();
 }
+
+/// As above, but the peer re-locks while our watch stream is down and the history of its
+/// old key is compacted: the read that replaces the lost history must see a new entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_style_peer_relocking_during_an_outage_is_behind_us() {
+    let h = EtcdHarness::new().await;
+    let name = unique("go-relock-outage");
+    let raw = h.raw();
+    let lease = raw.lease_client().grant(60, None).await.unwrap().id();
+    let peer_key = format!("{}/{name}/{lease:x}", h.prefix());
+    let peer_lock = || {
+        let mut kv = raw.kv_client();
+        let key = peer_key.clone();
+        async move {
+            let options = etcd_client::PutOptions::new().with_lease(lease);
+            kv.put(key, "", Some(options)).await.unwrap();
+        }
+    };
+    peer_lock().await;
+
+    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
+    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
+        .await
+        .unwrap();
+    let mutex = client.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
+    eventually("queued behind the peer", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    // Its watch is created just after the enqueue's answer arrived.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    proxy.cut();
+    raw.kv_client()
+        .delete(peer_key.as_str(), None)
+        .await
+        .unwrap();
+    peer_lock().await;
+    compact_now(&h).await;
+    proxy.restore();
+
+    let guard = soon("we hold: the peer's new key is behind ours", waiter)
+        .await
+        .unwrap();
+    let peer = raw.kv_client().get(peer_key.as_str(), None).await.unwrap();
+    assert!(peer.kvs()[0].create_revision() as u64 > guard.fencing_token());
+    guard.release().await.unwrap();
+    raw.lease_client().revoke(lease).await.unwrap();
+}
