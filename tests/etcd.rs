@@ -182,6 +182,9 @@ async fn waiter_survives_a_broken_watch_stream_and_compaction() {
         h.entries(&name).await.len() == 2
     })
     .await;
+    // Let the enqueue's answer arrive (a cut would break that request) and the watch be
+    // created.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     proxy.cut();
     guard.release().await.unwrap();
