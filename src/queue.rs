@@ -63,6 +63,12 @@ impl Entry {
 pub(crate) struct Predecessor {
     pub key: String,
     pub revision: i64,
+    /// Which entry of that key it is (etcd: its create revision; 0 where a key is never
+    /// reused, as on ZooKeeper). Go's Mutex and `etcdctl lock` reuse the key
+    /// `NAME/<lease hex>` on every Lock: a key of that name with another create revision is
+    /// a *new* entry, behind the waiter, and the one ahead is gone.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub created: i64,
 }
 
 /// What a backend provides for one session. Every method must be bounded in time (the

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use etcd_client::{
     Compare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder, SortTarget, WatchOptions,
 };
@@ -221,12 +222,39 @@ impl KeySpace for EtcdClient {
         _kind: QueueKind,
         tx: tokio::sync::mpsc::Sender<Result<Option<QueueEntry>>>,
     ) {
+        // A round that ends without a new head (its watch cancelled, say because its start
+        // revision was compacted; the stream gone; an error) is followed by a delay that
+        // doubles each time, so that a server that keeps cancelling the watch does not make
+        // observe re-read in a tight loop. A round that followed the head for a while, or
+        // saw it change, starts the delays over.
+        let backoff = || {
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut delays = backoff();
         while !tx.is_closed() {
-            if let Err(e) = self.follow_head(&name, &tx).await {
-                if tx.send(Err(e)).await.is_err() {
-                    return;
+            let started = tokio::time::Instant::now();
+            let round = self.follow_head(&name, &tx).await;
+            if matches!(round, Ok(true)) || started.elapsed() >= Duration::from_secs(10) {
+                delays = backoff();
+            }
+            match round {
+                Ok(true) => continue, // a new head: read it at once
+                Ok(false) => {}
+                Err(e) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = tx.closed() => return,
             }
         }
     }
@@ -268,16 +296,18 @@ impl EtcdClient {
 
     /// Reads the head of queue `name`, sends it, and follows it (as Go's Election.Observe):
     /// the head's puts are new values; its deletion, or the first put into an empty queue,
-    /// means a new head. Returns when the head must be read again.
+    /// means a new head. Returns when the head must be read again: `true` if it changed,
+    /// `false` if the watch ended without a change (or nobody listens any more).
     async fn follow_head(
         &self,
         name: &str,
         tx: &tokio::sync::mpsc::Sender<Result<Option<QueueEntry>>>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (entries, revision) = self.read_queue(name, Some(1)).await?;
+        crate::stats::head_read();
         let mut head = entries.into_iter().next();
         if tx.send(Ok(head.clone())).await.is_err() {
-            return Ok(());
+            return Ok(false);
         }
         // Watch from the read's revision on: nothing between read and watch is missed.
         let options = WatchOptions::new().with_start_revision(revision + 1);
@@ -293,26 +323,26 @@ impl EtcdClient {
         loop {
             let message = tokio::select! {
                 message = stream.message() => message.map_err(etcd_error)?,
-                _ = tx.closed() => return Ok(()),
+                _ = tx.closed() => return Ok(false),
             };
             let Some(resp) = message else {
-                return Ok(()); // stream ended: read again
+                return Ok(false); // stream ended: read again
             };
             if resp.canceled() {
-                return Ok(());
+                return Ok(false);
             }
             for event in resp.events() {
                 let Some(current) = head.as_mut() else {
-                    return Ok(()); // a first candidate arrived
+                    return Ok(true); // a first candidate arrived
                 };
                 match (event.event_type(), event.kv()) {
                     (EventType::Put, Some(kv)) => {
                         current.value = kv.value().to_vec();
                         if tx.send(Ok(head.clone())).await.is_err() {
-                            return Ok(());
+                            return Ok(false);
                         }
                     }
-                    _ => return Ok(()), // the head left
+                    _ => return Ok(true), // the head left
                 }
             }
         }

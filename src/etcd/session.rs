@@ -342,11 +342,14 @@ fn predecessor_query(prefix: &str, before: i64) -> TxnOp {
     )
 }
 
-fn to_predecessor(get: &etcd_client::GetResponse, revision: i64) -> Option<Predecessor> {
-    get.kvs().first().map(|kv| Predecessor {
+/// The key `kv`, read at `revision`, as a predecessor: it is that key *with that create
+/// revision* a waiter waits for (the key name alone may come back as a new entry).
+fn to_predecessor(kv: &etcd_client::KeyValue, revision: i64) -> Predecessor {
+    Predecessor {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         revision,
-    })
+        created: kv.create_revision(),
+    }
 }
 
 /// Keeps a held lock's own key watched; dropping it cancels the watch.
@@ -453,10 +456,7 @@ impl QueueSession for EtcdSession {
             .kvs()
             .iter()
             .find(|kv| kv.key() != key)
-            .map(|kv| Predecessor {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                revision,
-            }))
+            .map(|kv| to_predecessor(kv, revision)))
     }
 
     async fn predecessor(&self, name: &str, own: &Entry) -> Result<Option<Predecessor>> {
@@ -477,14 +477,14 @@ impl QueueSession for EtcdSession {
         {
             return Err(self.gone());
         }
-        Ok(to_predecessor(
-            get_response(ops.get(1)).ok_or_else(malformed)?,
-            revision,
-        ))
+        let ahead = get_response(ops.get(1)).ok_or_else(malformed)?;
+        Ok(ahead.kvs().first().map(|kv| to_predecessor(kv, revision)))
     }
 
     async fn deleted(&self, pred: &Predecessor) -> Result<()> {
-        self.hub.deleted(&pred.key, pred.revision).await
+        self.hub
+            .deleted(&pred.key, pred.revision, pred.created)
+            .await
     }
 
     async fn proclaim(&self, own: &Entry, value: &[u8]) -> Result<()> {
@@ -538,10 +538,12 @@ impl QueueSession for EtcdSession {
                 trigger.fire(LostReason::Deleted);
             });
         };
-        OwnWatch(
-            self.hub
-                .watch_delete(&own.key, own.order, Notify::Call(Box::new(on_delete))),
-        )
+        OwnWatch(self.hub.watch_delete(
+            &own.key,
+            own.order,
+            own.order,
+            Notify::Call(Box::new(on_delete)),
+        ))
     }
 
     fn id(&self) -> String {

@@ -548,6 +548,7 @@ impl QueueSession for ZkSession {
             .map(|(_, child)| Predecessor {
                 key: format!("{}/{child}", self.lock_path(name)),
                 revision: 0,
+                created: 0,
             });
         Ok(pred)
     }
