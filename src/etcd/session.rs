@@ -142,11 +142,18 @@ impl EtcdSession {
         }
     }
 
-    /// The guarded delete of `own` (blind if unconfirmed: its key is unique to one attempt).
-    fn delete_txn(own: &Entry) -> Txn {
+    /// The guarded delete of `own`. An unconfirmed entry (its enqueue may still be in
+    /// flight, and etcd may apply it after this delete) is *withdrawn*: a marker key on
+    /// the session's lease makes any later enqueue of it a no-op.
+    fn delete_txn(&self, own: &Entry) -> Txn {
         let delete = TxnOp::delete(own.key.as_bytes(), None);
         if own.order == 0 {
-            Txn::new().and_then([delete])
+            let withdrawn = TxnOp::put(
+                withdrawn_key(&own.key),
+                Vec::new(),
+                Some(PutOptions::new().with_lease(self.lease)),
+            );
+            Txn::new().and_then([withdrawn, delete])
         } else {
             Txn::new()
                 .when([Compare::create_revision(
@@ -320,6 +327,26 @@ fn get_response(op: Option<&TxnOpResponse>) -> Option<&etcd_client::GetResponse>
     }
 }
 
+/// Where the withdrawal of the unconfirmed entry `key` is marked: beside the queue, not in
+/// it (`PREFIX/NAME<NUL>withdrawn/LEAF`: no lock name contains a NUL, so no queue prefix
+/// covers it).
+fn withdrawn_key(key: &str) -> Vec<u8> {
+    let (queue, leaf) = key.rsplit_once('/').unwrap_or(("", key));
+    format!("{queue}\u{0}withdrawn/{leaf}").into_bytes()
+}
+
+/// The enqueue's condition that its entry was not withdrawn meanwhile.
+fn not_withdrawn(key: &str) -> Compare {
+    Compare::create_revision(withdrawn_key(key), CompareOp::Equal, 0)
+}
+
+fn withdrawn() -> Error {
+    Error::Backend {
+        backend: "etcd",
+        source: "the acquisition was withdrawn while its enqueue was in flight".into(),
+    }
+}
+
 fn malformed() -> Error {
     Error::Backend {
         backend: "etcd",
@@ -380,7 +407,10 @@ impl QueueSession for EtcdSession {
         // Else read the own key back: if a retried attempt finds it, the first attempt put
         // it (into an empty queue) and only its answer was lost.
         let txn = Txn::new()
-            .when([Compare::version(prefix.as_bytes(), CompareOp::Equal, 0).with_prefix()])
+            .when([
+                Compare::version(prefix.as_bytes(), CompareOp::Equal, 0).with_prefix(),
+                not_withdrawn(&entry.key),
+            ])
             .and_then([TxnOp::put(
                 entry.key.as_bytes(),
                 entry.value.clone(),
@@ -428,7 +458,10 @@ impl QueueSession for EtcdSession {
             .with_limit(2)
             .with_keys_only();
         let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .when([
+                Compare::create_revision(key, CompareOp::Equal, 0),
+                not_withdrawn(&entry.key),
+            ])
             .and_then([
                 TxnOp::put(
                     key,
@@ -444,7 +477,7 @@ impl QueueSession for EtcdSession {
         if !resp.succeeded() {
             let own = get_response(ops.first())
                 .and_then(|g| g.kvs().first())
-                .ok_or_else(malformed)?;
+                .ok_or_else(withdrawn)?;
             entry.order = own.create_revision();
             entry.token = entry.order as u64;
             return self.predecessor(name, entry).await;
@@ -508,7 +541,7 @@ impl QueueSession for EtcdSession {
     }
 
     async fn remove(&self, own: &Entry) -> Result<bool> {
-        let resp = self.txn(Self::delete_txn(own), Retry::Idempotent).await?;
+        let resp = self.txn(self.delete_txn(own), Retry::Idempotent).await?;
         let deleted = resp.op_responses().iter().any(|op| match op {
             TxnOpResponse::Delete(d) => d.deleted() > 0,
             _ => false,
@@ -633,5 +666,19 @@ impl QueueSession for EtcdSession {
             backend: "etcd",
             source: "the lock key kept changing under the guarded write".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn withdrawal_markers_lie_outside_every_queue() {
+        let marker = withdrawn_key("fairlock/stock/694d8a1f2c3b-7");
+        assert_eq!(marker, b"fairlock/stock\0withdrawn/694d8a1f2c3b-7");
+        assert!(!marker.starts_with(b"fairlock/stock/"));
+        // Only a name containing NUL could cover it, and names cannot.
+        assert!(crate::validate_name("stock\0withdrawn").is_err());
     }
 }
