@@ -622,3 +622,45 @@ async fn a_go_style_peer_relocking_during_an_outage_is_behind_us() {
     guard.release().await.unwrap();
     raw.lease_client().revoke(lease).await.unwrap();
 }
+
+/// A guarded write whose answer is lost (the connection breaks after etcd applied it) is
+/// sent again and recognised as applied: `Ok`, written exactly once, not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_write_whose_answer_was_lost_is_applied_once() {
+    let h = EtcdHarness::new().await;
+    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
+    let url = format!("{}&request_timeout=10s", h.url_via(&proxy.endpoint(), 30));
+    let client = Client::connect(&url).await.unwrap();
+    let name = unique("lost-answer");
+    let key = h.data_key(&name);
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+
+    // Requests still reach etcd; answers are held back (and dropped below).
+    proxy.delay(Duration::ZERO, Duration::from_secs(3600));
+    let write = {
+        let key = key.clone();
+        tokio::spawn(async move {
+            let written = guard
+                .guarded_write(&[fairlock::WriteOp::put(key, "1")])
+                .await;
+            (written, guard)
+        })
+    };
+    let raw = h.raw();
+    eventually("etcd applied the write", || {
+        let (mut kv, key) = (raw.kv_client(), key.clone());
+        async move { !kv.get(key, None).await.unwrap().kvs().is_empty() }
+    })
+    .await;
+    proxy.delay(Duration::ZERO, Duration::ZERO);
+    proxy.cut();
+    proxy.restore(); // the held answers go with the closed connections
+
+    let (written, guard) = soon("the guarded write", write).await.unwrap();
+    assert!(written.is_ok(), "{written:?}");
+    let stored = raw.kv_client().get(key.clone(), None).await.unwrap();
+    assert_eq!(stored.kvs()[0].version(), 1, "applied more than once");
+    assert!(!guard.is_lost());
+    guard.release().await.unwrap();
+    client.close().await.unwrap();
+}
