@@ -181,6 +181,40 @@ async fn first_session_uses_the_request_timeout(h: Arc<dyn Harness>) {
     proxy.restore();
 }
 
+/// One endpoint of the URL is dead (as after kill -9 of a cluster member): requests that
+/// the client balances onto it fail over to the live one, and no call returns an error.
+async fn a_dead_endpoint_in_the_url_costs_no_errors(h: Arc<dyn Harness>) {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_endpoint = dead.local_addr().unwrap().to_string();
+    drop(dead); // nothing listens there now: connections are refused
+    let endpoints = format!("{dead_endpoint},{}", h.endpoint());
+    let client = Client::connect(&h.url_via(&endpoints, 10)).await.unwrap();
+    let name = unique("dead-endpoint");
+    let key = h.data_key(&name);
+    let mutex = client.mutex(&name).unwrap();
+    for round in 0..60 {
+        let guard = mutex
+            .lock()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: lock: {e}"));
+        guard
+            .guarded_write(&[WriteOp::put(&key, round.to_string())])
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: guarded_write: {e}"));
+        guard
+            .release()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: release: {e}"));
+        let taken = mutex
+            .try_lock()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: try_lock: {e}"));
+        taken.expect("free after release").release().await.unwrap();
+    }
+    assert!(h.entries(&name).await.is_empty());
+    client.close().await.unwrap();
+}
+
 macro_rules! network_tests {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -191,7 +225,8 @@ macro_rules! network_tests {
                 silent_endpoint_is_unreachable_after_connect_timeout,
                 short_partition_loses_nothing,
                 long_partition_is_reported_before_the_server_frees_the_lock,
-                cancel_during_cleanup_leaves_no_entry, first_session_uses_the_request_timeout);
+                cancel_during_cleanup_leaves_no_entry, first_session_uses_the_request_timeout,
+                a_dead_endpoint_in_the_url_costs_no_errors);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {
