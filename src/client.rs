@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 
 use crate::config::{BackendKind, Config};
 use crate::election::Election;
@@ -12,6 +13,7 @@ use crate::lost::LostSignal;
 use crate::mutex::DistributedMutex;
 use crate::name::validate_name;
 use crate::queue::{QueueElection, QueueMutex, QueueSession, SessionSource};
+use crate::state::SessionState;
 
 /// Which queue of a name: a lock's or an election's. On etcd both are the same keys (as in
 /// etcd's own tools); on ZooKeeper, lock nodes (`…lock-<seq>`, kazoo's `…__lock__<seq>`)
@@ -74,6 +76,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()>;
     async fn queue(&self, name: &str, kind: QueueKind) -> Result<Vec<QueueEntry>>;
     fn is_suspended(&self) -> bool;
+    fn session_state(&self) -> SessionState;
+    fn session_states(&self) -> BoxStream<'static, SessionState>;
     /// For backend-specific helpers that downcast.
     fn as_any(&self) -> &dyn std::any::Any;
 }
@@ -98,6 +102,14 @@ impl<B: SessionSource + KeySpace> Backend for Arc<B> {
 
     fn is_suspended(&self) -> bool {
         self.slot().current().is_suspended()
+    }
+
+    fn session_state(&self) -> SessionState {
+        self.slot().states().current()
+    }
+
+    fn session_states(&self) -> BoxStream<'static, SessionState> {
+        self.slot().states().stream()
     }
 
     async fn close(&self) -> Result<()> {
@@ -233,6 +245,38 @@ impl Client {
     /// should not start new work that relies on the lock until this clears.
     pub fn is_suspended(&self) -> bool {
         self.backend.is_suspended()
+    }
+
+    /// The session's state now; see [`SessionState`].
+    pub fn session_state(&self) -> SessionState {
+        self.backend.session_state()
+    }
+
+    /// The session's state, then each change: connected, suspended, reconnected, lost
+    /// (Curator's ConnectionStateListener). A service pauses protected work while
+    /// suspended instead of polling [`is_suspended`](Self::is_suspended).
+    ///
+    /// States are delivered in order; a consumer that falls behind skips to the latest
+    /// (a brief suspension may then show only as `Reconnected`). The stream follows the
+    /// client across sessions: after `Lost`, the next acquisition's new session shows as
+    /// `Connected`. It ends when the client is dropped.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> fairlock::Result<()> {
+    /// use futures::StreamExt;
+    /// use fairlock::SessionState;
+    ///
+    /// let client = fairlock::Client::connect("memory://states-doc").await?;
+    /// let mut states = client.session_states();
+    /// assert_eq!(states.next().await, Some(SessionState::Connected));
+    /// client.close().await?;
+    /// assert!(matches!(states.next().await, Some(SessionState::Lost(_))));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn session_states(&self) -> BoxStream<'static, SessionState> {
+        self.backend.session_states()
     }
 
     pub(crate) fn backend_any(&self) -> &dyn std::any::Any {

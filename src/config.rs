@@ -90,8 +90,8 @@ pub struct TlsConfig {
 /// - `memory://[STORE]` — an in-process store; clients with the same STORE name share it.
 ///
 /// Query options: `ttl` (session TTL; `session_timeout` is an alias for ZooKeeper users),
-/// `connect_timeout`, `request_timeout`. Values are seconds (`10`) or durations (`10s`,
-/// `1500ms`). `user:password@` before the hosts sets credentials (etcd only).
+/// `connect_timeout`, `request_timeout`, `safety_margin` (see the field). Values are
+/// seconds (`10`) or durations (`10s`, `1500ms`). `user:password@` before the hosts sets credentials (etcd only).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -114,6 +114,16 @@ pub struct Config {
     /// Upper bound on each request to the backend, cleanup included.
     #[serde(default = "Config::default_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long before the earliest moment the server can free a lock (the session's
+    /// expiry, counted from the last confirmation) a holder cut off from the server is told
+    /// it lost it. Covers clock drift and scheduling delays between the holder's deadline
+    /// and the server's. `None`: a tenth of the TTL.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub safety_margin: Option<Duration>,
     /// User name for authentication (etcd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
@@ -148,6 +158,7 @@ impl Config {
             ttl: Self::DEFAULT_TTL,
             connect_timeout: Self::DEFAULT_TIMEOUT,
             request_timeout: Self::DEFAULT_TIMEOUT,
+            safety_margin: None,
             username: None,
             password: None,
             tls: None,
@@ -212,6 +223,7 @@ impl Config {
                 }
                 ("connect_timeout", _) => config.connect_timeout = duration()?,
                 ("request_timeout", _) => config.request_timeout = duration()?,
+                ("safety_margin", _) => config.safety_margin = Some(duration()?),
                 _ => return Err(Error::config(format!("unknown option {key:?} in {url:?}"))),
             }
         }
@@ -237,6 +249,12 @@ impl Config {
             humantime::format_duration(self.connect_timeout),
             humantime::format_duration(self.request_timeout)
         ));
+        if let Some(margin) = self.safety_margin {
+            url.push_str(&format!(
+                "&safety_margin={}",
+                humantime::format_duration(margin)
+            ));
+        }
         url
     }
 
@@ -257,6 +275,11 @@ impl Config {
         if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
             return Err(Error::config("timeouts must be positive"));
         }
+        if self.safety_margin.is_some_and(|m| m >= self.ttl / 2) {
+            return Err(Error::config(
+                "safety_margin must be less than half the ttl",
+            ));
+        }
         if self.prefix.contains('\0') || self.prefix.split('/').any(|s| s == "." || s == "..") {
             return Err(Error::config(format!("bad prefix {:?}", self.prefix)));
         }
@@ -271,6 +294,11 @@ impl Config {
                 self.endpoints.iter().try_for_each(|e| check_endpoint(e))
             }
         }
+    }
+
+    /// The safety margin in force: the configured one, or a tenth of the TTL.
+    pub fn effective_safety_margin(&self) -> Duration {
+        self.safety_margin.unwrap_or(self.ttl / 10)
     }
 
     /// The prefix, or `default` when none was configured.

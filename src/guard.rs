@@ -1,6 +1,7 @@
 //! The lock guard: proof of holding, fencing token, lost signal, guarded write, release.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
@@ -45,13 +46,15 @@ impl WriteOp {
 /// What a backend keeps for one held lock. The guard drives it.
 #[async_trait]
 pub(crate) trait HeldLock: Send + Sync {
-    /// Deletes the own entry, guarded by its token. `Ok(false)`: it was already gone.
-    async fn release(&self) -> Result<bool>;
+    /// Deletes the own entry, guarded by its token. `Ok(None)`: deleted now; `Ok(Some(why))`:
+    /// it was already gone, and why (the session ended, or someone deleted it).
+    async fn release(&self) -> Result<Option<LostReason>>;
     /// Starts the release without waiting; must not block or panic, in or out of a runtime.
     fn release_in_background(&self);
     /// Applies `ops` atomically, only while the own entry still exists.
     async fn guarded_write(&self, ops: &[WriteOp]) -> Result<()>;
-    /// Fires the guard's signal with [`LostReason::Released`].
+    /// Fires the guard's signal with [`LostReason::Released`] and stops watching the own
+    /// entry, so that the release's own delete is never taken for someone else's.
     fn mark_released(&self);
     /// Replaces the own entry's value, only while it still exists.
     async fn proclaim(&self, value: &[u8]) -> Result<()>;
@@ -76,7 +79,9 @@ pub struct LockGuard {
     key: String,
     token: u64,
     lost: LostSignal,
-    held: Option<Box<dyn HeldLock>>,
+    held: Box<dyn HeldLock>,
+    /// Set once a release (awaited or in the background) has been started: exactly one.
+    releasing: AtomicBool,
 }
 
 impl LockGuard {
@@ -92,7 +97,8 @@ impl LockGuard {
             key,
             token,
             lost,
-            held: Some(held),
+            held,
+            releasing: AtomicBool::new(false),
         }
     }
 
@@ -137,8 +143,8 @@ impl LockGuard {
     }
 
     fn watch_entry(&self) {
-        if let Some(held) = &self.held {
-            held.watch_entry();
+        if !self.releasing.load(Ordering::SeqCst) {
+            self.held.watch_entry();
         }
     }
 
@@ -161,20 +167,14 @@ impl LockGuard {
         if let Some(reason) = self.lost.reason() {
             return Err(crate::Error::LockLost(reason));
         }
-        match &self.held {
-            Some(held) => held.guarded_write(ops).await,
-            None => Err(crate::Error::LockLost(LostReason::Released)),
-        }
+        self.held.guarded_write(ops).await
     }
 
     pub(crate) async fn proclaim(&self, value: &[u8]) -> Result<()> {
         if let Some(reason) = self.lost.reason() {
             return Err(crate::Error::LockLost(reason));
         }
-        match &self.held {
-            Some(held) => held.proclaim(value).await,
-            None => Err(crate::Error::LockLost(LostReason::Released)),
-        }
+        self.held.proclaim(value).await
     }
 
     /// Releases the lock and waits for the backend to confirm.
@@ -189,46 +189,54 @@ impl LockGuard {
     /// # Cancel safety
     /// Cancel safe in effect: if the future is dropped, the release continues in the
     /// background as on drop.
-    pub async fn release(mut self) -> Result<()> {
-        let Some(held) = self.held.take() else {
+    pub async fn release(self) -> Result<()> {
+        self.release_shared().await
+    }
+
+    /// The body of [`release`](Self::release), callable through a shared reference (the
+    /// final hold of a [`ReentrantGuard`](crate::ReentrantGuard)). Only the first call
+    /// releases; later ones return `Ok(())` at once.
+    pub(crate) async fn release_shared(&self) -> Result<()> {
+        if self.releasing.swap(true, Ordering::SeqCst) {
             return Ok(());
-        };
-        // If this future is dropped mid-way, the drop guard below still releases.
-        let guard = ReleaseOnDrop(Some(held));
+        }
         let lost_before = self.lost.reason();
-        let held = guard.0.as_ref().expect("set above");
-        let result = held.release().await;
-        let held = guard.disarm();
+        self.held.mark_released();
+        // If this future is dropped mid-way, the release goes on in the background.
+        let pending = ReleaseOnDrop(Some(&*self.held));
+        let result = self.held.release().await;
+        pending.disarm();
+        let lost_before = lost_before.filter(|reason| *reason != LostReason::Released);
         match result {
-            Ok(removed) => {
-                held.mark_released();
-                match lost_before {
-                    Some(reason) if reason != LostReason::Released => {
-                        Err(crate::Error::LockLost(reason))
-                    }
-                    _ if !removed => Err(crate::Error::LockLost(
-                        self.lost.reason().unwrap_or(LostReason::Deleted),
-                    )),
-                    _ => Ok(()),
-                }
-            }
+            Ok(None) => match lost_before {
+                Some(reason) => Err(crate::Error::LockLost(reason)),
+                None => Ok(()),
+            },
+            Ok(Some(gone)) => Err(crate::Error::LockLost(lost_before.unwrap_or(gone))),
             Err(err) => {
-                held.release_in_background();
+                self.held.release_in_background();
                 Err(err)
             }
         }
     }
-}
 
-struct ReleaseOnDrop(Option<Box<dyn HeldLock>>);
-
-impl ReleaseOnDrop {
-    fn disarm(mut self) -> Box<dyn HeldLock> {
-        self.0.take().expect("armed")
+    /// Starts a release without waiting, unless one was started already.
+    pub(crate) fn release_in_background(&self) {
+        if !self.releasing.swap(true, Ordering::SeqCst) {
+            self.held.release_in_background();
+        }
     }
 }
 
-impl Drop for ReleaseOnDrop {
+struct ReleaseOnDrop<'a>(Option<&'a dyn HeldLock>);
+
+impl ReleaseOnDrop<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ReleaseOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(held) = self.0.take() {
             held.release_in_background();
@@ -238,9 +246,7 @@ impl Drop for ReleaseOnDrop {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if let Some(held) = self.held.take() {
-            held.release_in_background();
-        }
+        self.release_in_background();
     }
 }
 

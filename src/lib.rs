@@ -47,6 +47,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod clock;
 mod config;
 mod election;
 mod error;
@@ -56,6 +57,7 @@ mod mutex;
 mod name;
 mod queue;
 mod reentrant;
+mod state;
 mod stats;
 
 #[cfg(feature = "etcd")]
@@ -73,6 +75,7 @@ pub use lost::{LostReason, LostSignal};
 pub use mutex::{Acquire, DistributedMutex};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use reentrant::ReentrantGuard;
+pub use state::SessionState;
 pub use stats::{stats, Stats};
 
 /// Connects to the backend named by `url`; the same as [`Client::connect`].

@@ -8,6 +8,8 @@ use std::task::{Context, Poll};
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::clock::Deadline;
+
 /// Why a lock (or session) stopped being held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -40,9 +42,32 @@ struct Inner {
     token: CancellationToken,
     reason: OnceLock<LostReason>,
     parent: Option<Arc<Inner>>,
+    /// A session's lease deadline: once it passed, the session is lost, whether or not the
+    /// keep-alive task has run since (it may not have: the machine was suspended).
+    deadline: Option<Arc<Deadline>>,
 }
 
 impl Inner {
+    fn fire(&self, reason: LostReason) {
+        if !self.token.is_cancelled() {
+            let _ = self.reason.set(reason);
+        }
+        self.token.cancel();
+    }
+
+    /// Whether this trigger or an ancestor has fired, or has a deadline that passed (which
+    /// fires it now, as an expiry).
+    fn is_lost(&self) -> bool {
+        if self.token.is_cancelled() {
+            return true;
+        }
+        if self.deadline.as_ref().is_some_and(|d| d.has_passed()) {
+            self.fire(LostReason::SessionExpired);
+            return true;
+        }
+        self.parent.as_ref().is_some_and(|p| p.is_lost())
+    }
+
     fn reason(&self) -> Option<LostReason> {
         match self.reason.get() {
             Some(reason) => Some(*reason),
@@ -61,6 +86,18 @@ impl LossTrigger {
             token: CancellationToken::new(),
             reason: OnceLock::new(),
             parent: None,
+            deadline: None,
+        }))
+    }
+
+    /// A trigger that also counts as fired ([`LostReason::SessionExpired`]) once `deadline`
+    /// has passed, as soon as anyone asks.
+    pub(crate) fn with_deadline(deadline: Arc<Deadline>) -> Self {
+        LossTrigger(Arc::new(Inner {
+            token: CancellationToken::new(),
+            reason: OnceLock::new(),
+            parent: None,
+            deadline: Some(deadline),
         }))
     }
 
@@ -70,15 +107,13 @@ impl LossTrigger {
             token: self.0.token.child_token(),
             reason: OnceLock::new(),
             parent: Some(self.0.clone()),
+            deadline: None,
         }))
     }
 
     /// Fires with `reason`, unless it has fired already (the first reason sticks).
     pub(crate) fn fire(&self, reason: LostReason) {
-        if !self.0.token.is_cancelled() {
-            let _ = self.0.reason.set(reason);
-        }
-        self.0.token.cancel();
+        self.0.fire(reason);
     }
 
     pub(crate) fn signal(&self) -> LostSignal {
@@ -103,9 +138,11 @@ pub struct LostSignal {
 }
 
 impl LostSignal {
-    /// Whether the loss has been observed already.
+    /// Whether the loss has been observed already, or is certain now: a session whose
+    /// client-side deadline passed counts as lost here even before the task that keeps it
+    /// alive has run again (after the machine was suspended, say).
     pub fn is_lost(&self) -> bool {
-        self.inner.token.is_cancelled()
+        self.inner.is_lost()
     }
 
     /// The reason, once lost.
@@ -136,6 +173,10 @@ impl Future for LostSignal {
     type Output = LostReason;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LostReason> {
+        if self.inner.is_lost() {
+            // Also a deadline that passed while the machine slept, before any task noticed.
+            return Poll::Ready(self.reason().unwrap_or(LostReason::SessionExpired));
+        }
         let token = self.inner.token.clone();
         let waiting = self
             .waiting
@@ -169,6 +210,24 @@ mod tests {
         assert_eq!(signal.clone().await, LostReason::SessionExpired);
         guard.fire(LostReason::Released);
         assert_eq!(signal.reason(), Some(LostReason::SessionExpired));
+    }
+
+    #[tokio::test]
+    async fn a_passed_deadline_is_a_loss_when_asked() {
+        use crate::clock::BootInstant;
+        use std::time::Duration;
+
+        let deadline = Arc::new(Deadline::new(
+            BootInstant::now().add(Duration::from_secs(60)),
+        ));
+        let session = LossTrigger::with_deadline(deadline.clone());
+        let guard = session.child().signal();
+        assert!(!guard.is_lost());
+        // Nobody fires the trigger: the deadline alone decides, as after a suspend.
+        deadline.set(BootInstant::now().sub(Duration::from_millis(1)));
+        assert!(guard.is_lost());
+        assert_eq!(guard.reason(), Some(LostReason::SessionExpired));
+        assert_eq!(guard.clone().await, LostReason::SessionExpired);
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::guard::{HeldLock, LockGuard, WriteOp};
 use crate::lost::{LossTrigger, LostReason};
 use crate::mutex::{Acquire, DistributedMutex};
+use crate::state::StateChannel;
 
 /// One queue entry. Before the backend confirmed it, `order` is 0 and `key` may be
 /// provisional (whatever the backend needs to find and remove it).
@@ -36,6 +37,25 @@ pub(crate) struct Entry {
     pub kind: QueueKind,
     /// The value stored with the entry (a candidate's value; empty for locks).
     pub value: Vec<u8>,
+    /// The entry's own last change as this process knows it (etcd mod revision; 0: its
+    /// creation), behind a lock that serialises the holder's writes through the entry. A
+    /// write that changes it exactly once lets a retried write tell whether an earlier,
+    /// unanswered attempt was applied.
+    pub version: Arc<tokio::sync::Mutex<i64>>,
+}
+
+impl Entry {
+    /// A provisional entry, before the backend confirmed it.
+    pub(crate) fn new(key: String, kind: QueueKind, value: &[u8]) -> Self {
+        Entry {
+            key,
+            token: 0,
+            order: 0,
+            kind,
+            value: value.to_vec(),
+            version: Arc::default(),
+        }
+    }
 }
 
 /// The entry directly ahead of a waiter, as seen at `revision`.
@@ -43,6 +63,12 @@ pub(crate) struct Entry {
 pub(crate) struct Predecessor {
     pub key: String,
     pub revision: i64,
+    /// Which entry of that key it is (etcd: its create revision; 0 where a key is never
+    /// reused, as on ZooKeeper). Go's Mutex and `etcdctl lock` reuse the key
+    /// `NAME/<lease hex>` on every Lock: a key of that name with another create revision is
+    /// a *new* entry, behind the waiter, and the one ahead is gone.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub created: i64,
 }
 
 /// What a backend provides for one session. Every method must be bounded in time (the
@@ -141,26 +167,54 @@ pub(crate) fn session_error(reason: LostReason) -> Error {
 
 /// The current session of a client; replaced by a new one once it is lost.
 pub(crate) struct SessionSlot<S> {
-    current: StdMutex<Arc<S>>,
+    /// The session, and whether the slot was closed: one lock, so that a renewal cannot
+    /// install a session after `close()` took the last one.
+    state: StdMutex<SlotState<S>>,
     renewing: tokio::sync::Mutex<()>,
-    closed: AtomicBool,
+    /// Where the client's session states are reported.
+    states: Arc<StateChannel>,
+}
+
+struct SlotState<S> {
+    current: Arc<S>,
+    closed: bool,
 }
 
 impl<S: QueueSession> SessionSlot<S> {
-    pub(crate) fn new(first: Arc<S>) -> Self {
+    /// A slot holding `first`; `states` is the channel its sessions report to.
+    pub(crate) fn new(first: Arc<S>, states: Arc<StateChannel>) -> Self {
+        states.follow(first.trigger().signal());
         SessionSlot {
-            current: StdMutex::new(first),
+            state: StdMutex::new(SlotState {
+                current: first,
+                closed: false,
+            }),
             renewing: tokio::sync::Mutex::new(()),
-            closed: AtomicBool::new(false),
+            states,
         }
+    }
+
+    /// The client's session state channel.
+    pub(crate) fn states(&self) -> &Arc<StateChannel> {
+        &self.states
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState<S>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The session in use now, lost or not.
     pub(crate) fn current(&self) -> Arc<S> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.state().current.clone()
+    }
+
+    /// The current session if the slot is open and the session not lost.
+    fn open_and_live(&self) -> Result<Option<Arc<S>>> {
+        let state = self.state();
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        Ok((!state.current.trigger().signal().is_lost()).then(|| state.current.clone()))
     }
 
     /// A live session: the current one, or a new one from `open` if it was lost.
@@ -171,36 +225,34 @@ impl<S: QueueSession> SessionSlot<S> {
     where
         F: Future<Output = Result<Arc<S>>>,
     {
-        self.check_open()?;
-        let current = self.current();
-        if !current.trigger().signal().is_lost() {
+        if let Some(current) = self.open_and_live()? {
             return Ok(current);
         }
         let _renewing = self.renewing.lock().await;
-        self.check_open()?;
-        let current = self.current();
-        if !current.trigger().signal().is_lost() {
+        if let Some(current) = self.open_and_live()? {
             return Ok(current);
         }
         let fresh = open().await?;
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
-        Ok(fresh)
+        {
+            let mut state = self.state();
+            if !state.closed {
+                state.current = fresh.clone();
+                self.states.follow(fresh.trigger().signal());
+                return Ok(fresh);
+            }
+        }
+        // Closed while the new session was opening: it must not outlive the client.
+        let _ = fresh.close().await;
+        Err(Error::Closed)
     }
 
     /// Marks the slot closed; returns the session to end, unless closed already.
     pub(crate) fn close(&self) -> Option<Arc<S>> {
-        if self.closed.swap(true, Ordering::SeqCst) {
+        let mut state = self.state();
+        if std::mem::replace(&mut state.closed, true) {
             None
         } else {
-            Some(self.current())
-        }
-    }
-
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::SeqCst) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
+            Some(state.current.clone())
         }
     }
 }
@@ -234,50 +286,66 @@ async fn acquire<S: SessionSource>(
         Acquire::Timeout(timeout) => Some(Instant::now() + timeout),
         Acquire::Wait | Acquire::Try => None,
     };
-    let session = match deadline {
-        Some(deadline) => match tokio::time::timeout_at(deadline, source.session()).await {
-            Ok(session) => session?,
-            Err(_) => return Ok(None),
-        },
-        None => source.session().await?,
-    };
-    let entry = session.new_entry(name, kind, value);
-    let mut pending = Pending {
-        session,
-        entry,
-        armed: true,
-    };
-    let outcome = match mode {
-        Acquire::Try => {
-            let session = pending.session.clone();
-            match session.enqueue_if_empty(name, &mut pending.entry).await {
-                Ok(true) => session.confirm_head(&pending.entry).await.map(|()| true),
-                other => other,
+    // A session found ended by the server before the entry was written (a lease revoked
+    // from outside, a session expired while idle) costs nothing: retry once on a new one.
+    let mut fresh_session_tried = false;
+    loop {
+        let session = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, source.session()).await {
+                Ok(session) => session?,
+                Err(_) => return Ok(None),
+            },
+            None => source.session().await?,
+        };
+        let entry = session.new_entry(name, kind, value);
+        let mut pending = Pending {
+            session,
+            entry,
+            armed: true,
+            queued: false,
+        };
+        let outcome = match mode {
+            Acquire::Try => try_head(name, &mut pending).await,
+            Acquire::Wait => wait_turn(name, &mut pending).await.map(|()| true),
+            Acquire::Timeout(_) => {
+                let deadline = deadline.unwrap_or_else(Instant::now);
+                tokio::time::timeout_at(deadline, wait_turn(name, &mut pending))
+                    .await
+                    .map_or(Ok(false), |r| r.map(|()| true))
+            }
+        };
+        match outcome {
+            Ok(true) => return Ok(Some(pending.into_guard(name))),
+            Ok(false) if mode == Acquire::Try => {
+                pending.armed = false; // nothing was written
+                return Ok(None);
+            }
+            Ok(false) => {
+                pending.remove().await;
+                return Ok(None);
+            }
+            Err(Error::SessionExpired) if !pending.queued && !fresh_session_tried => {
+                // Its entries went with the session: nothing to remove.
+                pending.armed = false;
+                fresh_session_tried = true;
+            }
+            Err(err) => {
+                pending.remove().await;
+                return Err(err);
             }
         }
-        Acquire::Wait => wait_turn(name, &mut pending).await.map(|()| true),
-        Acquire::Timeout(_) => {
-            let deadline = deadline.unwrap_or_else(Instant::now);
-            tokio::time::timeout_at(deadline, wait_turn(name, &mut pending))
-                .await
-                .map_or(Ok(false), |r| r.map(|()| true))
-        }
-    };
-    match outcome {
-        Ok(true) => Ok(Some(pending.into_guard(name))),
-        Ok(false) if mode == Acquire::Try => {
-            pending.armed = false; // nothing was written
-            Ok(None)
-        }
-        Ok(false) => {
-            pending.remove().await;
-            Ok(None)
-        }
-        Err(err) => {
-            pending.remove().await;
-            Err(err)
-        }
     }
+}
+
+/// Takes the lock only if nobody holds or waits for it.
+async fn try_head<S: QueueSession>(name: &str, pending: &mut Pending<S>) -> Result<bool> {
+    let session = pending.session.clone();
+    let head = session.enqueue_if_empty(name, &mut pending.entry).await?;
+    pending.queued = true;
+    if head {
+        session.confirm_head(&pending.entry).await?;
+    }
+    Ok(head)
 }
 
 /// Enqueues and waits until the entry heads the queue. Cancel safe: `pending` keeps the
@@ -290,6 +358,7 @@ async fn wait_turn<S: QueueSession>(name: &str, pending: &mut Pending<S>) -> Res
         enqueued = session.enqueue(name, &mut pending.entry) => enqueued?,
         reason = lost.wait() => return Err(session_error(reason)),
     };
+    pending.queued = true;
     while let Some(p) = pred {
         crate::stats::waiting();
         tokio::select! {
@@ -426,14 +495,17 @@ struct Pending<S: QueueSession> {
     session: Arc<S>,
     entry: Entry,
     armed: bool,
+    /// Whether the entry was confirmed written (a session lost before that lost no place).
+    queued: bool,
 }
 
 impl<S: QueueSession> Pending<S> {
-    /// Removes the entry now (bounded), or in the background if the backend fails.
+    /// Removes the entry now (bounded), or in the background if the backend fails. Stays
+    /// armed until the backend confirmed the removal: if this future is dropped half-way,
+    /// `Drop` hands the entry to a background removal.
     async fn remove(mut self) {
-        self.armed = false;
-        if self.session.remove(&self.entry).await.is_err() {
-            self.session.remove_in_background(self.entry.clone());
+        if self.session.remove(&self.entry).await.is_ok() {
+            self.armed = false;
         }
     }
 
@@ -494,8 +566,12 @@ impl<S: QueueSession> Held<S> {
 
 #[async_trait]
 impl<S: QueueSession> HeldLock for Held<S> {
-    async fn release(&self) -> Result<bool> {
-        self.session.remove(&self.entry).await
+    async fn release(&self) -> Result<Option<LostReason>> {
+        if self.session.remove(&self.entry).await? {
+            return Ok(None);
+        }
+        let session = self.session.trigger().signal().reason();
+        Ok(Some(session.unwrap_or(LostReason::Deleted)))
     }
 
     fn release_in_background(&self) {
@@ -523,5 +599,47 @@ impl<S: QueueSession> HeldLock for Held<S> {
 
     async fn proclaim(&self, value: &[u8]) -> Result<()> {
         self.as_lost(self.session.proclaim(&self.entry, value).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::memory::{MemorySession, MemoryStore};
+
+    /// `close()` while a renewal is opening a new session: the new session must not
+    /// outlive the close (nor serve the closed client).
+    #[tokio::test]
+    async fn close_during_renewal_ends_the_new_session() {
+        let store = MemoryStore::named("slot-close-during-renewal");
+        let ttl = Duration::from_secs(10);
+        let slot = SessionSlot::new(MemorySession::open(&store, ttl), StateChannel::new());
+        assert!(store.expire_session(&slot.current().id()));
+
+        let fresh = MemorySession::open(&store, ttl);
+        let (opened, gate) = tokio::sync::oneshot::channel::<()>();
+        let renewal = slot.live(|| {
+            let fresh = fresh.clone();
+            async move {
+                let _ = gate.await;
+                Ok(fresh)
+            }
+        });
+        tokio::pin!(renewal);
+        assert!(
+            futures::poll!(renewal.as_mut()).is_pending(),
+            "waits at the gate"
+        );
+        let _ = slot.close();
+        let _ = opened.send(());
+        let renewed = renewal.await.map(|s| s.id());
+        assert!(matches!(renewed, Err(Error::Closed)), "{renewed:?}");
+        assert_eq!(
+            fresh.trigger().signal().reason(),
+            Some(LostReason::SessionClosed),
+            "the session opened during close() was left open"
+        );
     }
 }

@@ -7,6 +7,7 @@ static WAITS: AtomicU64 = AtomicU64::new(0);
 static WAKEUPS: AtomicU64 = AtomicU64::new(0);
 static QUEUE_READS: AtomicU64 = AtomicU64::new(0);
 static WATCH_CHECKS: AtomicU64 = AtomicU64::new(0);
+static HEAD_READS: AtomicU64 = AtomicU64::new(0);
 
 /// A snapshot of fairlock's counters, summed over every client of this process since it
 /// started. Subtract two snapshots to measure an interval.
@@ -25,6 +26,9 @@ pub struct Stats {
     /// between the read that found the key and the watch's start (etcd; at most one per
     /// watch, only when the store moved in between).
     pub watch_checks: u64,
+    /// Reads of an election's head by [`Election::observe`](crate::Election::observe)
+    /// streams (etcd): one when a stream starts and one each time the head's watch ends.
+    pub head_reads: u64,
 }
 
 impl std::ops::Sub for Stats {
@@ -37,6 +41,7 @@ impl std::ops::Sub for Stats {
             wakeups: self.wakeups - earlier.wakeups,
             queue_reads: self.queue_reads - earlier.queue_reads,
             watch_checks: self.watch_checks - earlier.watch_checks,
+            head_reads: self.head_reads - earlier.head_reads,
         }
     }
 }
@@ -49,6 +54,7 @@ pub fn stats() -> Stats {
         wakeups: WAKEUPS.load(Ordering::Relaxed),
         queue_reads: QUEUE_READS.load(Ordering::Relaxed),
         watch_checks: WATCH_CHECKS.load(Ordering::Relaxed),
+        head_reads: HEAD_READS.load(Ordering::Relaxed),
     }
 }
 
@@ -71,4 +77,9 @@ pub(crate) fn watch_checked() {
 
 pub(crate) fn read_queue() {
     QUEUE_READS.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub(crate) fn head_read() {
+    HEAD_READS.fetch_add(1, Ordering::Relaxed);
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{eventually, soon, unique, Harness};
-use fairlock::{Error, Leader, LostReason, WriteOp};
+use fairlock::{Error, Leader, LostReason, SessionState, WriteOp};
 use futures::StreamExt;
 
 /// 16 contenders on separate sessions increment a counter with a deliberate
@@ -580,6 +580,76 @@ pub async fn reentrant_holds_are_counted(h: Arc<dyn Harness>) {
     );
 }
 
+/// A holder's own release ends its `lost()` signal with `Released`, never `Deleted`: the
+/// own-entry watch must not mistake the release for someone else's deletion.
+pub async fn own_release_is_reported_as_released(h: Arc<dyn Harness>) {
+    let name = unique("own-release");
+    let client = h.client().await;
+    let mutex = client.mutex(&name).unwrap();
+    for round in 0..40 {
+        let guard = mutex.lock().await.unwrap();
+        let lost = guard.lost(); // arms the own-entry watch
+        assert!(!guard.is_lost());
+        guard.release().await.unwrap();
+        let reason = soon("released signal", lost).await;
+        assert_eq!(reason, LostReason::Released, "round {round}");
+    }
+    client.close().await.unwrap();
+}
+
+/// A session ended from outside (lease revoked, session expired by the server) costs the
+/// next acquisition nothing: it runs on a new session instead of failing with the raw
+/// backend error until the keep-alive notices.
+pub async fn acquire_right_after_the_session_ended_from_outside(h: Arc<dyn Harness>) {
+    let name = unique("after-revoke");
+    let client = h.client_ttl(30).await;
+    let old = client.session_id();
+    h.expire_session(&client).await;
+    let guard = client.mutex(&name).unwrap().try_lock().await;
+    let guard = match guard {
+        Ok(Some(guard)) => guard,
+        other => panic!("acquisition after the session ended: {other:?}"),
+    };
+    assert_ne!(client.session_id(), old, "still on the ended session");
+    assert!(!guard.is_lost());
+    guard.release().await.unwrap();
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    guard.release().await.unwrap();
+    client.close().await.unwrap();
+}
+
+/// The session state stream follows the client across sessions: connected, lost when the
+/// session ends, connected again with the next acquisition's new session, lost on close.
+pub async fn session_states_follow_the_session(h: Arc<dyn Harness>) {
+    let name = unique("states");
+    let client = h.client().await;
+    let mut states = client.session_states();
+    assert_eq!(
+        soon("next session state", states.next()).await,
+        Some(SessionState::Connected)
+    );
+    h.expire_session(&client).await;
+    // Expiring from outside may cut the connection first (ZooKeeper): a suspension
+    // before the loss is fine.
+    let mut state = soon("next session state", states.next()).await;
+    while let Some(SessionState::Suspended | SessionState::Reconnected) = state {
+        state = soon("next session state", states.next()).await;
+    }
+    assert_eq!(state, Some(SessionState::Lost(LostReason::SessionExpired)));
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    assert_eq!(
+        soon("next session state", states.next()).await,
+        Some(SessionState::Connected)
+    );
+    assert_eq!(client.session_state(), SessionState::Connected);
+    guard.release().await.unwrap();
+    client.close().await.unwrap();
+    assert_eq!(
+        soon("next session state", states.next()).await,
+        Some(SessionState::Lost(LostReason::SessionClosed))
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -598,7 +668,10 @@ macro_rules! conformance {
                 waiter_session_expires_while_queued, dropped_guard_releases,
                 close_releases_everything, bad_names_refused, election_fifo_succession,
                 observe_yields_each_change_once, no_two_leaders_under_crash_and_restart,
-                proclaim_after_loss_fails, reentrant_holds_are_counted);
+                proclaim_after_loss_fails, reentrant_holds_are_counted,
+                own_release_is_reported_as_released,
+                acquire_right_after_the_session_ended_from_outside,
+                session_states_follow_the_session);
         }
     };
     (@tests $($test:ident),*) => {

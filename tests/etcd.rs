@@ -182,6 +182,9 @@ async fn waiter_survives_a_broken_watch_stream_and_compaction() {
         h.entries(&name).await.len() == 2
     })
     .await;
+    // Let the enqueue's answer arrive (a cut would break that request) and the watch be
+    // created.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     proxy.cut();
     guard.release().await.unwrap();
@@ -320,4 +323,344 @@ async fn fairlock_waits_for_etcdctl_elect_and_is_observed() {
         h.entries(&name).await.is_empty()
     })
     .await;
+}
+
+/// Writes once and compacts the store at that write's revision, so that the history of
+/// everything before it is gone (someone else compacting further is fine).
+async fn compact_now(h: &EtcdHarness) -> i64 {
+    let mut kv = h.raw().kv_client();
+    let junk = h.data_key("compaction");
+    let revision = kv
+        .put(junk, "", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    if let Err(e) = kv.compact(revision, None).await {
+        assert!(e.to_string().contains("compacted"), "compact: {e}");
+    }
+    revision
+}
+
+/// One hand-off through `client`: a waiter there wakes when `holder` releases.
+async fn wake_through(h: &EtcdHarness, holder: &Client, client: &Client) {
+    let name = unique("wake");
+    let guard = holder.mutex(&name).unwrap().lock().await.unwrap();
+    let mutex = client.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    guard.release().await.unwrap();
+    let woke = soon("waiter wakes", waiter).await.unwrap();
+    woke.release().await.unwrap();
+}
+
+/// After a stream break whose watches' start revisions were compacted, the hub re-creates
+/// them; a waiter still wakes and a holder still hears its key deleted. (etcd keeps a
+/// compacted watch's id on the stream until the client cancels it, and refuses a new watch
+/// with the same id.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_recreated_after_compaction_still_fire() {
+    let h = EtcdHarness::new().await;
+    let (name, own) = (unique("recreate"), unique("recreate-own"));
+    let holder = h.client().await;
+    let guard = holder.mutex(&name).unwrap().lock().await.unwrap();
+
+    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
+    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
+        .await
+        .unwrap();
+    let held = client.mutex(&own).unwrap().lock().await.unwrap();
+    assert!(!held.is_lost()); // arms the own-key watch
+    let mutex = client.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    // Its watch is created just after the enqueue's answer arrived.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    proxy.cut();
+    compact_now(&h).await;
+    proxy.restore();
+    // A hand-off through the client proves its stream is back; the re-created watches were
+    // answered (compacted, within the server's 100 ms sync loop) and re-created again by
+    // the time a second while has passed.
+    wake_through(&h, &holder, &client).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wake_through(&h, &holder, &client).await;
+    assert!(!waiter.is_finished() && !held.is_lost());
+
+    guard.release().await.unwrap();
+    let acquired = soon("the waiter acquires", waiter).await.unwrap();
+    h.delete_entry(held.key()).await;
+    soon("the holder hears its key deleted", held.lost()).await;
+    acquired.release().await.unwrap();
+}
+
+/// Go's Mutex and `etcdctl lock` reuse the key NAME/<lease hex> on every Lock. A peer that
+/// unlocks and locks again between our enqueue and our watch's creation has a key of the
+/// same name *behind* ours: we hold the lock (waiting on it would deadlock with the peer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_style_peer_relocking_its_key_is_behind_us() {
+    let h = EtcdHarness::new().await;
+    let name = unique("go-relock");
+    let raw = h.raw();
+    let lease = raw.lease_client().grant(60, None).await.unwrap().id();
+    let peer_key = format!("{}/{name}/{lease:x}", h.prefix());
+    let peer_lock = || {
+        let mut kv = raw.kv_client();
+        let key = peer_key.clone();
+        async move {
+            let options = etcd_client::PutOptions::new().with_lease(lease);
+            kv.put(key, "", Some(options)).await.unwrap();
+        }
+    };
+    peer_lock().await;
+
+    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
+    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
+        .await
+        .unwrap();
+    // Our requests reach the server a second late: our watch is created long after our
+    // enqueue.
+    proxy.delay(Duration::from_secs(1), Duration::ZERO);
+    let mutex = client.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
+    eventually("queued behind the peer", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    raw.kv_client()
+        .delete(peer_key.as_str(), None)
+        .await
+        .unwrap();
+    peer_lock().await;
+
+    let guard = soon("we hold: the peer's new key is behind ours", waiter)
+        .await
+        .unwrap();
+    let peer = raw.kv_client().get(peer_key.as_str(), None).await.unwrap();
+    assert!(peer.kvs()[0].create_revision() as u64 > guard.fencing_token());
+    proxy.delay(Duration::ZERO, Duration::ZERO);
+    guard.release().await.unwrap();
+    raw.lease_client().revoke(lease).await.unwrap();
+}
+
+/// Many watches need a read after a reconnect (their start revision was compacted) while
+/// every request of the client crawls over a slow line: reading them one after another
+/// would hold up every other waiter of the client for N round trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_resync_reads_do_not_stall_other_waiters() {
+    const WAITERS: usize = 100;
+    let h = EtcdHarness::new().await;
+    let holder = h.client().await;
+    let mut held = Vec::new();
+    let mut names = Vec::new();
+    for _ in 0..WAITERS {
+        let name = unique("stall");
+        held.push(holder.mutex(&name).unwrap().lock().await.unwrap());
+        names.push(name);
+    }
+    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
+    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
+        .await
+        .unwrap();
+    // A round trip through the proxy takes at least 300 ms: 100 reads in a row, 30 s.
+    proxy.delay(Duration::from_millis(150), Duration::from_millis(150));
+    let mut waiters = Vec::new();
+    for name in &names {
+        let mutex = client.mutex(name).unwrap();
+        waiters.push(tokio::spawn(async move { mutex.lock().await }));
+    }
+    let prefix = format!("{}/", h.prefix());
+    let count = || async {
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_count_only();
+        let resp = h
+            .raw()
+            .kv_client()
+            .get(prefix.as_str(), Some(options))
+            .await;
+        resp.unwrap().count() as usize
+    };
+    eventually("all queued", || async { count().await == 2 * WAITERS }).await;
+    // Their watches are created half a round trip after the enqueue's answer arrived.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    proxy.cut();
+    compact_now(&h).await;
+    proxy.restore();
+
+    let name = unique("stall-other");
+    let guard = holder.mutex(&name).unwrap().lock().await.unwrap();
+    let mutex = client.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    // By now its watch exists, and the server has long answered the re-created ones
+    // (compacted): the release's event reaches the client behind those answers.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    guard.release().await.unwrap();
+    let acquired = soon("the other waiter wakes", waiter).await.unwrap();
+    for w in &mut waiters {
+        if w.is_finished() {
+            panic!(
+                "a waiter ended: {:?}",
+                w.await.unwrap().map(|g| g.key().to_owned())
+            );
+        }
+    }
+    proxy.delay(Duration::ZERO, Duration::ZERO);
+    acquired.release().await.unwrap();
+    for w in waiters {
+        w.abort();
+    }
+    holder.close().await.unwrap();
+    client.close().await.unwrap();
+}
+
+/// etcd cancels observe()'s watch each time (its start revision compacted before the watch
+/// arrives): observe re-reads, but backs off instead of re-reading in a tight loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_backs_off_when_its_watch_keeps_being_cancelled() {
+    use futures::StreamExt;
+    let h = EtcdHarness::new().await;
+    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
+    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
+        .await
+        .unwrap();
+    // Requests reach the server 300 ms late: after each read of the head, two writes and a
+    // compaction past them land before the watch that follows the read.
+    proxy.delay(Duration::from_millis(300), Duration::ZERO);
+    let junk = h.data_key(&unique("junk"));
+    // The counter is process-wide: no other test of this binary uses observe().
+    let start = fairlock::stats().head_reads;
+    let mut observed = client
+        .election(&unique("observe-cancel"))
+        .unwrap()
+        .observe();
+    let drain = tokio::spawn(async move {
+        let first = observed.next().await.unwrap();
+        assert!(first.unwrap().is_none());
+        while observed.next().await.is_some() {}
+    });
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < until {
+        let seen = fairlock::stats().head_reads;
+        while fairlock::stats().head_reads == seen && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut kv = h.raw().kv_client();
+        kv.put(junk.as_str(), "1", None).await.unwrap();
+        kv.put(junk.as_str(), "2", None).await.unwrap();
+        compact_now(&h).await;
+    }
+    let reads = fairlock::stats().head_reads - start;
+    eprintln!("observe read its head {reads} times in 15 s");
+    // Without backing off: a read every 600 ms (25). With it: 7 or so.
+    assert!(reads <= 12, "observe read its head {reads} times in 15 s");
+    assert!(reads >= 2, "the watch was not cancelled ({reads} reads)");
+    drain.abort();
+    proxy.delay(Duration::ZERO, Duration::ZERO);
+    client.close().await.unwrap();
+}
+
+/// As above, but the peer re-locks while our watch stream is down and the history of its
+/// old key is compacted: the read that replaces the lost history must see a new entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_style_peer_relocking_during_an_outage_is_behind_us() {
+    let h = EtcdHarness::new().await;
+    let name = unique("go-relock-outage");
+    let raw = h.raw();
+    let lease = raw.lease_client().grant(60, None).await.unwrap().id();
+    let peer_key = format!("{}/{name}/{lease:x}", h.prefix());
+    let peer_lock = || {
+        let mut kv = raw.kv_client();
+        let key = peer_key.clone();
+        async move {
+            let options = etcd_client::PutOptions::new().with_lease(lease);
+            kv.put(key, "", Some(options)).await.unwrap();
+        }
+    };
+    peer_lock().await;
+
+    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
+    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
+        .await
+        .unwrap();
+    let mutex = client.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
+    eventually("queued behind the peer", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    // Its watch is created just after the enqueue's answer arrived.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    proxy.cut();
+    raw.kv_client()
+        .delete(peer_key.as_str(), None)
+        .await
+        .unwrap();
+    peer_lock().await;
+    compact_now(&h).await;
+    proxy.restore();
+
+    let guard = soon("we hold: the peer's new key is behind ours", waiter)
+        .await
+        .unwrap();
+    let peer = raw.kv_client().get(peer_key.as_str(), None).await.unwrap();
+    assert!(peer.kvs()[0].create_revision() as u64 > guard.fencing_token());
+    guard.release().await.unwrap();
+    raw.lease_client().revoke(lease).await.unwrap();
+}
+
+/// A guarded write whose answer is lost (the connection breaks after etcd applied it) is
+/// sent again and recognised as applied: `Ok`, written exactly once, not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_write_whose_answer_was_lost_is_applied_once() {
+    let h = EtcdHarness::new().await;
+    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
+    let url = format!("{}&request_timeout=10s", h.url_via(&proxy.endpoint(), 30));
+    let client = Client::connect(&url).await.unwrap();
+    let name = unique("lost-answer");
+    let key = h.data_key(&name);
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+
+    // Requests still reach etcd; answers are held back (and dropped below).
+    proxy.delay(Duration::ZERO, Duration::from_secs(3600));
+    let write = {
+        let key = key.clone();
+        tokio::spawn(async move {
+            let written = guard
+                .guarded_write(&[fairlock::WriteOp::put(key, "1")])
+                .await;
+            (written, guard)
+        })
+    };
+    let raw = h.raw();
+    eventually("etcd applied the write", || {
+        let (mut kv, key) = (raw.kv_client(), key.clone());
+        async move { !kv.get(key, None).await.unwrap().kvs().is_empty() }
+    })
+    .await;
+    proxy.delay(Duration::ZERO, Duration::ZERO);
+    proxy.cut();
+    proxy.restore(); // the held answers go with the closed connections
+
+    let (written, guard) = soon("the guarded write", write).await.unwrap();
+    assert!(written.is_ok(), "{written:?}");
+    let stored = raw.kv_client().get(key.clone(), None).await.unwrap();
+    assert_eq!(stored.kvs()[0].version(), 1, "applied more than once");
+    assert!(!guard.is_lost());
+    guard.release().await.unwrap();
+    client.close().await.unwrap();
 }

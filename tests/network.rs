@@ -11,7 +11,8 @@ use common::proxy::Proxy;
 use common::{eventually, soon, unique, Harness};
 use std::time::{Duration, Instant};
 
-use fairlock::{Client, Error, LostReason, WriteOp};
+use fairlock::{Client, Error, LostReason, SessionState, WriteOp};
+use futures::StreamExt;
 
 async fn ttl_below_server_minimum_is_refused(h: Arc<dyn Harness>) {
     let result = Client::connect(&h.url(1)).await;
@@ -50,11 +51,20 @@ async fn short_partition_loses_nothing(h: Arc<dyn Harness>) {
         .unwrap();
     let name = unique("short-partition");
     let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    let mut states = client.session_states();
+    assert_eq!(
+        soon("state", states.next()).await,
+        Some(SessionState::Connected)
+    );
 
     proxy.cut();
     // Long enough for the client to notice (keep-alive round, dead connection), well
     // within any loss deadline.
     eventually("session suspended", || async { client.is_suspended() }).await;
+    assert_eq!(
+        soon("state", states.next()).await,
+        Some(SessionState::Suspended)
+    );
     assert!(!guard.is_lost());
     proxy.restore();
 
@@ -62,6 +72,10 @@ async fn short_partition_loses_nothing(h: Arc<dyn Harness>) {
         !client.is_suspended()
     })
     .await;
+    assert_eq!(
+        soon("state", states.next()).await,
+        Some(SessionState::Reconnected)
+    );
     assert!(!guard.is_lost(), "a short partition lost the lock");
     guard
         .guarded_write(&[WriteOp::put(h.data_key(&name), "still mine")])
@@ -102,6 +116,105 @@ async fn long_partition_is_reported_before_the_server_frees_the_lock(h: Arc<dyn 
     assert!(write.is_err());
 }
 
+/// A waiter whose timeout expires while the server is slow, and whose caller then gives up
+/// on it too (an outer timeout dropping `lock_timeout` while it removes its entry), still
+/// leaves no entry behind once the server answers again.
+async fn cancel_during_cleanup_leaves_no_entry(h: Arc<dyn Harness>) {
+    let name = unique("cancel-cleanup");
+    let holder = h.client().await;
+    let held = holder.mutex(&name).unwrap().lock().await.unwrap();
+
+    let proxy = Proxy::start(&h.endpoint()).await;
+    let client = Client::connect(&h.url_via(&proxy.endpoint(), 30))
+        .await
+        .unwrap();
+    let mutex = client.mutex(&name).unwrap();
+    let waiting = tokio::spawn(async move {
+        // lock_timeout gives up after 3 s and starts removing its entry; the removal
+        // hangs on the silent proxy (request timeout 5 s) and this outer timeout drops it.
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(4),
+            mutex.lock_timeout(Duration::from_secs(3)),
+        )
+        .await;
+        assert!(
+            outcome.is_err(),
+            "the removal should still hang: {outcome:?}"
+        );
+    });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    proxy.cut();
+    soon("outer timeout", waiting).await.unwrap();
+    proxy.restore();
+
+    eventually("the waiter's entry removed", || async {
+        h.entries(&name).await.len() == 1
+    })
+    .await;
+    held.release().await.unwrap();
+    assert!(h.entries(&name).await.is_empty());
+    client.close().await.unwrap();
+}
+
+/// Every request of the first session is bounded by the request timeout, not by the
+/// (longer) connect timeout.
+async fn first_session_uses_the_request_timeout(h: Arc<dyn Harness>) {
+    let proxy = Proxy::start(&h.endpoint()).await;
+    let url = format!(
+        "{}&connect_timeout=60s&request_timeout=1s",
+        h.url_via(&proxy.endpoint(), 30)
+    );
+    let client = Client::connect(&url).await.unwrap();
+    let mutex = client.mutex(&unique("request-timeout")).unwrap();
+    proxy.cut();
+    let started = Instant::now();
+    let result = soon("try_lock on a silent server", mutex.try_lock()).await;
+    assert!(result.is_err(), "{result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "bounded by the 60 s connect timeout, not the 1 s request timeout: {:?}",
+        started.elapsed()
+    );
+    proxy.restore();
+}
+
+/// One endpoint of the URL is dead (as after kill -9 of a cluster member): requests that
+/// the client balances onto it fail over to the live one, and no call returns an error.
+async fn a_dead_endpoint_in_the_url_costs_no_errors(h: Arc<dyn Harness>) {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_endpoint = dead.local_addr().unwrap().to_string();
+    drop(dead); // nothing listens there now: connections are refused
+    let endpoints = format!("{dead_endpoint},{}", h.endpoint());
+    let client = Client::connect(&h.url_via(&endpoints, 10)).await.unwrap();
+    let name = unique("dead-endpoint");
+    let key = h.data_key(&name);
+    let mutex = client.mutex(&name).unwrap();
+    for round in 0..60 {
+        let guard = mutex
+            .lock()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: lock: {e}"));
+        guard
+            .guarded_write(&[WriteOp::put(&key, round.to_string())])
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: guarded_write: {e}"));
+        guard
+            .release()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: release: {e}"));
+        let taken = mutex
+            .try_lock()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: try_lock: {e}"));
+        taken.expect("free after release").release().await.unwrap();
+    }
+    assert!(h.entries(&name).await.is_empty());
+    client.close().await.unwrap();
+}
+
 macro_rules! network_tests {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -111,7 +224,9 @@ macro_rules! network_tests {
                 ttl_below_server_minimum_is_refused, refused_endpoint_is_unreachable,
                 silent_endpoint_is_unreachable_after_connect_timeout,
                 short_partition_loses_nothing,
-                long_partition_is_reported_before_the_server_frees_the_lock);
+                long_partition_is_reported_before_the_server_frees_the_lock,
+                cancel_during_cleanup_leaves_no_entry, first_session_uses_the_request_timeout,
+                a_dead_endpoint_in_the_url_costs_no_errors);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {

@@ -17,6 +17,7 @@
 //!   client-side deadline passes, at most one TTL after its last successful keep-alive, and
 //!   no later than the cluster frees the lock for the next waiter.
 
+mod request;
 mod session;
 mod watch;
 
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use etcd_client::{
     Compare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder, SortTarget, WatchOptions,
 };
@@ -32,6 +34,8 @@ use crate::client::{KeySpace, QueueEntry, QueueKind};
 use crate::config::Config;
 use crate::error::{within, Error, Result};
 use crate::queue::{SessionSlot, SessionSource};
+use crate::state::StateChannel;
+use request::{request, Retry};
 use session::EtcdSession;
 use watch::WatchHub;
 
@@ -66,6 +70,10 @@ pub(crate) struct Settings {
     prefix: String,
     ttl_secs: i64,
     request_timeout: Duration,
+    /// How long before the server's earliest expiry a holder counts its lease as lost.
+    safety_margin: Duration,
+    /// The client's session state channel.
+    states: Arc<StateChannel>,
 }
 
 pub(crate) struct EtcdClient {
@@ -81,6 +89,8 @@ impl EtcdClient {
             prefix: config.prefix_or(DEFAULT_PREFIX).to_owned(),
             ttl_secs: config.ttl.as_secs_f64().ceil() as i64,
             request_timeout: config.request_timeout,
+            safety_margin: config.effective_safety_margin(),
+            states: StateChannel::new(),
         });
         let endpoints: Vec<String> = config
             .endpoints
@@ -113,13 +123,10 @@ impl EtcdClient {
             Err(_) => return Err(unreachable("connect timed out".into())),
         };
         let hub = WatchHub::start(client.clone(), config.request_timeout);
-        // The first lease grant proves the cluster answers.
-        let connect_settings = Arc::new(Settings {
-            prefix: settings.prefix.clone(),
-            ttl_secs: settings.ttl_secs,
-            request_timeout: config.connect_timeout,
-        });
-        let first = match EtcdSession::open(&client, &hub, &connect_settings).await {
+        // The first lease grant proves the cluster answers, so it may take the connect
+        // timeout; the session's own requests later use the request timeout.
+        let opened = EtcdSession::open(&client, &hub, &settings, config.connect_timeout).await;
+        let first = match opened {
             Ok(session) => session,
             Err(Error::Timeout(_)) => {
                 return Err(unreachable(
@@ -134,18 +141,29 @@ impl EtcdClient {
         Ok(Arc::new(EtcdClient {
             client,
             hub,
+            slot: SessionSlot::new(first, settings.states.clone()),
             settings,
-            slot: SessionSlot::new(first),
         }))
+    }
+}
+
+/// Whether the server said the session's lease does not exist (revoked or expired): gRPC
+/// status NOT_FOUND, which etcd returns for nothing else fairlock asks on a lease.
+pub(crate) fn is_lease_not_found(e: &Error) -> bool {
+    match e {
+        Error::Backend { source, .. } => matches!(
+            source.downcast_ref::<etcd_client::Error>(),
+            Some(etcd_client::Error::GRpcStatus(s)) if i32::from(s.code()) == request::GRPC_NOT_FOUND
+        ),
+        _ => false,
     }
 }
 
 fn is_transport(e: &(dyn std::error::Error + 'static)) -> bool {
     match e.downcast_ref::<etcd_client::Error>() {
         Some(etcd_client::Error::TransportError(_)) => true,
-        // gRPC status code 14: UNAVAILABLE.
-        Some(etcd_client::Error::GRpcStatus(s)) => i32::from(s.code()) == 14,
-        _ => false,
+        Some(e) => request::is_unavailable(e),
+        None => false,
     }
 }
 
@@ -158,25 +176,32 @@ impl SessionSource for EtcdClient {
     }
 
     async fn open(&self) -> Result<Arc<EtcdSession>> {
-        EtcdSession::open(&self.client, &self.hub, &self.settings).await
+        EtcdSession::open(
+            &self.client,
+            &self.hub,
+            &self.settings,
+            self.settings.request_timeout,
+        )
+        .await
     }
 }
 
 #[async_trait]
 impl KeySpace for EtcdClient {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let mut kv = self.client.kv_client();
-        let resp = within(self.settings.request_timeout, async move {
-            kv.get(key, None).await.map_err(etcd_error)
+        let resp = request(self.settings.request_timeout, Retry::Idempotent, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.get(key, None).await }
         })
         .await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        let mut kv = self.client.kv_client();
-        within(self.settings.request_timeout, async move {
-            kv.put(key, value, None).await.map_err(etcd_error)
+        // A plain put of one value: repeating it is harmless.
+        request(self.settings.request_timeout, Retry::Idempotent, || {
+            let (mut kv, value) = (self.client.kv_client(), value.clone());
+            async move { kv.put(key, value, None).await }
         })
         .await?;
         Ok(())
@@ -197,12 +222,39 @@ impl KeySpace for EtcdClient {
         _kind: QueueKind,
         tx: tokio::sync::mpsc::Sender<Result<Option<QueueEntry>>>,
     ) {
+        // A round that ends without a new head (its watch cancelled, say because its start
+        // revision was compacted; the stream gone; an error) is followed by a delay that
+        // doubles each time, so that a server that keeps cancelling the watch does not make
+        // observe re-read in a tight loop. A round that followed the head for a while, or
+        // saw it change, starts the delays over.
+        let backoff = || {
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut delays = backoff();
         while !tx.is_closed() {
-            if let Err(e) = self.follow_head(&name, &tx).await {
-                if tx.send(Err(e)).await.is_err() {
-                    return;
+            let started = tokio::time::Instant::now();
+            let round = self.follow_head(&name, &tx).await;
+            if matches!(round, Ok(true)) || started.elapsed() >= Duration::from_secs(10) {
+                delays = backoff();
+            }
+            match round {
+                Ok(true) => continue, // a new head: read it at once
+                Ok(false) => {}
+                Err(e) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = tx.closed() => return,
             }
         }
     }
@@ -215,7 +267,6 @@ impl EtcdClient {
 
     /// The first `limit` entries of queue `name`, with the revision they were read at.
     async fn read_queue(&self, name: &str, limit: Option<usize>) -> Result<(Vec<QueueEntry>, i64)> {
-        let mut kv = self.client.kv_client();
         let mut options = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend);
@@ -223,8 +274,10 @@ impl EtcdClient {
             options = options.with_limit(limit as i64);
         }
         let prefix = self.queue_prefix(name);
-        let resp = within(self.settings.request_timeout, async move {
-            kv.get(prefix, Some(options)).await.map_err(etcd_error)
+        let resp = request(self.settings.request_timeout, Retry::Idempotent, || {
+            let (mut kv, prefix, options) =
+                (self.client.kv_client(), prefix.clone(), options.clone());
+            async move { kv.get(prefix, Some(options)).await }
         })
         .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
@@ -243,16 +296,18 @@ impl EtcdClient {
 
     /// Reads the head of queue `name`, sends it, and follows it (as Go's Election.Observe):
     /// the head's puts are new values; its deletion, or the first put into an empty queue,
-    /// means a new head. Returns when the head must be read again.
+    /// means a new head. Returns when the head must be read again: `true` if it changed,
+    /// `false` if the watch ended without a change (or nobody listens any more).
     async fn follow_head(
         &self,
         name: &str,
         tx: &tokio::sync::mpsc::Sender<Result<Option<QueueEntry>>>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (entries, revision) = self.read_queue(name, Some(1)).await?;
+        crate::stats::head_read();
         let mut head = entries.into_iter().next();
         if tx.send(Ok(head.clone())).await.is_err() {
-            return Ok(());
+            return Ok(false);
         }
         // Watch from the read's revision on: nothing between read and watch is missed.
         let options = WatchOptions::new().with_start_revision(revision + 1);
@@ -268,26 +323,26 @@ impl EtcdClient {
         loop {
             let message = tokio::select! {
                 message = stream.message() => message.map_err(etcd_error)?,
-                _ = tx.closed() => return Ok(()),
+                _ = tx.closed() => return Ok(false),
             };
             let Some(resp) = message else {
-                return Ok(()); // stream ended: read again
+                return Ok(false); // stream ended: read again
             };
             if resp.canceled() {
-                return Ok(());
+                return Ok(false);
             }
             for event in resp.events() {
                 let Some(current) = head.as_mut() else {
-                    return Ok(()); // a first candidate arrived
+                    return Ok(true); // a first candidate arrived
                 };
                 match (event.event_type(), event.kv()) {
                     (EventType::Put, Some(kv)) => {
                         current.value = kv.value().to_vec();
                         if tx.send(Ok(head.clone())).await.is_err() {
-                            return Ok(());
+                            return Ok(false);
                         }
                     }
-                    _ => return Ok(()), // the head left
+                    _ => return Ok(true), // the head left
                 }
             }
         }

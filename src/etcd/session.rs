@@ -15,16 +15,18 @@ use etcd_client::{
     TxnOpResponse, TxnResponse,
 };
 use tokio::runtime::Handle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::request::{request, Retry};
 use super::watch::{DeleteWatch, Notify, WatchHub};
-use super::{etcd_error, Settings};
+use super::Settings;
 use crate::client::QueueKind;
-use crate::error::{within, Error, Result};
+use crate::clock::{BootInstant, Deadline};
+use crate::error::{Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
 use crate::queue::{remove_until_done, session_error, Entry, Predecessor, QueueSession};
+use crate::state::Suspension;
 
 pub(crate) struct EtcdSession {
     pub(super) lease: i64,
@@ -36,7 +38,7 @@ pub(crate) struct EtcdSession {
     stop: CancellationToken,
     abandoned: AtomicBool,
     /// Set while keep-alives fail; see [`Client::is_suspended`](crate::Client::is_suspended).
-    pub(super) suspended: Arc<AtomicBool>,
+    pub(super) suspended: Arc<Suspension>,
     next_entry: AtomicU64,
     runtime: Handle,
 }
@@ -46,48 +48,48 @@ impl EtcdSession {
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] if the server raised the TTL to its minimum; request errors.
+    /// The grant may take `grant_timeout` (the connect timeout for a client's first
+    /// session); every later request of the session takes the request timeout.
     pub(super) async fn open(
         client: &etcd_client::Client,
         hub: &WatchHub,
         settings: &Arc<Settings>,
+        grant_timeout: Duration,
     ) -> Result<Arc<Self>> {
         let ttl = settings.ttl_secs;
-        let granted_at = Instant::now();
-        let grant = within(settings.request_timeout, async {
-            client
-                .lease_client()
-                .grant(ttl, None)
-                .await
-                .map_err(etcd_error)
+        let granted_at = BootInstant::now();
+        // A retried grant may leave an unused lease behind: it expires after its TTL.
+        let grant = request(grant_timeout, Retry::Idempotent, || {
+            let mut leases = client.lease_client();
+            async move { leases.grant(ttl, None).await }
         })
         .await?;
         if grant.ttl() > ttl {
-            let _ = within(settings.request_timeout, async {
-                client
-                    .lease_client()
-                    .revoke(grant.id())
-                    .await
-                    .map_err(etcd_error)
-            })
-            .await;
+            let _ = revoke(client, grant.id(), settings.request_timeout).await;
             return Err(Error::config(format!(
                 "ttl {ttl}s is below the etcd server's minimum lease TTL of {}s",
                 grant.ttl()
             )));
         }
+        // The server frees the lease `ttl` after the grant was *sent* at the earliest; the
+        // holder gives up `safety_margin` before that.
+        let deadline = Arc::new(Deadline::new(
+            granted_at
+                .add(Duration::from_secs(grant.ttl() as u64))
+                .sub(settings.safety_margin),
+        ));
         let session = Arc::new(EtcdSession {
             lease: grant.id(),
             client: client.clone(),
             hub: hub.clone(),
             settings: settings.clone(),
-            trigger: LossTrigger::new(),
+            trigger: LossTrigger::with_deadline(deadline.clone()),
             stop: CancellationToken::new(),
             abandoned: AtomicBool::new(false),
-            suspended: Arc::new(AtomicBool::new(false)),
+            suspended: Suspension::new(&settings.states),
             next_entry: AtomicU64::new(0),
             runtime: Handle::current(),
         });
-        let deadline = granted_at + Duration::from_secs(grant.ttl() as u64);
         tokio::spawn(keep_alive(
             client.clone(),
             grant.id(),
@@ -104,12 +106,25 @@ impl EtcdSession {
         format!("{}/{name}/", self.settings.prefix)
     }
 
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        let mut kv = self.client.kv_client();
-        within(self.settings.request_timeout, async move {
-            kv.txn(txn).await.map_err(etcd_error)
+    /// One Txn, failing over between members as `retry` allows (see `request.rs` for why
+    /// each Txn of the queue is safe to repeat).
+    async fn txn(&self, txn: Txn, retry: Retry) -> Result<TxnResponse> {
+        request(self.settings.request_timeout, retry, || {
+            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+            async move { kv.txn(txn).await }
         })
         .await
+        .map_err(|e| self.lease_error(e))
+    }
+
+    /// A lease the server does not know was revoked or expired before the keep-alive
+    /// noticed: the session is over now, for every guard of it and the next acquisition.
+    fn lease_error(&self, e: Error) -> Error {
+        if super::is_lease_not_found(&e) {
+            self.trigger.fire(LostReason::SessionExpired);
+            return Error::SessionExpired;
+        }
+        e
     }
 
     /// Why `own` is gone: the session ended, or someone deleted the key.
@@ -127,11 +142,18 @@ impl EtcdSession {
         }
     }
 
-    /// The guarded delete of `own` (blind if unconfirmed: its key is unique to one attempt).
-    fn delete_txn(own: &Entry) -> Txn {
+    /// The guarded delete of `own`. An unconfirmed entry (its enqueue may still be in
+    /// flight, and etcd may apply it after this delete) is *withdrawn*: a marker key on
+    /// the session's lease makes any later enqueue of it a no-op.
+    fn delete_txn(&self, own: &Entry) -> Txn {
         let delete = TxnOp::delete(own.key.as_bytes(), None);
         if own.order == 0 {
-            Txn::new().and_then([delete])
+            let withdrawn = TxnOp::put(
+                withdrawn_key(&own.key),
+                Vec::new(),
+                Some(PutOptions::new().with_lease(self.lease)),
+            );
+            Txn::new().and_then([withdrawn, delete])
         } else {
             Txn::new()
                 .when([Compare::create_revision(
@@ -164,25 +186,23 @@ impl Drop for EtcdSession {
 }
 
 async fn revoke(client: &etcd_client::Client, lease: i64, timeout: Duration) -> Result<()> {
-    let mut leases = client.lease_client();
-    within(timeout, async move {
-        match leases.revoke(lease).await {
-            Ok(_) => Ok(()),
-            // Already expired or revoked: the goal is reached.
-            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("lease not found") => {
-                Ok(())
-            }
-            Err(e) => Err(etcd_error(e)),
-        }
+    let revoked = request(timeout, Retry::Idempotent, || {
+        let mut leases = client.lease_client();
+        async move { leases.revoke(lease).await }
     })
-    .await
+    .await;
+    match revoked {
+        // Already expired or revoked: the goal is reached.
+        Err(e) if super::is_lease_not_found(&e) => Ok(()),
+        other => other.map(drop),
+    }
 }
 
 /// Whether the server no longer knows lease `lease` (false if it cannot tell).
 async fn lease_gone(client: &etcd_client::Client, lease: i64, timeout: Duration) -> bool {
-    let mut leases = client.lease_client();
-    let asked = within(timeout, async move {
-        leases.time_to_live(lease, None).await.map_err(etcd_error)
+    let asked = request(timeout, Retry::Idempotent, || {
+        let mut leases = client.lease_client();
+        async move { leases.time_to_live(lease, None).await }
     })
     .await;
     matches!(asked, Ok(resp) if resp.ttl() <= 0)
@@ -191,23 +211,26 @@ async fn lease_gone(client: &etcd_client::Client, lease: i64, timeout: Duration)
 /// Keeps lease `lease` alive every TTL/3 until `stop`, firing `trigger` when it is lost.
 ///
 /// The lease counts as lost when the server says it is gone (TTL ≤ 0, "lease not found"),
-/// or when no keep-alive succeeded for a whole TTL: the client-side deadline, which passes
-/// no later than the server's own expiry (the deadline runs from when a keep-alive was
-/// *sent*). A lost lease is revoked on the way out, best effort, so that a server that comes
-/// back does not keep the keys of a session its holders gave up.
+/// or when `deadline` passes: the remaining TTL of the last successful keep-alive, counted
+/// from when it was *sent* (so no later than the server's own expiry) less the safety
+/// margin, on the suspend-aware clock. A lost lease is revoked on the way out, best effort,
+/// so that a server that comes back does not keep the keys of a session its holders gave
+/// up. A broken stream (a member died) is reopened at once, on whichever member the
+/// client's balancer picks next, with a short backoff while that fails.
 async fn keep_alive(
     client: etcd_client::Client,
     lease: i64,
     settings: Arc<Settings>,
     trigger: LossTrigger,
     stop: CancellationToken,
-    suspended: Arc<AtomicBool>,
-    mut deadline: Instant,
+    suspended: Arc<Suspension>,
+    deadline: Arc<Deadline>,
 ) {
     let ttl = Duration::from_secs(settings.ttl_secs as u64);
     let mut stream = None;
+    let mut failures = 0u32;
     loop {
-        let sent = Instant::now();
+        let sent = BootInstant::now();
         let round = async {
             let (keeper, responses) = match &mut stream {
                 Some(stream) => stream,
@@ -220,16 +243,21 @@ async fn keep_alive(
             keeper.keep_alive().await?;
             Ok(responses.message().await?.map(|r| r.ttl()))
         };
+        // A round that takes longer than TTL/3 counts as failed (a silent partition looks
+        // like this); the session is suspended and the stream reopened.
+        let limit = deadline.get().remaining().min(ttl / 3);
         let outcome: Option<Result<Option<i64>, etcd_client::Error>> = tokio::select! {
             _ = stop.cancelled() => return,
-            // A round that takes longer than TTL/3 counts as failed (a silent partition
-            // looks like this); the session is suspended and the stream reopened.
-            outcome = tokio::time::timeout_at(deadline.min(sent + ttl / 3), round) => outcome.ok(),
+            outcome = tokio::time::timeout(limit, round) => outcome.ok(),
         };
         let retry = match outcome {
             Some(Ok(Some(remaining))) if remaining > 0 => {
-                deadline = sent + Duration::from_secs(remaining as u64);
-                suspended.store(false, Ordering::SeqCst);
+                deadline.set(
+                    sent.add(Duration::from_secs(remaining as u64))
+                        .sub(settings.safety_margin),
+                );
+                suspended.set(false);
+                failures = 0;
                 ttl / 3
             }
             // etcd-client reports a dead lease as this message (and a broken stream as other
@@ -252,18 +280,15 @@ async fn keep_alive(
                 trigger.fire(LostReason::SessionExpired);
                 return;
             }
-            Some(Ok(None)) | Some(Err(_)) => {
-                suspended.store(true, Ordering::SeqCst);
+            Some(Ok(None)) | Some(Err(_)) | None => {
+                suspended.set(true);
                 stream = None;
-                Duration::from_millis(250)
-            }
-            None => {
-                suspended.store(true, Ordering::SeqCst);
-                stream = None;
-                Duration::ZERO
+                failures = failures.saturating_add(1);
+                // 10, 30, 70, 150, 250 ms…: the first reopen at once, likely on another member.
+                Duration::from_millis((10u64 << failures.min(5)) - 10).min(RETRY_MAX)
             }
         };
-        if Instant::now() >= deadline {
+        if deadline.has_passed() || trigger.signal().is_lost() {
             tracing::warn!(
                 lease = format!("{lease:x}"),
                 "etcd lease deadline passed: session lost"
@@ -272,11 +297,26 @@ async fn keep_alive(
             let _ = revoke(&client, lease, settings.request_timeout).await;
             return;
         }
-        let wake = (Instant::now() + retry).min(deadline);
+        let wake = BootInstant::now().add(retry).min(deadline.get());
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(wake) => {}
+            _ = sleep_until(wake) => {}
         }
+    }
+}
+
+/// The longest pause between two attempts to reopen the keep-alive stream.
+const RETRY_MAX: Duration = Duration::from_millis(250);
+
+/// Sleeps until `at` on the suspend-aware clock: in slices of at most a second, since
+/// tokio's timers run on a clock that stops while the machine is suspended.
+async fn sleep_until(at: BootInstant) {
+    loop {
+        let left = at.remaining();
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(Duration::from_secs(1))).await;
     }
 }
 
@@ -284,6 +324,26 @@ fn get_response(op: Option<&TxnOpResponse>) -> Option<&etcd_client::GetResponse>
     match op {
         Some(TxnOpResponse::Get(get)) => Some(get),
         _ => None,
+    }
+}
+
+/// Where the withdrawal of the unconfirmed entry `key` is marked: beside the queue, not in
+/// it (`PREFIX/NAME<NUL>withdrawn/LEAF`: no lock name contains a NUL, so no queue prefix
+/// covers it).
+fn withdrawn_key(key: &str) -> Vec<u8> {
+    let (queue, leaf) = key.rsplit_once('/').unwrap_or(("", key));
+    format!("{queue}\u{0}withdrawn/{leaf}").into_bytes()
+}
+
+/// The enqueue's condition that its entry was not withdrawn meanwhile.
+fn not_withdrawn(key: &str) -> Compare {
+    Compare::create_revision(withdrawn_key(key), CompareOp::Equal, 0)
+}
+
+fn withdrawn() -> Error {
+    Error::Backend {
+        backend: "etcd",
+        source: "the acquisition was withdrawn while its enqueue was in flight".into(),
     }
 }
 
@@ -309,11 +369,14 @@ fn predecessor_query(prefix: &str, before: i64) -> TxnOp {
     )
 }
 
-fn to_predecessor(get: &etcd_client::GetResponse, revision: i64) -> Option<Predecessor> {
-    get.kvs().first().map(|kv| Predecessor {
+/// The key `kv`, read at `revision`, as a predecessor: it is that key *with that create
+/// revision* a waiter waits for (the key name alone may come back as a new entry).
+fn to_predecessor(kv: &etcd_client::KeyValue, revision: i64) -> Predecessor {
+    Predecessor {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         revision,
-    })
+        created: kv.create_revision(),
+    }
 }
 
 /// Keeps a held lock's own key watched; dropping it cancels the watch.
@@ -329,13 +392,11 @@ impl QueueSession for EtcdSession {
 
     fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry {
         let n = self.next_entry.fetch_add(1, Ordering::Relaxed);
-        Entry {
-            key: format!("{}{:x}-{n}", self.prefix(name), self.lease),
-            token: 0,
-            order: 0,
+        Entry::new(
+            format!("{}{:x}-{n}", self.prefix(name), self.lease),
             kind,
-            value: value.to_vec(),
-        }
+            value,
+        )
     }
 
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {
@@ -343,15 +404,39 @@ impl QueueSession for EtcdSession {
         // "No key under the prefix": a range compare over an empty range compares a zero
         // key, whose version is 0.
         let prefix = self.prefix(name);
+        // Else read the own key back: if a retried attempt finds it, the first attempt put
+        // it (into an empty queue) and only its answer was lost.
         let txn = Txn::new()
-            .when([Compare::version(prefix.as_bytes(), CompareOp::Equal, 0).with_prefix()])
+            .when([
+                Compare::version(prefix.as_bytes(), CompareOp::Equal, 0).with_prefix(),
+                not_withdrawn(&entry.key),
+            ])
             .and_then([TxnOp::put(
                 entry.key.as_bytes(),
                 entry.value.clone(),
                 Some(PutOptions::new().with_lease(self.lease)),
+            )])
+            .or_else([TxnOp::get(
+                entry.key.as_bytes(),
+                Some(GetOptions::new().with_keys_only()),
             )]);
-        let resp = self.txn(txn).await?;
+        let resp = self.txn(txn, Retry::Idempotent).await?;
         if !resp.succeeded() {
+            let own = get_response(resp.op_responses().first())
+                .ok_or_else(malformed)?
+                .kvs()
+                .first()
+                .map(|kv| kv.create_revision());
+            let Some(created) = own else {
+                return Ok(false);
+            };
+            entry.order = created;
+            entry.token = created as u64;
+            if self.predecessor(name, entry).await?.is_none() {
+                return Ok(true);
+            }
+            self.remove(entry).await?; // cannot happen (it was put into an empty queue)
+            entry.order = 0;
             return Ok(false);
         }
         let revision = resp.header().ok_or_else(malformed)?.revision();
@@ -373,7 +458,10 @@ impl QueueSession for EtcdSession {
             .with_limit(2)
             .with_keys_only();
         let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .when([
+                Compare::create_revision(key, CompareOp::Equal, 0),
+                not_withdrawn(&entry.key),
+            ])
             .and_then([
                 TxnOp::put(
                     key,
@@ -383,13 +471,13 @@ impl QueueSession for EtcdSession {
                 TxnOp::get(prefix.as_bytes(), Some(newest)),
             ])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.txn(txn).await?;
+        let resp = self.txn(txn, Retry::Idempotent).await?;
         let revision = resp.header().ok_or_else(malformed)?.revision();
         let ops = resp.op_responses();
         if !resp.succeeded() {
             let own = get_response(ops.first())
                 .and_then(|g| g.kvs().first())
-                .ok_or_else(malformed)?;
+                .ok_or_else(withdrawn)?;
             entry.order = own.create_revision();
             entry.token = entry.order as u64;
             return self.predecessor(name, entry).await;
@@ -401,10 +489,7 @@ impl QueueSession for EtcdSession {
             .kvs()
             .iter()
             .find(|kv| kv.key() != key)
-            .map(|kv| Predecessor {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                revision,
-            }))
+            .map(|kv| to_predecessor(kv, revision)))
     }
 
     async fn predecessor(&self, name: &str, own: &Entry) -> Result<Option<Predecessor>> {
@@ -414,7 +499,7 @@ impl QueueSession for EtcdSession {
             TxnOp::get(own.key.as_bytes(), Some(GetOptions::new().with_keys_only())),
             predecessor_query(&self.prefix(name), own.order),
         ]);
-        let resp = self.txn(txn).await?;
+        let resp = self.txn(txn, Retry::Idempotent).await?;
         let revision = resp.header().ok_or_else(malformed)?.revision();
         let ops = resp.op_responses();
         let own_kv = get_response(ops.first()).ok_or_else(malformed)?;
@@ -425,14 +510,14 @@ impl QueueSession for EtcdSession {
         {
             return Err(self.gone());
         }
-        Ok(to_predecessor(
-            get_response(ops.get(1)).ok_or_else(malformed)?,
-            revision,
-        ))
+        let ahead = get_response(ops.get(1)).ok_or_else(malformed)?;
+        Ok(ahead.kvs().first().map(|kv| to_predecessor(kv, revision)))
     }
 
     async fn deleted(&self, pred: &Predecessor) -> Result<()> {
-        self.hub.deleted(&pred.key, pred.revision).await
+        self.hub
+            .deleted(&pred.key, pred.revision, pred.created)
+            .await
     }
 
     async fn proclaim(&self, own: &Entry, value: &[u8]) -> Result<()> {
@@ -446,15 +531,17 @@ impl QueueSession for EtcdSession {
         let txn = Txn::new()
             .when([super::fence_compare(&own.key, own.token)])
             .and_then([put]);
-        if self.txn(txn).await?.succeeded() {
-            Ok(())
-        } else {
-            Err(self.gone())
+        let mut seen = own.version.lock().await;
+        let resp = self.txn(txn, Retry::Idempotent).await?;
+        if !resp.succeeded() {
+            return Err(self.gone());
         }
+        *seen = resp.header().ok_or_else(malformed)?.revision();
+        Ok(())
     }
 
     async fn remove(&self, own: &Entry) -> Result<bool> {
-        let resp = self.txn(Self::delete_txn(own)).await?;
+        let resp = self.txn(self.delete_txn(own), Retry::Idempotent).await?;
         let deleted = resp.op_responses().iter().any(|op| match op {
             TxnOpResponse::Delete(d) => d.deleted() > 0,
             _ => false,
@@ -474,6 +561,9 @@ impl QueueSession for EtcdSession {
         let (lease, session) = (self.lease, self.trigger.clone());
         let timeout = self.settings.request_timeout;
         let on_delete = move || {
+            if trigger.signal().is_lost() {
+                return; // released (the delete was our own) or lost already
+            }
             tokio::spawn(async move {
                 if lease_gone(&client, lease, timeout).await {
                     session.fire(LostReason::SessionExpired);
@@ -481,10 +571,12 @@ impl QueueSession for EtcdSession {
                 trigger.fire(LostReason::Deleted);
             });
         };
-        OwnWatch(
-            self.hub
-                .watch_delete(&own.key, own.order, Notify::Call(Box::new(on_delete))),
-        )
+        OwnWatch(self.hub.watch_delete(
+            &own.key,
+            own.order,
+            own.order,
+            Notify::Call(Box::new(on_delete)),
+        ))
     }
 
     fn id(&self) -> String {
@@ -492,7 +584,7 @@ impl QueueSession for EtcdSession {
     }
 
     fn is_suspended(&self) -> bool {
-        self.suspended.load(Ordering::SeqCst)
+        self.suspended.get()
     }
 
     /// Revokes the lease: every key of the session goes at once.
@@ -508,21 +600,85 @@ impl QueueSession for EtcdSession {
         self.stop.cancel();
     }
 
+    /// The write's Txn also touches the own key (same value, same lease) and compares its
+    /// mod revision with the last one this guard saw: the revision moves exactly when the
+    /// Txn applies. So the Txn can be sent again after a lost answer (a member died, a
+    /// leader changed): a repeat after an applied attempt fails its comparison, finds the
+    /// key still ours with a newer mod revision, and reports the write done. The cost: a
+    /// change of the own key by someone else while an answer was lost would be taken for
+    /// the write's own (fairlock's and Go's peers never change another's key).
     async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()> {
-        let ops: Vec<TxnOp> = ops
+        let mut seen = own.version.lock().await;
+        if *seen == 0 {
+            *seen = own.order; // never changed since its creation
+        }
+        let mut ops: Vec<TxnOp> = ops
             .iter()
             .map(|op| match op {
                 WriteOp::Put { key, value } => TxnOp::put(key.as_bytes(), value.clone(), None),
                 WriteOp::Delete { key } => TxnOp::delete(key.as_bytes(), None::<DeleteOptions>),
             })
             .collect();
-        let txn = Txn::new()
-            .when([super::fence_compare(&own.key, own.token)])
-            .and_then(ops);
-        if self.txn(txn).await?.succeeded() {
-            Ok(())
-        } else {
-            Err(self.gone())
+        ops.push(TxnOp::put(
+            own.key.as_bytes(),
+            Vec::new(),
+            Some(PutOptions::new().with_ignore_value().with_ignore_lease()),
+        ));
+        let attempts = AtomicU64::new(0);
+        // A failed comparison with nothing of ours in flight: someone else touched the key;
+        // compare again with what it is now (a few times at most).
+        for _ in 0..3 {
+            let expected = *seen;
+            let txn = Txn::new()
+                .when([
+                    super::fence_compare(&own.key, own.token),
+                    Compare::mod_revision(own.key.as_bytes(), CompareOp::Equal, expected),
+                ])
+                .and_then(ops.clone())
+                .or_else([TxnOp::get(
+                    own.key.as_bytes(),
+                    Some(GetOptions::new().with_keys_only()),
+                )]);
+            let resp = request(self.settings.request_timeout, Retry::Checked, || {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+                async move { kv.txn(txn).await }
+            })
+            .await
+            .map_err(|e| self.lease_error(e))?;
+            if resp.succeeded() {
+                *seen = resp.header().ok_or_else(malformed)?.revision();
+                return Ok(());
+            }
+            let own_now = get_response(resp.op_responses().first())
+                .and_then(|get| get.kvs().first())
+                .filter(|kv| kv.create_revision() == own.order)
+                .map(|kv| kv.mod_revision());
+            let Some(revision) = own_now else {
+                return Err(self.gone());
+            };
+            *seen = revision;
+            if attempts.swap(0, Ordering::SeqCst) > 1 && revision > expected {
+                return Ok(()); // an earlier attempt applied; its answer was lost
+            }
         }
+        Err(Error::Backend {
+            backend: "etcd",
+            source: "the lock key kept changing under the guarded write".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn withdrawal_markers_lie_outside_every_queue() {
+        let marker = withdrawn_key("fairlock/stock/694d8a1f2c3b-7");
+        assert_eq!(marker, b"fairlock/stock\0withdrawn/694d8a1f2c3b-7");
+        assert!(!marker.starts_with(b"fairlock/stock/"));
+        // Only a name containing NUL could cover it, and names cannot.
+        assert!(crate::validate_name("stock\0withdrawn").is_err());
     }
 }

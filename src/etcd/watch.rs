@@ -6,26 +6,47 @@
 //! opening a stream of its own, so 10,000 waiters cost 10,000 small entries in a map, not
 //! 10,000 streams. Watches carry the `NoPut` filter: only deletions travel.
 //!
-//! Each watch knows a revision `alive_at` at which its key existed. It is first created from
-//! *now* (start revision 0): etcd treats such a watch as *synced* and delivers its events at
-//! once, while a watch starting in the past waits for the server's sync loop (every
-//! 100 ms), which would put up to 100 ms on every hand-off under contention (Go's
-//! waitDeletes pays exactly that). The creation response carries the revision the watch
-//! starts after; if the store moved past `alive_at` by then, the hub reads the key once to
-//! cover the gap: absent means deleted. (Starting from `alive_at + 1` instead would also be
-//! in the past under contention, and compaction at exactly that revision could drop the
-//! deletion's tombstone without reporting the watch as compacted.)
+//! A watch is for one *entry*: a key with a given create revision (`created`), which existed
+//! at revision `alive_at`. Go's Mutex and `etcdctl lock` reuse their key name for every
+//! Lock, so a key of that name with another create revision is a new entry: the watched one
+//! is gone. Every read below therefore asks for the key's create revision, never mere
+//! existence.
+//!
+//! A watch is first created from *now* (start revision 0): etcd treats such a watch as
+//! *synced* and delivers its events at once, while a watch starting in the past waits for
+//! the server's sync loop (every 100 ms), which would put up to 100 ms on every hand-off
+//! under contention (Go's waitDeletes pays exactly that). The creation response carries the
+//! revision the watch starts after; if the store moved past `alive_at` by then, the hub
+//! reads the key once to cover the gap: absent, or another create revision, means deleted.
+//! (Starting from `alive_at + 1` instead would also be in the past under contention, and
+//! compaction at exactly that revision could drop the deletion's tombstone without
+//! reporting the watch as compacted.)
 //!
 //! When the stream breaks (server restart, leader change, network), the hub reopens it and
 //! re-creates every watch from `alive_at` itself, so a deletion that happened in between is
-//! replayed, not lost. If that revision was compacted away, the server says so and the hub
-//! reads the key instead.
+//! replayed, not lost. A watch the server cancels (its start revision compacted, or a
+//! creation refused: etcd answers those `created` and `canceled` at once) is *resynced*:
+//! the hub cancels its server-side id (etcd keeps a compacted watch's id on the stream until
+//! the client cancels it), reads the key, and either reports the deletion or creates the
+//! watch again from the read's revision. Every creation uses a fresh watch id, so a
+//! creation never collides with an id etcd still holds ("duplicate watch ID"). etcd answers
+//! creations in the order they were sent, which is how a refusal (watch id -1) is matched to
+//! its watch.
+//!
+//! The hub task never waits for the network itself: opening the stream and every read run
+//! in tasks of their own and report back through the hub's command channel, so one slow
+//! read or a slow reconnect never holds up the events of every other watch of the client.
+//! A watch that keeps being cancelled, or whose reads keep failing, is retried with a
+//! growing delay.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchFilterType, WatchOptions, WatchResponse, WatchResponseStream};
+use etcd_client::{
+    EventType, GetOptions, WatchFilterType, WatchOptions, WatchResponse, WatchResponseStream,
+    WatchStream,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -33,7 +54,7 @@ use crate::error::{Error, Result};
 
 /// Who to tell about a deletion.
 pub(crate) enum Notify {
-    /// A waiter: `Ok(())` on deletion, `Err` if the watch failed for good.
+    /// A waiter: `Ok(())` on deletion.
     Once(oneshot::Sender<Result<()>>),
     /// A holder: run the callback (which decides why the key went).
     Call(Box<dyn FnOnce() + Send + Sync>),
@@ -48,19 +69,6 @@ impl Notify {
             Notify::Call(callback) => callback(),
         }
     }
-
-    fn failed(self, why: String) {
-        match self {
-            Notify::Once(tx) => {
-                let _ = tx.send(Err(Error::Backend {
-                    backend: "etcd",
-                    source: why.into(),
-                }));
-            }
-            // The session's keep-alive still guards a holder; only deletion detection is gone.
-            Notify::Call(_) => tracing::warn!("etcd watch on a held lock failed: {why}"),
-        }
-    }
 }
 
 enum Command {
@@ -68,16 +76,30 @@ enum Command {
         id: i64,
         key: Vec<u8>,
         from: i64,
+        created: i64,
         notify: Notify,
     },
     Cancel {
         id: i64,
     },
-    /// The result of reading a newly watched key: `false` if it was gone.
-    Checked {
+    /// A read of watch `id`'s key, started as `ticket`, came back.
+    Read {
         id: i64,
-        exists: bool,
+        ticket: u64,
+        outcome: Outcome,
     },
+    /// The stream `open` asked for, or why there is none.
+    Opened(std::result::Result<WatchStream, String>),
+}
+
+/// What a read found about a watched entry.
+enum Outcome {
+    /// The key is absent, or is another entry (another create revision).
+    Gone,
+    /// The entry exists at this revision.
+    Alive(i64),
+    /// No answer; nothing known.
+    Failed,
 }
 
 /// A handle to the client's watch task. Cloning shares the task.
@@ -105,13 +127,18 @@ impl WatchHub {
         let (commands, receiver) = mpsc::unbounded_channel();
         tokio::spawn(
             HubTask {
-                checks: commands.downgrade(),
+                reports: commands.downgrade(),
                 client,
                 request_timeout,
                 watches: HashMap::new(),
+                routes: HashMap::new(),
+                creating: VecDeque::new(),
                 stream: None,
+                opening: false,
                 retry_at: None,
                 failures: 0,
+                next_server_id: 1,
+                next_ticket: 0,
             }
             .run(receiver),
         );
@@ -121,13 +148,21 @@ impl WatchHub {
         }
     }
 
-    /// Watches `key`, which existed at revision `alive_at`, for its deletion.
-    pub(crate) fn watch_delete(&self, key: &str, alive_at: i64, notify: Notify) -> DeleteWatch {
+    /// Watches for the deletion of the entry at `key` with create revision `created` (0:
+    /// any entry at `key`), which existed at revision `alive_at`.
+    pub(crate) fn watch_delete(
+        &self,
+        key: &str,
+        alive_at: i64,
+        created: i64,
+        notify: Notify,
+    ) -> DeleteWatch {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let _ = self.commands.send(Command::Watch {
             id,
             key: key.as_bytes().to_vec(),
             from: alive_at,
+            created,
             notify,
         });
         DeleteWatch {
@@ -136,13 +171,14 @@ impl WatchHub {
         }
     }
 
-    /// Waits until `key`, which existed at revision `alive_at`, is deleted.
+    /// Waits until the entry at `key` with create revision `created`, which existed at
+    /// revision `alive_at`, is deleted.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future cancels the watch.
-    pub(crate) async fn deleted(&self, key: &str, alive_at: i64) -> Result<()> {
+    pub(crate) async fn deleted(&self, key: &str, alive_at: i64, created: i64) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        let _watch = self.watch_delete(key, alive_at, Notify::Once(tx));
+        let _watch = self.watch_delete(key, alive_at, created, Notify::Once(tx));
         rx.await.unwrap_or_else(|_| {
             Err(Error::Backend {
                 backend: "etcd",
@@ -154,13 +190,58 @@ impl WatchHub {
 
 struct Watch {
     key: Vec<u8>,
-    /// A revision at which the key existed.
+    /// A revision at which the entry existed.
     from: i64,
+    /// The entry's create revision (0: any entry at `key`).
+    created: i64,
+    notify: Notify,
     /// Never created yet: the first creation may start from now.
     fresh: bool,
-    /// Created from now, awaiting the creation check.
-    checking: bool,
-    notify: Notify,
+    /// Its watch id on the current stream, once a creation was sent there.
+    server: Option<i64>,
+    /// The current creation started from now: check the gap once it is confirmed.
+    from_now: bool,
+    /// A read in flight.
+    read: Option<Read>,
+    /// Resyncs and failed reads so far: the next retry waits longer.
+    retries: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Read {
+    ticket: u64,
+    /// A resync (no server watch meanwhile), not a check of a live watch's gap.
+    resync: bool,
+}
+
+impl Watch {
+    /// Whether a creation is due on the next stream (not while a resync read decides).
+    fn wants_creation(&self) -> bool {
+        self.server.is_none() && !self.read.is_some_and(|r| r.resync)
+    }
+
+    /// Starts a creation as `server`; returns its start revision: now (0) the first time (a
+    /// synced watch, checked on creation), `from` itself afterwards (replay matters more).
+    fn begin_creation(&mut self, server: i64) -> i64 {
+        let start = if std::mem::take(&mut self.fresh) {
+            0
+        } else {
+            self.from
+        };
+        self.from_now = start == 0;
+        self.server = Some(server);
+        start
+    }
+
+    /// How long to wait before the next resync or read: nothing the first time, then a
+    /// delay that doubles up to 2 s.
+    fn next_delay(&mut self) -> Duration {
+        self.retries = self.retries.saturating_add(1);
+        if self.retries == 1 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(50 << self.retries.min(6)).min(Duration::from_secs(2))
+    }
 }
 
 /// The request side of an open stream, fed by a forwarding task so that the hub never
@@ -184,26 +265,24 @@ fn options(id: i64, from: i64) -> WatchOptions {
 }
 
 struct HubTask {
-    /// Where creation checks report back; weak, so the hub still ends with its handles.
-    checks: mpsc::WeakUnboundedSender<Command>,
+    /// Where reads and the stream opener report back; weak, so the hub still ends with its
+    /// handles.
+    reports: mpsc::WeakUnboundedSender<Command>,
     client: etcd_client::Client,
     request_timeout: Duration,
     watches: HashMap<i64, Watch>,
+    /// Watch ids on the current stream (fresh for every creation) to the hub's watch ids.
+    routes: HashMap<i64, i64>,
+    /// Creations sent on the current stream and not yet answered, in order: etcd answers
+    /// them in order, and a refused one carries watch id -1.
+    creating: VecDeque<i64>,
     stream: Option<OpenStream>,
+    /// A task is opening a stream.
+    opening: bool,
     retry_at: Option<Instant>,
     failures: u32,
-}
-
-impl Watch {
-    /// Where a creation on a new stream starts: from now (0) the first time (a synced watch,
-    /// checked on creation), at `from` itself when re-created (replay matters more).
-    fn start(&self) -> i64 {
-        if self.fresh {
-            0
-        } else {
-            self.from
-        }
-    }
+    next_server_id: i64,
+    next_ticket: u64,
 }
 
 impl HubTask {
@@ -216,16 +295,15 @@ impl HubTask {
                     None => return,
                 },
                 response = next_response(&mut self.stream) => match response {
-                    Ok(Some(response)) => self.response(response).await,
+                    Ok(Some(response)) => self.response(response),
                     Ok(None) | Err(_) => {
                         tracing::debug!("etcd watch stream broke: {:?}", response.err());
-                        self.stream = None;
-                        self.schedule_retry();
+                        self.broken();
                     }
                 },
                 _ = sleep_until(retry_at) => {
                     self.retry_at = None;
-                    self.open().await;
+                    self.open();
                 }
             }
         }
@@ -237,36 +315,34 @@ impl HubTask {
                 id,
                 key,
                 from,
+                created,
                 notify,
             } => {
-                let created = self.stream.is_some();
-                if let Some(stream) = &self.stream {
-                    let _ = stream.requests.send(Request::Create(id, key.clone(), 0));
-                } else if self.retry_at.is_none() {
-                    self.retry_at = Some(Instant::now());
-                }
                 let watch = Watch {
                     key,
                     from,
-                    fresh: !created,
-                    checking: created,
+                    created,
                     notify,
+                    fresh: true,
+                    server: None,
+                    from_now: false,
+                    read: None,
+                    retries: 0,
                 };
                 self.watches.insert(id, watch);
+                self.create(id);
             }
             Command::Cancel { id } => {
-                if self.watches.remove(&id).is_some() {
-                    self.send(Request::Cancel(id));
+                if let Some(watch) = self.watches.remove(&id) {
+                    self.retire(watch.server);
                 }
             }
-            Command::Checked { id, exists } => {
-                if !exists {
-                    if let Some(watch) = self.watches.remove(&id) {
-                        watch.notify.deleted();
-                        self.send(Request::Cancel(id));
-                    }
-                }
-            }
+            Command::Read {
+                id,
+                ticket,
+                outcome,
+            } => self.read_done(id, ticket, outcome),
+            Command::Opened(opened) => self.opened(opened),
         }
     }
 
@@ -276,89 +352,207 @@ impl HubTask {
         }
     }
 
-    async fn response(&mut self, response: WatchResponse) {
+    /// Forgets server watch `server` and cancels it on the stream: etcd keeps the id of a
+    /// watch it cancelled itself (compaction) until the client cancels it too.
+    fn retire(&mut self, server: Option<i64>) {
+        if let Some(server) = server {
+            self.routes.remove(&server);
+            self.send(Request::Cancel(server));
+        }
+    }
+
+    /// Reports watch `id`'s entry deleted and drops the watch.
+    fn deleted(&mut self, id: i64) {
+        if let Some(watch) = self.watches.remove(&id) {
+            self.retire(watch.server);
+            watch.notify.deleted();
+        }
+    }
+
+    /// Sends a creation of watch `id` on the current stream, or has a stream opened.
+    fn create(&mut self, id: i64) {
+        let Some(stream) = &self.stream else {
+            self.want_stream();
+            return;
+        };
+        let Some(watch) = self.watches.get_mut(&id) else {
+            return;
+        };
+        if !watch.wants_creation() {
+            return;
+        }
+        let server = self.next_server_id;
+        self.next_server_id += 1;
+        let start = watch.begin_creation(server);
+        let _ = stream
+            .requests
+            .send(Request::Create(server, watch.key.clone(), start));
+        self.routes.insert(server, id);
+        self.creating.push_back(server);
+    }
+
+    fn want_stream(&mut self) {
+        if self.stream.is_none() && !self.opening && self.retry_at.is_none() {
+            self.retry_at = Some(Instant::now());
+        }
+    }
+
+    fn response(&mut self, response: WatchResponse) {
         self.failures = 0;
-        let id = response.watch_id();
+        if response.created() {
+            self.creation_answered(&response);
+            return;
+        }
+        let server = response.watch_id();
+        let Some(&id) = self.routes.get(&server) else {
+            return; // cancelled by us already
+        };
         if response
             .events()
             .iter()
             .any(|e| e.event_type() == EventType::Delete)
         {
-            if let Some(watch) = self.watches.remove(&id) {
-                watch.notify.deleted();
-                self.send(Request::Cancel(id));
+            self.deleted(id);
+        } else if response.canceled() {
+            // Compacted (its start revision is history), or dropped by the server for
+            // another reason: read the key instead.
+            tracing::debug!(
+                "etcd cancelled watch {server} (compacted at {}): {}",
+                response.compact_revision(),
+                response.cancel_reason()
+            );
+            self.resync(id);
+        }
+    }
+
+    /// The oldest creation on the stream was answered: confirmed, or refused.
+    fn creation_answered(&mut self, response: &WatchResponse) {
+        let Some(server) = self.creating.pop_front() else {
+            tracing::warn!("etcd confirmed a watch nobody created; reconnecting");
+            self.broken();
+            return;
+        };
+        let refused = response.canceled();
+        if !refused && response.watch_id() != server {
+            tracing::warn!(
+                "etcd confirmed watch {} for creation {server}; reconnecting",
+                response.watch_id()
+            );
+            self.broken();
+            return;
+        }
+        let Some(&id) = self.routes.get(&server) else {
+            if !refused {
+                self.send(Request::Cancel(server)); // its watch went meanwhile
             }
             return;
-        }
-        if response.created() {
-            self.check_fresh(id, response.header().map_or(0, |h| h.revision()));
-        }
-        if !response.canceled() || !self.watches.contains_key(&id) {
+        };
+        if refused {
+            tracing::debug!("etcd refused watch {server}: {}", response.cancel_reason());
+            self.resync(id);
             return;
         }
-        if response.compact_revision() > 0 {
-            self.resync(id).await;
-        } else if let Some(watch) = self.watches.remove(&id) {
-            watch.notify.failed(format!(
-                "watch canceled by the server: {}",
-                response.cancel_reason()
-            ));
-        }
+        self.check_gap(id, response.header().map_or(0, |h| h.revision()));
     }
 
     /// Watch `id` was created from now, after `revision`: if the store moved past the
     /// watch's `from` before that, read the key once (see the module docs for why).
-    fn check_fresh(&mut self, id: i64, revision: i64) {
+    fn check_gap(&mut self, id: i64, revision: i64) {
         let Some(watch) = self.watches.get_mut(&id) else {
             return;
         };
-        if !std::mem::take(&mut watch.checking) || revision <= watch.from {
+        if !std::mem::take(&mut watch.from_now) || revision <= watch.from {
             return;
         }
-        let (mut kv, key, timeout) = (
-            self.client.kv_client(),
-            watch.key.clone(),
-            self.request_timeout,
-        );
-        let checks = self.checks.clone();
         crate::stats::watch_checked();
+        self.read(id, false, Duration::ZERO);
+    }
+
+    /// Watch `id` is gone on the server (cancelled or refused): cancel its id there, and
+    /// read the key to learn whether to report a deletion or create the watch again.
+    fn resync(&mut self, id: i64) {
+        let Some(watch) = self.watches.get_mut(&id) else {
+            return;
+        };
+        let (server, delay) = (watch.server.take(), watch.next_delay());
+        self.retire(server);
+        self.read(id, true, delay);
+    }
+
+    /// Reads watch `id`'s key in a task of its own, after `delay`; the answer comes back as
+    /// [`Command::Read`].
+    fn read(&mut self, id: i64, resync: bool, delay: Duration) {
+        let Some(watch) = self.watches.get_mut(&id) else {
+            return;
+        };
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        watch.read = Some(Read { ticket, resync });
+        let (mut kv, key, created) = (self.client.kv_client(), watch.key.clone(), watch.created);
+        let (timeout, reports) = (self.request_timeout, self.reports.clone());
         tokio::spawn(async move {
-            let options = etcd_client::GetOptions::new().with_keys_only();
-            let read = tokio::time::timeout(timeout, kv.get(key, Some(options))).await;
-            if let (Ok(Ok(resp)), Some(checks)) = (read, checks.upgrade()) {
-                let exists = !resp.kvs().is_empty();
-                let _ = checks.send(Command::Checked { id, exists });
+            tokio::time::sleep(delay).await;
+            let read = tokio::time::timeout(
+                timeout,
+                kv.get(key, Some(GetOptions::new().with_keys_only())),
+            )
+            .await;
+            let outcome = match read {
+                Ok(Ok(resp)) => match resp.kvs().first() {
+                    Some(kv) if created == 0 || kv.create_revision() == created => {
+                        Outcome::Alive(resp.header().map_or(0, |h| h.revision()))
+                    }
+                    _ => Outcome::Gone,
+                },
+                _ => Outcome::Failed,
+            };
+            if let Some(reports) = reports.upgrade() {
+                let _ = reports.send(Command::Read {
+                    id,
+                    ticket,
+                    outcome,
+                });
             }
         });
     }
 
-    /// The start revision of watch `id` was compacted: read the key instead.
-    async fn resync(&mut self, id: i64) {
+    fn read_done(&mut self, id: i64, ticket: u64, outcome: Outcome) {
         let Some(watch) = self.watches.get_mut(&id) else {
             return;
         };
-        let read = tokio::time::timeout(
-            self.request_timeout,
-            self.client.kv_client().get(watch.key.clone(), None),
-        )
-        .await;
-        match read {
-            Ok(Ok(resp)) if resp.kvs().is_empty() => {
-                if let Some(watch) = self.watches.remove(&id) {
-                    watch.notify.deleted();
-                }
+        if matches!(outcome, Outcome::Gone) {
+            // Final whichever read found it: that entry never comes back.
+            self.deleted(id);
+            return;
+        }
+        let Some(read) = watch.read.filter(|r| r.ticket == ticket) else {
+            return; // a later read decides
+        };
+        watch.read = None;
+        match outcome {
+            Outcome::Alive(revision) if read.resync => {
+                watch.from = watch.from.max(revision);
+                self.create(id);
             }
-            Ok(Ok(resp)) => {
-                watch.from = resp.header().map_or(watch.from, |h| h.revision());
-                let request = Request::Create(id, watch.key.clone(), watch.from);
-                self.send(request);
-            }
+            Outcome::Alive(_) => {} // the gap is covered
             _ => {
-                // Reopening the stream re-creates the watch and, if needed, resyncs again.
-                self.stream = None;
-                self.schedule_retry();
+                let delay = watch.next_delay();
+                self.read(id, read.resync, delay);
             }
         }
+    }
+
+    /// The stream broke, or could not be opened: every watch is to be created again on the
+    /// next one.
+    fn broken(&mut self) {
+        self.stream = None;
+        self.opening = false;
+        self.routes.clear();
+        self.creating.clear();
+        for watch in self.watches.values_mut() {
+            watch.server = None;
+        }
+        self.schedule_retry();
     }
 
     fn schedule_retry(&mut self) {
@@ -367,21 +561,49 @@ impl HubTask {
         self.retry_at = Some(Instant::now() + delay);
     }
 
-    /// Opens a stream carrying every registered watch.
-    async fn open(&mut self) {
-        let Some((&first_id, first)) = self.watches.iter().next() else {
+    /// Opens a stream in a task of its own, with the creation of one watch (etcd's API
+    /// opens a stream with a first request); the others follow once it is open.
+    fn open(&mut self) {
+        if self.stream.is_some() || self.opening {
+            return;
+        }
+        let Some((&id, watch)) = self.watches.iter_mut().find(|(_, w)| w.wants_creation()) else {
             return; // nothing to watch; the next registration opens the stream
         };
-        let opened = tokio::time::timeout(
+        let server = self.next_server_id;
+        self.next_server_id += 1;
+        let options = options(server, watch.begin_creation(server));
+        let key = watch.key.clone();
+        self.routes.insert(server, id);
+        self.creating.push_back(server);
+        self.opening = true;
+        let (mut watches, timeout, reports) = (
+            self.client.watch_client(),
             self.request_timeout,
-            self.client
-                .watch_client()
-                .watch(first.key.clone(), Some(options(first_id, first.start()))),
-        )
-        .await;
-        let Ok(Ok(stream)) = opened else {
-            self.schedule_retry();
-            return;
+            self.reports.clone(),
+        );
+        tokio::spawn(async move {
+            let opened = tokio::time::timeout(timeout, watches.watch(key, Some(options))).await;
+            let opened = match opened {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            };
+            if let Some(reports) = reports.upgrade() {
+                let _ = reports.send(Command::Opened(opened));
+            }
+        });
+    }
+
+    fn opened(&mut self, opened: std::result::Result<WatchStream, String>) {
+        self.opening = false;
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!("could not open an etcd watch stream: {e}");
+                self.broken();
+                return;
+            }
         };
         let (mut sender, responses) = stream.split();
         let (requests, mut queued) = mpsc::unbounded_channel::<Request>();
@@ -398,18 +620,19 @@ impl HubTask {
                 }
             }
         });
-        for (&id, watch) in &self.watches {
-            if id != first_id {
-                let _ = requests.send(Request::Create(id, watch.key.clone(), watch.start()));
-            }
-        }
-        for watch in self.watches.values_mut() {
-            watch.checking = std::mem::take(&mut watch.fresh);
-        }
         self.stream = Some(OpenStream {
             requests,
             responses,
         });
+        let due: Vec<i64> = self
+            .watches
+            .iter()
+            .filter(|(_, w)| w.wants_creation())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            self.create(id);
+        }
     }
 }
 

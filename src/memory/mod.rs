@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
 use crate::queue::{Entry, Predecessor, QueueSession, SessionSlot, SessionSource};
+use crate::state::StateChannel;
 use store::{Notify, WatchHandle};
 
 const LOCK_ROOT: &str = "fairlock";
@@ -45,7 +46,7 @@ impl MemoryClient {
         Ok(Arc::new(MemoryClient {
             store,
             ttl: config.ttl,
-            slot: SessionSlot::new(first),
+            slot: SessionSlot::new(first, StateChannel::new()),
         }))
     }
 }
@@ -118,7 +119,7 @@ pub(crate) struct MemorySession {
 }
 
 impl MemorySession {
-    fn open(store: &MemoryStore, ttl: Duration) -> Arc<Self> {
+    pub(crate) fn open(store: &MemoryStore, ttl: Duration) -> Arc<Self> {
         let trigger = LossTrigger::new();
         let id = store.open_session(trigger.clone());
         Arc::new(MemorySession {
@@ -172,13 +173,11 @@ impl QueueSession for MemorySession {
 
     fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry {
         let seq = self.next_entry.fetch_add(1, Ordering::Relaxed);
-        Entry {
-            key: format!("{}{:x}-{seq}", queue_prefix(name), self.id),
-            token: 0,
-            order: 0,
+        Entry::new(
+            format!("{}{:x}-{seq}", queue_prefix(name), self.id),
             kind,
-            value: value.to_vec(),
-        }
+            value,
+        )
     }
 
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {

@@ -216,9 +216,10 @@ impl MemoryStore {
             .entries(prefix)
             .filter(|(_, kv)| kv.create_revision < own.order)
             .max_by_key(|(_, kv)| kv.create_revision)
-            .map(|(k, _)| Predecessor {
+            .map(|(k, kv)| Predecessor {
                 key: k.clone(),
                 revision: state.revision,
+                created: kv.create_revision,
             });
         Some(pred)
     }

@@ -58,6 +58,7 @@ use crate::client::{KeySpace, QueueEntry, QueueKind};
 use crate::config::Config;
 use crate::error::{within, Error, Result};
 use crate::queue::{SessionSlot, SessionSource};
+use crate::state::StateChannel;
 use session::{is_no_node, retrying, ZkSession};
 
 pub use zookeeper_client::SessionInfo;
@@ -87,6 +88,9 @@ pub(crate) struct Settings {
     ttl: Duration,
     connect_timeout: Duration,
     request_timeout: Duration,
+    safety_margin: Duration,
+    /// The client's session state channel.
+    states: Arc<StateChannel>,
 }
 
 pub(crate) struct ZkClient {
@@ -106,6 +110,8 @@ impl ZkClient {
             ttl: config.ttl,
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            safety_margin: config.effective_safety_margin(),
+            states: StateChannel::new(),
         });
         let unreachable = |source: crate::BoxError| Error::Unreachable {
             endpoints: settings.cluster.clone(),
@@ -120,8 +126,8 @@ impl ZkClient {
             Err(e) => return Err(e),
         };
         Ok(Arc::new(ZkClient {
+            slot: SessionSlot::new(first, settings.states.clone()),
             settings,
-            slot: SessionSlot::new(first),
         }))
     }
 

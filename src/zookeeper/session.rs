@@ -18,7 +18,7 @@
 //! short connection to the same session sends ZooKeeper's CloseSession.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
 
@@ -33,10 +33,12 @@ use zookeeper_client as zk;
 use super::names;
 use super::{zk_error, Settings};
 use crate::client::QueueKind;
+use crate::clock::BootInstant;
 use crate::error::{within, Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
 use crate::queue::{remove_until_done, session_error, Entry, Predecessor, QueueSession};
+use crate::state::Suspension;
 
 fn ephemeral_sequential() -> zk::CreateOptions<'static> {
     zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all())
@@ -55,14 +57,12 @@ pub(crate) struct ZkSession {
     pub(super) id: i64,
     settings: Arc<Settings>,
     trigger: LossTrigger,
-    pub(super) suspended: Arc<AtomicBool>,
+    pub(super) suspended: Arc<Suspension>,
     /// Set once the session was closed or abandoned on purpose.
     ended: AtomicBool,
     runtime: Handle,
     /// Coalesced children listings, by lock name.
     listings: StdMutex<HashMap<String, NextListing>>,
-    /// Guarded writes in progress.
-    writes: Writes,
     /// This session, for the tasks it spawns.
     me: Weak<ZkSession>,
 }
@@ -94,12 +94,11 @@ impl ZkSession {
         }
         let session = Arc::new_cyclic(|me| ZkSession {
             listings: StdMutex::new(HashMap::new()),
-            writes: Writes::default(),
             me: me.clone(),
             id: client.session_id().0,
             info,
             trigger: LossTrigger::new(),
-            suspended: Arc::new(AtomicBool::new(false)),
+            suspended: Suspension::new(&settings.states),
             ended: AtomicBool::new(false),
             settings: settings.clone(),
             runtime: Handle::current(),
@@ -108,6 +107,7 @@ impl ZkSession {
         tokio::spawn(watch_state(
             client.state_watcher(),
             negotiated,
+            settings.safety_margin,
             Arc::downgrade(&session),
         ));
         *session.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client);
@@ -324,7 +324,6 @@ impl ZkSession {
         own: &Entry,
         ops: &[WriteOp],
         sent: Option<i32>,
-        writing: &WriteTicket<'_>,
     ) -> Result<Attempt> {
         let unknown = |e: Error| match sent {
             Some(_) => outcome_unknown(e),
@@ -340,10 +339,12 @@ impl ZkSession {
             Err(e) => return Err(unknown(e)),
         };
         if let Some(version) = sent {
-            if stat.version == version.wrapping_add(1) && writing.alone() {
+            if stat.version == version.wrapping_add(1) {
                 return Ok(Attempt::Applied);
             } else if stat.version != version {
-                return Err(outcome_unknown("the own node was changed by another write"));
+                return Err(outcome_unknown(
+                    "the own node's version moved by more than one",
+                ));
             }
         }
         // Existence decides between create and set_data, and lets deletes of absent nodes
@@ -400,8 +401,8 @@ impl ZkSession {
         };
         match committed {
             Ok(_) => Ok(Attempt::Applied),
-            // The own node's version moved (an earlier attempt of ours, or a concurrent
-            // write of this holder): read again.
+            // The own node's version moved (an earlier attempt of ours applied late): read
+            // again.
             Err(zk::CheckWriteError::CheckFailed {
                 source: zk::Error::BadVersion,
             }) => Ok(Attempt::Again),
@@ -473,47 +474,6 @@ enum Attempt {
     Again,
     /// Sent against this version of the own node; no answer.
     Unanswered(i32, crate::BoxError),
-}
-
-/// The guarded writes of a session in progress, to tell whether one overlapped another:
-/// only then can the own node's version have moved for a reason other than the write
-/// itself.
-#[derive(Default)]
-struct Writes {
-    started: AtomicU64,
-    running: AtomicUsize,
-}
-
-impl Writes {
-    fn start(&self) -> WriteTicket<'_> {
-        let others = self.running.fetch_add(1, Ordering::SeqCst);
-        let number = self.started.fetch_add(1, Ordering::SeqCst) + 1;
-        WriteTicket {
-            writes: self,
-            number,
-            overlapped: others > 0,
-        }
-    }
-}
-
-/// One guarded write in progress.
-struct WriteTicket<'a> {
-    writes: &'a Writes,
-    number: u64,
-    overlapped: bool,
-}
-
-impl WriteTicket<'_> {
-    /// No other guarded write of the session ran at any time since this one started.
-    fn alone(&self) -> bool {
-        !self.overlapped && self.writes.started.load(Ordering::SeqCst) == self.number
-    }
-}
-
-impl Drop for WriteTicket<'_> {
-    fn drop(&mut self) {
-        self.writes.running.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 type Listed = std::result::Result<Arc<Vec<String>>, Arc<Error>>;
@@ -686,9 +646,16 @@ pub(super) async fn close_session(cluster: &str, info: zk::SessionInfo, timeout:
 /// an answer (checked every 1/20), and the server expires the session one timeout after it
 /// last heard from us, which is no earlier than we last heard from it. So the server cannot
 /// expire the session before `11/20` of the timeout after the disconnection; counting 2/5
-/// from it declares the loss first, with 3/20 of the timeout to spare.
-async fn watch_state(mut states: zk::StateWatcher, timeout: Duration, session: Weak<ZkSession>) {
-    let mut deadline: Option<Instant> = None;
+/// from it declares the loss first, with 3/20 of the timeout to spare, or the configured
+/// safety margin if that is larger. Counted on the suspend-aware clock.
+async fn watch_state(
+    mut states: zk::StateWatcher,
+    timeout: Duration,
+    margin: Duration,
+    session: Weak<ZkSession>,
+) {
+    let grace = (timeout * 2 / 5).min((timeout * 11 / 20).saturating_sub(margin));
+    let mut deadline: Option<BootInstant> = None;
     loop {
         let state = tokio::select! {
             state = states.changed() => state,
@@ -705,11 +672,11 @@ async fn watch_state(mut states: zk::StateWatcher, timeout: Duration, session: W
         };
         match state {
             zk::SessionState::Disconnected => {
-                session.suspended.store(true, Ordering::SeqCst);
-                deadline.get_or_insert(Instant::now() + timeout * 2 / 5);
+                session.suspended.set(true);
+                deadline.get_or_insert(BootInstant::now().add(grace));
             }
             zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                session.suspended.store(false, Ordering::SeqCst);
+                session.suspended.set(false);
                 deadline = None;
             }
             zk::SessionState::Closed => {
@@ -727,10 +694,14 @@ async fn watch_state(mut states: zk::StateWatcher, timeout: Duration, session: W
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// Sleeps until `at` on the suspend-aware clock (in slices: tokio's timers stop while the
+/// machine is suspended); never if `None`.
+async fn sleep_until(at: Option<BootInstant>) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    while !at.has_passed() {
+        tokio::time::sleep(at.remaining().min(Duration::from_secs(1))).await;
     }
 }
 
@@ -753,13 +724,7 @@ impl QueueSession for ZkSession {
 
     fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry {
         let prefix = names::protected_prefix(&uuid::Uuid::new_v4(), kind);
-        Entry {
-            key: format!("{}/{prefix}", self.lock_path(name)),
-            token: 0,
-            order: 0,
-            kind,
-            value: value.to_vec(),
-        }
+        Entry::new(format!("{}/{prefix}", self.lock_path(name)), kind, value)
     }
 
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {
@@ -796,6 +761,7 @@ impl QueueSession for ZkSession {
             names::predecessor(sequence_of(own), &children, own.kind).map(|child| Predecessor {
                 key: format!("{}/{child}", self.lock_path(name)),
                 revision: 0,
+                created: 0,
             });
         Ok(pred)
     }
@@ -836,6 +802,8 @@ impl QueueSession for ZkSession {
             return Err(session_error(reason));
         }
         let client = self.client()?;
+        // Serialised with the guarded writes, whose read-back must see only their own change.
+        let _serialised = own.version.lock().await;
         // Setting the own node's value again is idempotent: connection failures are retried.
         match self.write(|| client.set_data(&own.key, value, None)).await {
             Ok(_) => Ok(()),
@@ -857,21 +825,26 @@ impl QueueSession for ZkSession {
             own.key.clone()
         };
         // Sequential paths are never reused: deleting our path can only delete our node.
-        // A delete that went unanswered (a server died) is retried; if the retry finds the
-        // node gone, the first one removed it.
         let client = self.client()?;
-        let unanswered = AtomicBool::new(false);
-        let delete = || async {
-            let deleted = client.delete(&path, None).await;
-            if deleted.as_ref().is_err_and(is_unanswered) {
-                unanswered.store(true, Ordering::Relaxed);
+        // An attempt cut by a connection failure (the server died, the session moved; also
+        // the library's "no response from connection") may have deleted the node: then the
+        // retry's NoNode is our own delete, not someone else's.
+        let cut = AtomicBool::new(false);
+        let delete = || {
+            let attempt = client.delete(&path, None);
+            let cut = &cut;
+            async move {
+                let result = attempt.await;
+                if result.as_ref().is_err_and(is_unanswered) {
+                    cut.store(true, Ordering::SeqCst);
+                }
+                result
             }
-            deleted
         };
         match self.request(delete).await {
             Ok(()) => Ok(true),
             Err(Error::Backend { source, .. }) if is_no_node(&*source) => {
-                Ok(unanswered.load(Ordering::Relaxed))
+                Ok(cut.load(Ordering::SeqCst))
             }
             Err(e) => Err(e),
         }
@@ -907,6 +880,9 @@ impl QueueSession for ZkSession {
                     _ => {}
                 }
             }
+            if trigger.signal().is_lost() {
+                return; // released (the delete was our own) or lost already
+            }
             // Deleted: by someone else, or with the whole session, which the server reports
             // on the next request (after the connection loss it may cause first).
             let deadline = Instant::now() + request_timeout;
@@ -935,7 +911,7 @@ impl QueueSession for ZkSession {
     }
 
     fn is_suspended(&self) -> bool {
-        self.suspended.load(Ordering::SeqCst)
+        self.suspended.get()
     }
 
     /// Closes the session: its nodes go at once.
@@ -966,15 +942,18 @@ impl QueueSession for ZkSession {
     /// So after an attempt went unanswered (connection lost, for example when a server
     /// dies), reading the version back tells: one more, it was applied; the same, it was
     /// not (yet), and sending it again is safe.
+    /// The holder's writes through its entry are serialised (`Entry::version` is held
+    /// throughout, here and by `proclaim`), so no other write of ours moves the version
+    /// meanwhile; nobody else writes another's lock node.
     async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()> {
         let client = self.client()?;
-        let writing = self.writes.start();
+        let _serialised = own.version.lock().await;
         // Set once an attempt went unanswered: its version, the deadline for finding out
         // what became of it, and why it went unanswered.
         let mut unanswered: Option<(i32, Instant, crate::BoxError)> = None;
         for _ in 0..5 {
             let sent = unanswered.as_ref().map(|(version, ..)| *version);
-            let attempt = self.write_attempt(&client, own, ops, sent, &writing);
+            let attempt = self.write_attempt(&client, own, ops, sent);
             let outcome = match &unanswered {
                 None => attempt.await,
                 Some((_, deadline, _)) => match tokio::time::timeout_at(*deadline, attempt).await {

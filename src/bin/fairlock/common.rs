@@ -5,15 +5,47 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use fairlock::{Client, Config, LostSignal};
+use futures::FutureExt;
+use nix::sys::signal::Signal as NixSignal;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::exit;
 use crate::supervise::{self, Outcome};
 
-/// SIGINT and SIGTERM, registered before anything can wait.
+/// A signal fairlock handles: it ends a wait, and is forwarded to a running command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    Interrupt,
+    Terminate,
+    Hangup,
+}
+
+impl Received {
+    /// The exit code when it ends a wait: 128 + the signal's number.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Received::Interrupt => exit::SIGINT,
+            Received::Terminate => exit::SIGTERM,
+            Received::Hangup => exit::SIGHUP,
+        }
+    }
+
+    /// The signal itself, to forward.
+    pub fn signal(self) -> NixSignal {
+        match self {
+            Received::Interrupt => NixSignal::SIGINT,
+            Received::Terminate => NixSignal::SIGTERM,
+            Received::Hangup => NixSignal::SIGHUP,
+        }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP, registered before anything can wait. Once registered they no
+/// longer end the process: each arrival is seen by exactly one [`next`](Self::next).
 pub struct Signals {
-    pub interrupt: Signal,
-    pub terminate: Signal,
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
 }
 
 impl Signals {
@@ -21,15 +53,29 @@ impl Signals {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
-    /// Waits for either signal; returns the exit code it maps to.
-    pub async fn next_exit_code(&mut self) -> u8 {
+    /// Waits for the next signal. Cancel safe: a signal is not lost if this is dropped.
+    pub async fn next(&mut self) -> Received {
         tokio::select! {
-            _ = self.interrupt.recv() => exit::SIGINT,
-            _ = self.terminate.recv() => exit::SIGTERM,
+            Some(()) = self.interrupt.recv() => Received::Interrupt,
+            Some(()) = self.terminate.recv() => Received::Terminate,
+            Some(()) = self.hangup.recv() => Received::Hangup,
+            // Only once the runtime shuts down: then nothing more can arrive.
+            else => std::future::pending().await,
         }
+    }
+
+    /// Waits for the next signal; returns the exit code it maps to.
+    pub async fn next_exit_code(&mut self) -> u8 {
+        self.next().await.exit_code()
+    }
+
+    /// A signal that has arrived and not been seen yet, without waiting.
+    pub fn pending(&mut self) -> Option<Received> {
+        self.next().now_or_never()
     }
 }
 
@@ -64,7 +110,8 @@ pub struct Held<'a> {
 }
 
 /// Runs `command` while `held` is held, then lets `release` give it up; returns the exit
-/// code: the command's own, or 74 if the hold was lost (while it ran, or before release).
+/// code: the command's own, or 74 if the hold was lost (while it ran, or before release),
+/// or 129/130/143 if a signal came in before the command could start (it is not started).
 pub async fn run_while_held<R>(
     held: Held<'_>,
     command: &[OsString],
@@ -91,6 +138,13 @@ where
         Outcome::Lost(reason) => {
             eprintln!(
                 "fairlock: {:?} lost while the command ran: {reason}",
+                held.name
+            );
+            exit::LOST
+        }
+        Outcome::LostBeforeStart(reason) => {
+            eprintln!(
+                "fairlock: {:?} lost before the command started: {reason}",
                 held.name
             );
             exit::LOST

@@ -16,6 +16,8 @@ pub const NOT_ACQUIRED: u8 = 75;
 pub const NOT_EXECUTABLE: u8 = 126;
 /// The command was not found.
 pub const NOT_FOUND: u8 = 127;
+/// Hung up (SIGHUP) while waiting.
+pub const SIGHUP: u8 = 129;
 /// Interrupted by SIGINT while waiting.
 pub const SIGINT: u8 = 130;
 /// Terminated by SIGTERM while waiting.

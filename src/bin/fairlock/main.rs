@@ -2,9 +2,10 @@
 //! hosts) or while leading an election, and look at locks and elections.
 //!
 //! Exit codes: the command's own; 75 not acquired (`--try`, `--timeout`); 74 lock or
-//! leadership lost while the command ran; 130/143 interrupted; 3 no leader (`leader`); 2 bad
-//! arguments, URL or name; 69 backend unreachable or failing; 126/127 command not
-//! executable / not found.
+//! leadership lost while the command ran (returned once the command's process group is
+//! gone); 129/130/143 SIGHUP/SIGINT/SIGTERM before the command started; 3 no leader
+//! (`leader`); 2 bad arguments, URL or name; 69 backend unreachable or failing; 126/127
+//! command not executable / not found.
 
 mod common;
 mod elect;
@@ -12,6 +13,7 @@ mod exit;
 mod inspect;
 mod lock;
 mod supervise;
+mod watchdog;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -54,6 +56,12 @@ enum Command {
     },
     /// Show the holder and waiters of lock NAME (or the candidates of election NAME).
     Status(StatusArgs),
+    /// Internal: SIGKILL process group PGID when stdin closes without a word first.
+    #[command(name = watchdog::SUBCOMMAND, hide = true)]
+    WatchGroup {
+        /// The process group of the command fairlock runs.
+        pgid: i32,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -148,6 +156,9 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    if let Command::WatchGroup { pgid } = cli.command {
+        return ExitCode::from(watchdog::run(pgid));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -166,6 +177,8 @@ fn main() -> ExitCode {
             Command::Leader { name } => inspect::leader(&cli.backend, &name).await,
             Command::Observe { name } => inspect::observe(&cli.backend, &name).await,
             Command::Status(args) => inspect::status(&cli.backend, args).await,
+            // Returned above, without a runtime; this arm is not reached.
+            Command::WatchGroup { pgid } => watchdog::run(pgid),
         }
     });
     // Background releases were awaited already; don't wait for anything else.
