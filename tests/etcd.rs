@@ -402,6 +402,45 @@ async fn watches_recreated_after_compaction_still_fire() {
     acquired.release().await.unwrap();
 }
 
+/// A peer locking as Go's `concurrency.Mutex` and `etcdctl lock` do: one key,
+/// `NAME/<lease hex>`, reused for every Lock of its session.
+struct GoPeer {
+    raw: etcd_client::Client,
+    lease: i64,
+    key: String,
+}
+
+impl GoPeer {
+    async fn new(h: &EtcdHarness, name: &str) -> Self {
+        let raw = h.raw();
+        let lease = raw.lease_client().grant(60, None).await.unwrap().id();
+        let key = format!("{}/{name}/{lease:x}", h.prefix());
+        GoPeer { raw, lease, key }
+    }
+
+    async fn lock(&self) {
+        let options = etcd_client::PutOptions::new().with_lease(self.lease);
+        let mut kv = self.raw.kv_client();
+        kv.put(self.key.as_str(), "", Some(options)).await.unwrap();
+    }
+
+    async fn unlock(&self) {
+        let mut kv = self.raw.kv_client();
+        kv.delete(self.key.as_str(), None).await.unwrap();
+    }
+
+    /// The create revision of its key now.
+    async fn created(&self) -> u64 {
+        let mut kv = self.raw.kv_client();
+        let got = kv.get(self.key.as_str(), None).await.unwrap();
+        got.kvs()[0].create_revision() as u64
+    }
+
+    async fn end(&self) {
+        self.raw.lease_client().revoke(self.lease).await.unwrap();
+    }
+}
+
 /// Go's Mutex and `etcdctl lock` reuse the key NAME/<lease hex> on every Lock. A peer that
 /// unlocks and locks again between our enqueue and our watch's creation has a key of the
 /// same name *behind* ours: we hold the lock (waiting on it would deadlock with the peer).
@@ -409,18 +448,8 @@ async fn watches_recreated_after_compaction_still_fire() {
 async fn a_go_style_peer_relocking_its_key_is_behind_us() {
     let h = EtcdHarness::new().await;
     let name = unique("go-relock");
-    let raw = h.raw();
-    let lease = raw.lease_client().grant(60, None).await.unwrap().id();
-    let peer_key = format!("{}/{name}/{lease:x}", h.prefix());
-    let peer_lock = || {
-        let mut kv = raw.kv_client();
-        let key = peer_key.clone();
-        async move {
-            let options = etcd_client::PutOptions::new().with_lease(lease);
-            kv.put(key, "", Some(options)).await.unwrap();
-        }
-    };
-    peer_lock().await;
+    let peer = GoPeer::new(&h, &name).await;
+    peer.lock().await;
 
     let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
     let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
@@ -435,20 +464,16 @@ async fn a_go_style_peer_relocking_its_key_is_behind_us() {
         h.entries(&name).await.len() == 2
     })
     .await;
-    raw.kv_client()
-        .delete(peer_key.as_str(), None)
-        .await
-        .unwrap();
-    peer_lock().await;
+    peer.unlock().await;
+    peer.lock().await;
 
     let guard = soon("we hold: the peer's new key is behind ours", waiter)
         .await
         .unwrap();
-    let peer = raw.kv_client().get(peer_key.as_str(), None).await.unwrap();
-    assert!(peer.kvs()[0].create_revision() as u64 > guard.fencing_token());
+    assert!(peer.created().await > guard.fencing_token());
     proxy.delay(Duration::ZERO, Duration::ZERO);
     guard.release().await.unwrap();
-    raw.lease_client().revoke(lease).await.unwrap();
+    peer.end().await;
 }
 
 /// Many watches need a read after a reconnect (their start revision was compacted) while
@@ -579,18 +604,8 @@ async fn observe_backs_off_when_its_watch_keeps_being_cancelled() {
 async fn a_go_style_peer_relocking_during_an_outage_is_behind_us() {
     let h = EtcdHarness::new().await;
     let name = unique("go-relock-outage");
-    let raw = h.raw();
-    let lease = raw.lease_client().grant(60, None).await.unwrap().id();
-    let peer_key = format!("{}/{name}/{lease:x}", h.prefix());
-    let peer_lock = || {
-        let mut kv = raw.kv_client();
-        let key = peer_key.clone();
-        async move {
-            let options = etcd_client::PutOptions::new().with_lease(lease);
-            kv.put(key, "", Some(options)).await.unwrap();
-        }
-    };
-    peer_lock().await;
+    let peer = GoPeer::new(&h, &name).await;
+    peer.lock().await;
 
     let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
     let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
@@ -606,21 +621,17 @@ async fn a_go_style_peer_relocking_during_an_outage_is_behind_us() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     proxy.cut();
-    raw.kv_client()
-        .delete(peer_key.as_str(), None)
-        .await
-        .unwrap();
-    peer_lock().await;
+    peer.unlock().await;
+    peer.lock().await;
     compact_now(&h).await;
     proxy.restore();
 
     let guard = soon("we hold: the peer's new key is behind ours", waiter)
         .await
         .unwrap();
-    let peer = raw.kv_client().get(peer_key.as_str(), None).await.unwrap();
-    assert!(peer.kvs()[0].create_revision() as u64 > guard.fencing_token());
+    assert!(peer.created().await > guard.fencing_token());
     guard.release().await.unwrap();
-    raw.lease_client().revoke(lease).await.unwrap();
+    peer.end().await;
 }
 
 /// A guarded write whose answer is lost (the connection breaks after etcd applied it) is

@@ -20,7 +20,8 @@
 
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 
@@ -40,65 +41,82 @@ pub(crate) enum Retry {
 
 /// Runs `op` within `timeout`, retrying on another member as `retry` allows.
 ///
+/// Failed attempts (member unavailable, connection broken) are sent again after a short
+/// backoff. An attempt still unanswered after a fraction of the timeout is *hedged*: a
+/// second one is sent while the first stays in flight, and the first answer wins. A
+/// request that reached a follower just as the leader died is forwarded to the dead leader
+/// and never answered (the server gives up only after its own 5 s + 2 election timeouts),
+/// while a new attempt after the election succeeds at once; over a slow link, the first
+/// attempt still answers. Every request here is safe to have in flight twice (module
+/// docs).
+///
 /// # Errors
-/// The last attempt's error as [`Error::Backend`]; [`Error::Timeout`] when the time ran out
-/// (for [`Retry::Checked`], [`Error::OutcomeUnknown`]).
+/// The attempt's error as [`Error::Backend`] if it is not a failure of the member;
+/// [`Error::Timeout`] when the time ran out (for [`Retry::Checked`],
+/// [`Error::OutcomeUnknown`]).
 pub(crate) async fn request<T, F, Fut>(timeout: Duration, retry: Retry, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
-    // An idempotent attempt that hangs is abandoned and sent again: a request that reached a
-    // follower just as the leader died is forwarded to the dead leader and never answered
-    // (the server gives up only after its own 5 s + 2 election timeouts), while a retry
-    // after the election succeeds at once.
-    let attempt_timeout = (timeout / 8).clamp(ATTEMPT_MIN, ATTEMPT_MAX);
-    let bounded = || {
-        let attempt = op();
-        async move {
-            match tokio::time::timeout(attempt_timeout, attempt).await {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(e)) => Err(Failed::Etcd(e)),
-                Err(_) => Err(Failed::Abandoned),
+    let deadline = Instant::now() + timeout;
+    let hedge_after = (timeout / 8).clamp(HEDGE_MIN, HEDGE_MAX);
+    let mut in_flight = FuturesUnordered::new();
+    in_flight.push(op());
+    let mut next_hedge = Instant::now() + hedge_after;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        tokio::select! {
+            Some(answer) = in_flight.next() => match answer {
+                Ok(value) => return Ok(value),
+                Err(e) if is_unavailable(&e) => {
+                    if in_flight.is_empty() {
+                        // Nothing left in flight: try again after a pause.
+                        let pause = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        if pause >= deadline {
+                            return Err(out_of_time(retry, timeout, Some(e)));
+                        }
+                        tokio::time::sleep_until(pause).await;
+                        in_flight.push(op());
+                        next_hedge = Instant::now() + hedge_after;
+                    }
+                }
+                Err(e) => return Err(super::etcd_error(e)),
+            },
+            _ = tokio::time::sleep_until(next_hedge), if in_flight.len() < MAX_IN_FLIGHT => {
+                in_flight.push(op());
+                next_hedge = Instant::now() + hedge_after;
             }
+            _ = tokio::time::sleep_until(deadline) => return Err(out_of_time(retry, timeout, None)),
         }
-    };
-    let attempts = bounded
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(10))
-                .with_max_delay(Duration::from_millis(250))
-                .without_max_times(),
-        )
-        .when(|e: &Failed| match e {
-            Failed::Abandoned => true,
-            Failed::Etcd(e) => is_unavailable(e),
-        });
-    let unknown = |source: crate::BoxError| Error::OutcomeUnknown {
-        backend: "etcd",
-        source,
-    };
-    match tokio::time::timeout(timeout, attempts).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(Failed::Etcd(e))) => Err(super::etcd_error(e)),
-        Ok(Err(Failed::Abandoned)) | Err(_) if retry == Retry::Checked => {
-            Err(unknown(format!("no answer within {timeout:?}").into()))
-        }
-        Ok(Err(Failed::Abandoned)) | Err(_) => Err(Error::Timeout(timeout)),
     }
 }
 
-/// Why one attempt failed.
-enum Failed {
-    Etcd(etcd_client::Error),
-    /// No answer within the attempt's time.
-    Abandoned,
+/// The error when no attempt succeeded in time.
+fn out_of_time(retry: Retry, timeout: Duration, last: Option<etcd_client::Error>) -> Error {
+    match (retry, last) {
+        (Retry::Checked, Some(e)) => Error::OutcomeUnknown {
+            backend: "etcd",
+            source: Box::new(e),
+        },
+        (Retry::Checked, None) => Error::OutcomeUnknown {
+            backend: "etcd",
+            source: format!("no answer within {timeout:?}").into(),
+        },
+        (Retry::Idempotent, _) => Error::Timeout(timeout),
+    }
 }
 
-/// Bounds of one idempotent attempt: long enough for a slow fsync, short enough to retry
-/// within the request timeout after a leader change.
-const ATTEMPT_MIN: Duration = Duration::from_millis(250);
-const ATTEMPT_MAX: Duration = Duration::from_secs(1);
+/// When a second attempt joins one still unanswered: long enough for a slow fsync, short
+/// enough to get through within the request timeout after a leader change.
+const HEDGE_MIN: Duration = Duration::from_millis(250);
+const HEDGE_MAX: Duration = Duration::from_secs(1);
+/// At most this many attempts of one request in flight at once.
+const MAX_IN_FLIGHT: usize = 4;
+/// The pauses between attempts that failed.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// A failure of the member or of the way to it (as opposed to a refusal of the request):
 /// UNAVAILABLE, or any status caused by a broken connection (a member killed mid-request

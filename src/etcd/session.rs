@@ -540,13 +540,25 @@ impl QueueSession for EtcdSession {
         Ok(())
     }
 
+    /// `Ok(false)` if the key was gone already. When the delete was sent more than once
+    /// (a hedged or repeated attempt), the attempt that answers "nothing deleted" may
+    /// follow our own applied one: then the key counts as removed by us, as the entry was
+    /// ours and is gone either way.
     async fn remove(&self, own: &Entry) -> Result<bool> {
-        let resp = self.txn(self.delete_txn(own), Retry::Idempotent).await?;
+        let attempts = AtomicU64::new(0);
+        let txn = self.delete_txn(own);
+        let resp = request(self.settings.request_timeout, Retry::Idempotent, || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(|e| self.lease_error(e))?;
         let deleted = resp.op_responses().iter().any(|op| match op {
             TxnOpResponse::Delete(d) => d.deleted() > 0,
             _ => false,
         });
-        Ok(deleted)
+        Ok(deleted || attempts.load(Ordering::SeqCst) > 1)
     }
 
     fn remove_in_background(self: &Arc<Self>, own: Entry) {
