@@ -302,7 +302,6 @@ async fn acquire<S: SessionSource>(
             session,
             entry,
             armed: true,
-            queued: false,
         };
         let outcome = match mode {
             Acquire::Try => try_head(name, &mut pending).await,
@@ -324,7 +323,9 @@ async fn acquire<S: SessionSource>(
                 pending.remove().await;
                 return Ok(None);
             }
-            Err(Error::SessionExpired) if !pending.queued && !fresh_session_tried => {
+            // Only if the entry was never created: a waiter whose session ended while it
+            // was queued has lost its place, and says so.
+            Err(Error::SessionExpired) if pending.entry.order == 0 && !fresh_session_tried => {
                 // Its entries went with the session: nothing to remove.
                 pending.armed = false;
                 fresh_session_tried = true;
@@ -341,7 +342,6 @@ async fn acquire<S: SessionSource>(
 async fn try_head<S: QueueSession>(name: &str, pending: &mut Pending<S>) -> Result<bool> {
     let session = pending.session.clone();
     let head = session.enqueue_if_empty(name, &mut pending.entry).await?;
-    pending.queued = true;
     if head {
         session.confirm_head(&pending.entry).await?;
     }
@@ -358,7 +358,6 @@ async fn wait_turn<S: QueueSession>(name: &str, pending: &mut Pending<S>) -> Res
         enqueued = session.enqueue(name, &mut pending.entry) => enqueued?,
         reason = lost.wait() => return Err(session_error(reason)),
     };
-    pending.queued = true;
     while let Some(p) = pred {
         crate::stats::waiting();
         tokio::select! {
@@ -495,8 +494,6 @@ struct Pending<S: QueueSession> {
     session: Arc<S>,
     entry: Entry,
     armed: bool,
-    /// Whether the entry was confirmed written (a session lost before that lost no place).
-    queued: bool,
 }
 
 impl<S: QueueSession> Pending<S> {
