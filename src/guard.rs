@@ -152,6 +152,11 @@ impl LockGuard {
     /// still holds the lock: an etcd Txn comparing the own key's create revision, a
     /// ZooKeeper multi-op that first checks the own node. This is the fencing primitive.
     ///
+    /// A write whose answer is lost (a cluster member died, a connection broke) is sent
+    /// again within the request timeout and takes effect exactly once: it also moves the
+    /// own entry's version (etcd mod revision, ZooKeeper data version), so a repeat can
+    /// tell that an earlier attempt was applied.
+    ///
     /// # Errors
     /// - [`Error::LockLost`](crate::Error::LockLost): the lock is no longer held; nothing
     ///   was written.
