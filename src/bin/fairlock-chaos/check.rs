@@ -566,11 +566,8 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
                     .join(", ")
             )
         };
-        let at = format!(
-            "{} at +{:.1} s",
-            p.kind,
-            (p.t_fault - info.t_start) as f64 / 1e6
-        );
+        let at = p.kind.clone();
+        let when = format!("at +{:.1} s: ", (p.t_fault - info.t_start) as f64 / 1e6);
         match p.kind.as_str() {
             "leader-kill" | "follower-kill" | "pause+leader-kill" => {
                 let who = if p.kind == "pause+leader-kill" {
@@ -582,14 +579,14 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
                     "target",
                     &format!("{at}: 0 errors{who}"),
                     errors == 0,
-                    errors_text,
+                    format!("{when}{errors_text}"),
                 );
                 verdict(
                     "target",
                     &format!("{at}: 0 sessions lost{who}"),
                     st.sessions_lost == 0 && st.holds_lost == 0,
                     format!(
-                        "{} sessions lost, {} holds lost",
+                        "{when}{} sessions lost, {} holds lost",
                         st.sessions_lost, st.holds_lost
                     ),
                 );
@@ -604,7 +601,7 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
                         ),
                         ok,
                         format!(
-                            "longest hand-off {} ms, longest time without acquisition {} ms \
+                            "{when}longest hand-off {} ms, longest time without acquisition {} ms \
                              (bound: target + 1.2 s, the longest planned work)",
                             st.max_handoff_ms.map_or("none".into(), |m| m.to_string()),
                             st.unavailable_ms
@@ -620,7 +617,7 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
                     "target",
                     &format!("{at}: lost() fired before the next holder acquired"),
                     ok,
-                    match (st.lost_after_ms, st.lost_margin_ms) {
+                    when.clone() + &match (st.lost_after_ms, st.lost_margin_ms) {
                         (Some(after), Some(margin)) => format!(
                             "lost() {after} ms after the cut, {margin} ms before the next holder (need >= {} ms)",
                             info.lost_margin_ms

@@ -11,7 +11,7 @@ fn stats(values: &mut [u64]) -> String {
         return "-".into();
     }
     values.sort_unstable();
-    let median = values[values.len() / 2];
+    let median = values[(values.len() - 1) / 2];
     let max = values[values.len() - 1];
     if values.len() == 1 {
         format!("{max}")
@@ -39,6 +39,9 @@ pub fn markdown(args: &RunArgs, summaries: &[Summary]) -> String {
         args.down,
         args.recover
     );
+    if !args.label.is_empty() {
+        let _ = writeln!(out, "Measured: {}.\n", args.label);
+    }
     let _ = writeln!(out, "## Verdict\n");
     for s in summaries {
         let failed: Vec<_> = s.failed().collect();
@@ -81,7 +84,15 @@ pub fn markdown(args: &RunArgs, summaries: &[Summary]) -> String {
         let _ = writeln!(
             out,
             "Per fault (times in ms, median / max over the faults of that kind; errors and \
-             sessions count only workers the fault did not hit):\n"
+             sessions count only the workers the fault did not hit). *Hit a holder*: the \
+             paused, killed or cut-off worker held the lock at that moment. *Max hand-off*: \
+             longest time from a release to the next acquisition. *Unavailable*: longest \
+             time without any acquisition, from the fault on (for faults on a holder this is \
+             close to the session TTL, by design). *Take-over*: from the fault to the \
+             first acquisition by another worker. *Fault -> lost()*: when the hit holder's \
+             `lost()` fired; *lost() before next holder by*: the next holder's acquisition \
+             minus that moment (positive: the old holder knew first; a paused process can only \
+             notice after SIGCONT, so it is negative there by nature).\n"
         );
         let _ = writeln!(
             out,
@@ -106,7 +117,10 @@ pub fn markdown(args: &RunArgs, summaries: &[Summary]) -> String {
             let mut lost: Vec<u64> = ps.iter().filter_map(|p| p.lost_after_ms).collect();
             let mut margins: Vec<i64> = ps.iter().filter_map(|p| p.lost_margin_ms).collect();
             margins.sort_unstable();
-            let margin = match (margins.first(), margins.get(margins.len() / 2)) {
+            let margin = match (
+                margins.first(),
+                margins.get(margins.len().saturating_sub(1) / 2),
+            ) {
                 (Some(min), Some(median)) => format!("min {min}, median {median}"),
                 _ => "-".into(),
             };
@@ -134,15 +148,33 @@ pub fn markdown(args: &RunArgs, summaries: &[Summary]) -> String {
                 let _ = writeln!(out, "- {k}: {v}");
             }
         }
+        // One line per check; a check made once per fault shows how often it held.
         let _ = writeln!(out, "\nChecks:\n");
+        let mut order: Vec<&str> = Vec::new();
+        let mut groups: BTreeMap<&str, Vec<&crate::check::Verdict>> = BTreeMap::new();
         for v in &s.verdicts {
+            if !groups.contains_key(v.name.as_str()) {
+                order.push(&v.name);
+            }
+            groups.entry(&v.name).or_default().push(v);
+        }
+        for name in order {
+            let vs = &groups[name];
+            let failed: Vec<_> = vs.iter().filter(|v| !v.ok).collect();
+            let tally = if vs.len() > 1 {
+                format!(" ({} of {} faults)", vs.len() - failed.len(), vs.len())
+            } else {
+                String::new()
+            };
+            let (mark, detail) = match failed.first() {
+                None => ("ok", vs[0].detail.as_str()),
+                Some(v) => ("**FAILED**", v.detail.as_str()),
+            };
+            let example = if failed.len() > 1 { "e.g. " } else { "" };
             let _ = writeln!(
                 out,
-                "- {} ({}) {}: {}",
-                if v.ok { "ok" } else { "**FAILED**" },
-                v.class,
-                v.name,
-                v.detail
+                "- {mark} ({}) {name}{tally}: {example}{detail}",
+                vs[0].class
             );
         }
     }

@@ -57,6 +57,9 @@ pub struct RunArgs {
     /// Write the Markdown report (docs/RELIABILITY.md) here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// What was measured (e.g. the commit), for the report.
+    #[arg(long, default_value = "")]
+    pub label: String,
     /// The services script (cluster mode).
     #[arg(long, default_value = "scripts/services")]
     pub services: PathBuf,
@@ -466,18 +469,23 @@ impl Harness {
         }
     }
 
-    /// Waits (up to 5 s) for a worker other than 0 whose client has held the lock for at
-    /// least 25 ms: most likely a long piece of work, so a signal sent now lands while it
-    /// holds. Falls back to worker 1.
+    /// Waits (up to 6 s) for a worker other than 0 whose client has held the lock for at
+    /// least 25 ms (most likely a long piece of work, so a signal sent now lands while it
+    /// holds); after 3 s any holder will do. Falls back to worker 1.
     async fn pick_holder(&mut self) -> (usize, bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(6) {
             self.poll();
             let now = now_us();
+            let min_us = if started.elapsed() < Duration::from_secs(3) {
+                25_000
+            } else {
+                0
+            };
             let found = self
                 .open
                 .iter()
-                .filter(|((w, _, _), t)| *w != 0 && now.saturating_sub(**t) >= 25_000)
+                .filter(|((w, _, _), t)| *w != 0 && now.saturating_sub(**t) >= min_us)
                 .map(|((w, g, _), _)| (*w, *g))
                 .next();
             if let Some((w, g)) = found {
