@@ -73,6 +73,10 @@ pub struct Summary {
     pub ttl_ms: u64,
     pub workers: u32,
     pub clients: u32,
+    pub duration_ms: u64,
+    pub down_ms: u64,
+    pub recover_ms: u64,
+    pub label: String,
     pub seconds: f64,
     pub counts: BTreeMap<String, u64>,
     pub counter: Option<u64>,
@@ -144,6 +148,10 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
         ttl_ms: info.ttl_ms,
         workers: info.workers,
         clients: info.clients,
+        duration_ms: info.duration_ms,
+        down_ms: info.down_ms,
+        recover_ms: info.recover_ms,
+        label: info.label.clone(),
         counter: info.counter,
         seconds: events
             .last()

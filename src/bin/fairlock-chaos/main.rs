@@ -36,10 +36,15 @@ struct Cli {
 enum Command {
     /// Run the suite on the 3-node clusters, check, print a summary.
     Run(run::RunArgs),
-    /// Check the logs of one backend's earlier run (a directory written by `run`).
+    /// Check the logs of earlier runs (directories written by `run`), e.g. after a change
+    /// of the checker; optionally write the report again.
     Check {
-        /// The directory, e.g. target/chaos/etcd.
-        dir: PathBuf,
+        /// One directory per backend, e.g. target/chaos/etcd.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Write the Markdown report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// One worker process (started by `run`).
     Worker(worker::WorkerArgs),
@@ -61,16 +66,22 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Worker(args) => worker::run(args).await,
-            Command::Check { dir } => match check::check_dir(&dir) {
-                Ok(summary) => {
-                    check::print(&summary);
-                    ExitCode::from(u8::from(summary.failed().next().is_some()))
+            Command::Check { dirs, report } => {
+                let mut summaries = Vec::new();
+                for dir in dirs {
+                    match check::check_dir(&dir) {
+                        Ok(summary) => {
+                            check::print(&summary);
+                            summaries.push(summary);
+                        }
+                        Err(e) => {
+                            eprintln!("fairlock-chaos: {}: {e}", dir.display());
+                            return ExitCode::from(2);
+                        }
+                    }
                 }
-                Err(e) => {
-                    eprintln!("fairlock-chaos: {e}");
-                    ExitCode::from(2)
-                }
-            },
+                finish(&summaries, report.as_deref(), false)
+            }
             Command::Run(args) => run(args).await,
         }
     })
@@ -103,9 +114,18 @@ async fn run(args: run::RunArgs) -> ExitCode {
             }
         }
     }
+    finish(&summaries, args.report.as_deref(), harness_failed)
+}
+
+/// Writes the report if asked and turns the verdicts into the exit status.
+fn finish(
+    summaries: &[check::Summary],
+    report: Option<&std::path::Path>,
+    mut harness_failed: bool,
+) -> ExitCode {
     let failed: usize = summaries.iter().map(|s| s.failed().count()).sum();
-    if let Some(path) = &args.report {
-        if let Err(e) = std::fs::write(path, report::markdown(&args, &summaries)) {
+    if let Some(path) = report {
+        if let Err(e) = std::fs::write(path, report::markdown(summaries)) {
             eprintln!("fairlock-chaos: {}: {e}", path.display());
             harness_failed = true;
         } else {

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::check::{PhaseStats, Summary};
-use crate::run::RunArgs;
 
 fn stats(values: &mut [u64]) -> String {
     if values.is_empty() {
@@ -20,7 +19,11 @@ fn stats(values: &mut [u64]) -> String {
     }
 }
 
-pub fn markdown(args: &RunArgs, summaries: &[Summary]) -> String {
+pub fn markdown(summaries: &[Summary]) -> String {
+    let Some(first) = summaries.first() else {
+        return "# Reliability: the chaos suite\n\nNo run.\n".into();
+    };
+    let ms = std::time::Duration::from_millis;
     let mut out = String::new();
     let _ = writeln!(out, "# Reliability: the chaos suite\n");
     let _ = writeln!(
@@ -28,31 +31,33 @@ pub fn markdown(args: &RunArgs, summaries: &[Summary]) -> String {
         "Written by `scripts/chaos` (`fairlock-chaos run`), which starts a 3-node etcd cluster \
          and a 3-node ZooKeeper ensemble on loopback (`scripts/services cluster`), runs {} worker \
          processes with {} clients each against one lock, and injects faults one after another \
-         for {} per backend (member down for {:?}, {:?} of quiet after each fault). Each client \
+         for {} per backend (0 s: each fault once; member down for {:?}, {:?} of quiet after each fault). Each client \
          loops acquire (lock, try_lock or lock_timeout) -> read a counter -> work (2-20 ms, one \
          hold in ten 0.3-1.2 s) -> `guarded_write` counter+1 -> release. Worker 0 reaches the \
          cluster through TCP proxies that the partition fault freezes. How each check is decided \
          is documented in src/bin/fairlock-chaos/check.rs.\n",
-        args.workers,
-        args.clients,
-        humantime::format_duration(args.duration),
-        args.down,
-        args.recover
+        first.workers,
+        first.clients,
+        humantime::format_duration(ms(first.duration_ms)),
+        ms(first.down_ms),
+        ms(first.recover_ms)
     );
-    if !args.label.is_empty() {
-        let _ = writeln!(out, "Measured: {}.\n", args.label);
+    if !first.label.is_empty() {
+        let _ = writeln!(out, "Measured: {}.\n", first.label);
     }
     let _ = writeln!(out, "## Verdict\n");
     for s in summaries {
         let failed: Vec<_> = s.failed().collect();
-        let safety_failed = failed.iter().filter(|v| v.class == "safety").count();
+        let count = |class: &str| failed.iter().filter(|v| v.class == class).count();
         let _ = writeln!(
             out,
-            "- **{}**: {} checks, {} safety violations, {} missed targets.",
+            "- **{}**: {} checks: {} safety violations, {} missed fail-over targets, {} lost() \
+             signal failures.",
             s.backend,
             s.verdicts.len(),
-            safety_failed,
-            failed.len() - safety_failed
+            count("safety"),
+            count("target"),
+            count("signal")
         );
     }
     for s in summaries {

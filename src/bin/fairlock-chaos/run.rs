@@ -89,6 +89,7 @@ pub struct Phase {
 
 /// Facts the runner collects for the checker (`run.json`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
+#[serde(default)]
 pub struct RunInfo {
     pub backend: String,
     pub url: String,
@@ -99,6 +100,11 @@ pub struct RunInfo {
     pub clients: u32,
     pub takeover_target_ms: u64,
     pub lost_margin_ms: u64,
+    /// The run's settings, for the report.
+    pub duration_ms: u64,
+    pub down_ms: u64,
+    pub recover_ms: u64,
+    pub label: String,
     pub t_start: u64,
     pub calm_start: u64,
     pub calm_end: u64,
@@ -229,6 +235,10 @@ pub async fn run_backend(args: &RunArgs, backend: &str) -> Result<PathBuf, Strin
         clients: args.clients,
         takeover_target_ms: args.takeover_target.as_millis() as u64,
         lost_margin_ms: args.lost_margin.as_millis() as u64,
+        duration_ms: args.duration.as_millis() as u64,
+        down_ms: args.down.as_millis() as u64,
+        recover_ms: args.recover.as_millis() as u64,
+        label: args.label.clone(),
         t_start: now_us(),
         ..RunInfo::default()
     };
