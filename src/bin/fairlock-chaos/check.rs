@@ -64,6 +64,8 @@ pub struct PhaseStats {
     pub lost_margin_ms: Option<i64>,
     /// Acquisitions in the window.
     pub acquisitions: usize,
+    /// The hit holder had not sent its release when the next holder acquired.
+    pub in_section_at_next: Option<bool>,
 }
 
 /// The outcome of one backend's run.
@@ -554,9 +556,18 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
                 })
                 .max_by_key(|h| h.acquired);
             st.held_at_fault = Some(held.is_some());
+            let next = next_acquired_after(p.t_fault, Some(w));
+            if let Some(h) = held {
+                // Still in its critical section when the next holder came in: it had not
+                // started its release by then (one already sent ends the section).
+                st.in_section_at_next = Some(
+                    h.release_sent
+                        .map_or(true, |sent| next.map_or(true, |next| sent > next)),
+                );
+            }
             if let Some((lost_t, _)) = held.and_then(|h| h.lost.as_ref()) {
                 st.lost_after_ms = Some(ms(lost_t - p.t_fault));
-                if let Some(next) = next_acquired_after(p.t_fault, Some(w)) {
+                if let Some(next) = next {
                     st.lost_margin_ms = Some((next as i64 - *lost_t as i64) / 1000);
                 }
             }
@@ -617,7 +628,9 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
                     );
                 }
             }
-            "partition" if st.held_at_fault == Some(true) => {
+            // A holder cut off after sending its release has left its critical section:
+            // lost() owes it nothing.
+            "partition" if st.in_section_at_next == Some(true) => {
                 let ok = st
                     .lost_margin_ms
                     .is_some_and(|m| m >= info.lost_margin_ms as i64);
@@ -696,5 +709,266 @@ pub fn print(s: &Summary) {
             v.name,
             v.detail
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The checker on small made-up histories: a clean one passes, each kind of violation
+    //! is caught.
+    use super::*;
+
+    const S: u64 = 1_000_000; // one second in µs
+
+    fn ev(t: u64, w: u32, c: u32, name: &str, h: Option<u64>) -> Event {
+        Event {
+            t,
+            w,
+            c,
+            h,
+            ev: name.into(),
+            ..Event::default()
+        }
+    }
+
+    /// A hold: acquired at `t`, write of `value` with `token` sent at t+1 ms, acked at
+    /// t+2 ms, released at t+3 ms.
+    fn hold(t: u64, w: u32, h: u64, token: u64, value: u64) -> Vec<Event> {
+        let mut acquired = ev(t, w, 0, "acquired", Some(h));
+        acquired.token = Some(token);
+        let mut sent = ev(t + 1000, w, 0, "write_sent", Some(h));
+        sent.value = Some(value);
+        let mut ack = ev(t + 2000, w, 0, "write_ack", Some(h));
+        ack.value = Some(value);
+        ack.token = Some(token);
+        vec![
+            acquired,
+            sent,
+            ack,
+            ev(t + 3000, w, 0, "release_sent", Some(h)),
+            ev(t + 3500, w, 0, "released", Some(h)),
+        ]
+    }
+
+    fn info(counter: u64) -> RunInfo {
+        RunInfo {
+            backend: "test".into(),
+            workers: 2,
+            clients: 1,
+            ttl_ms: 5000,
+            takeover_target_ms: 3000,
+            t_start: 0,
+            calm_start: 10 * S,
+            calm_end: 20 * S,
+            t_stop: 20 * S,
+            counter: Some(counter),
+            ..RunInfo::default()
+        }
+    }
+
+    /// Progress of both workers in the calm period, writing `after`+1 and `after`+2.
+    fn calm(after: u64) -> Vec<Event> {
+        let mut events = hold(11 * S, 0, 100, 1000, after + 1);
+        events.extend(hold(12 * S, 1, 100, 1001, after + 2));
+        events
+    }
+
+    /// Checks `events` plus the calm period; `counter` is the final counter value.
+    fn run(counter: u64, phases: &[Phase], mut events: Vec<Event>) -> Summary {
+        let last = events
+            .iter()
+            .filter(|e| e.ev == "write_ack")
+            .filter_map(|e| e.value)
+            .max()
+            .unwrap_or(0);
+        events.extend(calm(last));
+        events.sort_by_key(|e| e.t);
+        check(&info(counter), phases, &events)
+    }
+
+    fn failed(s: &Summary) -> Vec<String> {
+        s.failed().map(|v| v.name.clone()).collect()
+    }
+
+    fn clean() -> Vec<Event> {
+        let mut events = hold(S, 0, 1, 10, 1);
+        events.extend(hold(2 * S, 1, 1, 20, 2));
+        events
+    }
+
+    #[test]
+    fn clean_history_passes() {
+        let s = run(4, &[], clean());
+        assert!(failed(&s).is_empty(), "{:?}", s.verdicts);
+    }
+
+    #[test]
+    fn counter_mismatch_is_caught() {
+        let s = run(3, &[], clean());
+        assert_eq!(failed(&s), ["final counter == acknowledged writes"]);
+        // An unknown-outcome write may explain one more increment, not two.
+        let mut events = clean();
+        events.push(ev(3 * S, 0, 0, "write_unknown", Some(9)));
+        assert!(failed(&run(5, &[], events.clone())).is_empty());
+        assert!(!failed(&run(6, &[], events)).is_empty());
+    }
+
+    #[test]
+    fn stale_token_and_lost_update_are_caught() {
+        let mut events = hold(S, 0, 1, 20, 1);
+        events.extend(hold(2 * S, 1, 1, 10, 2)); // later write, older token
+        let s = run(4, &[], events);
+        assert_eq!(
+            failed(&s),
+            ["tokens of acknowledged writes strictly increase"]
+        );
+
+        let mut events = hold(S, 0, 1, 10, 1);
+        events.extend(hold(2 * S, 1, 1, 20, 1)); // same value twice: a lost update
+        let s = run(3, &[], events);
+        assert_eq!(
+            failed(&s),
+            [
+                "final counter == acknowledged writes",
+                "tokens of acknowledged writes strictly increase"
+            ]
+        );
+    }
+
+    #[test]
+    fn overlapping_holds_are_caught() {
+        let mut events = hold(S, 0, 1, 10, 1);
+        // Worker 1 acquires before worker 0 has sent its write.
+        events.extend(hold(S + 500, 1, 1, 20, 2));
+        let s = run(4, &[], events);
+        assert_eq!(
+            failed(&s),
+            ["no overlapping holds with acknowledged writes"]
+        );
+    }
+
+    #[test]
+    fn write_acked_after_lost_is_caught() {
+        let mut events = clean();
+        let mut lost = ev(S + 500, 0, 0, "lost", Some(1));
+        lost.kind = Some("SessionExpired".into());
+        events.push(lost);
+        let s = run(4, &[], events);
+        assert_eq!(failed(&s), ["no write acknowledged after lost() fired"]);
+    }
+
+    #[test]
+    fn own_release_reported_as_lost_is_caught() {
+        let mut events = clean();
+        let mut lost = ev(S + 3200, 0, 0, "lost", Some(1));
+        lost.kind = Some("Deleted".into());
+        events.push(lost);
+        let s = run(4, &[], events);
+        assert_eq!(
+            failed(&s),
+            ["lost() never fires for the holder's own release"]
+        );
+    }
+
+    #[test]
+    fn stuck_worker_and_leftover_entry_are_caught() {
+        let mut events = clean();
+        events.extend(calm(2).into_iter().filter(|e| e.w == 0));
+        events.sort_by_key(|e| e.t);
+        let mut i = info(3);
+        i.queue_left = vec!["k".into()];
+        let s = check(&i, &[], &events);
+        assert_eq!(
+            failed(&s),
+            [
+                "no queue entry left once sessions end",
+                "no hang (progress after the faults, clean exit)"
+            ]
+        );
+    }
+
+    #[test]
+    fn member_kill_targets() {
+        let phase = Phase {
+            kind: "follower-kill".into(),
+            t_fault: 3 * S,
+            t_heal: 5 * S,
+            t_end: 8 * S,
+            ..Phase::default()
+        };
+        // Hand-offs every 500 ms through the fault and on: all targets met.
+        let mut events = clean();
+        for i in 0..16 {
+            events.extend(hold(3 * S + i * S / 2, 1, 10 + i, 30 + i, 3 + i));
+        }
+        let counter = 20;
+        let s = run(counter, std::slice::from_ref(&phase), events.clone());
+        assert!(failed(&s).is_empty(), "{:?}", s.verdicts);
+
+        // One error inside the window, one outside: only the inside one counts.
+        let mut with_errors = events.clone();
+        let mut error = ev(4 * S, 0, 0, "error", None);
+        error.op = Some("lock".into());
+        error.kind = Some("Backend".into());
+        with_errors.push(error.clone());
+        error.t = 9 * S;
+        with_errors.push(error);
+        let s = run(counter, std::slice::from_ref(&phase), with_errors);
+        assert_eq!(failed(&s), ["follower-kill: 0 errors"]);
+        assert_eq!(s.phases[0].errors.values().sum::<usize>(), 1);
+
+        // A lost session, and a 4 s hand-off.
+        let mut slow = clean();
+        slow.extend(hold(3 * S, 1, 10, 30, 3));
+        slow.extend(hold(7 * S + 3000, 1, 11, 31, 4));
+        let mut lost = ev(4 * S, 0, 0, "session_lost", None);
+        lost.kind = Some("SessionExpired".into());
+        slow.push(lost);
+        let s = run(6, &[phase], slow);
+        assert_eq!(
+            failed(&s),
+            [
+                "follower-kill: 0 sessions lost",
+                "follower-kill: hand-offs resume within 3.0 s"
+            ]
+        );
+    }
+
+    #[test]
+    fn partition_lost_before_next_holder() {
+        let phase = Phase {
+            kind: "partition".into(),
+            t_fault: 3 * S,
+            t_heal: 8 * S,
+            t_end: 9 * S,
+            worker: Some((0, 0)),
+            ..Phase::default()
+        };
+        // Worker 0 holds when cut off; worker 1 takes over at +5 s.
+        let history = |lost_at: Option<u64>, release_at: Option<u64>| {
+            let mut events = clean();
+            let mut acquired = ev(3 * S - 10_000, 0, 0, "acquired", Some(2));
+            acquired.token = Some(25);
+            events.push(acquired);
+            if let Some(t) = lost_at {
+                let mut lost = ev(t, 0, 0, "lost", Some(2));
+                lost.kind = Some("SessionExpired".into());
+                events.push(lost);
+            }
+            if let Some(t) = release_at {
+                events.push(ev(t, 0, 0, "release_sent", Some(2)));
+            }
+            events.extend(hold(8 * S, 1, 2, 30, 3));
+            run(5, std::slice::from_ref(&phase), events)
+        };
+        let name = "partition: lost() fired before the next holder acquired";
+        let s = history(Some(7 * S), None);
+        assert!(failed(&s).is_empty(), "{:?}", s.verdicts);
+        assert_eq!(s.phases[0].lost_margin_ms, Some(1000));
+        assert_eq!(failed(&history(Some(8 * S + 1000), None)), [name]);
+        assert_eq!(failed(&history(None, None)), [name]);
+        // Cut off with its release already sent: its critical section was over.
+        let s = history(None, Some(3 * S + 1000));
+        assert!(failed(&s).is_empty(), "{:?}", s.verdicts);
     }
 }

@@ -479,15 +479,15 @@ impl Harness {
         }
     }
 
-    /// Waits (up to 6 s) for a worker other than 0 whose client has held the lock for at
+    /// Waits (up to 8 s) for a worker other than 0 whose client has held the lock for at
     /// least 25 ms (most likely a long piece of work, so a signal sent now lands while it
-    /// holds); after 3 s any holder will do. Falls back to worker 1.
+    /// holds); after 4 s any holder will do. Falls back to worker 1.
     async fn pick_holder(&mut self) -> (usize, bool) {
         let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(6) {
+        while started.elapsed() < Duration::from_secs(8) {
             self.poll();
             let now = now_us();
-            let min_us = if started.elapsed() < Duration::from_secs(3) {
+            let min_us = if started.elapsed() < Duration::from_secs(4) {
                 25_000
             } else {
                 0
@@ -513,16 +513,22 @@ impl Harness {
         (i, false)
     }
 
-    /// Waits (up to 5 s) until worker 0 has held for at least 25 ms.
+    /// Waits (up to 8 s) until worker 0 has held for at least 25 ms; after 4 s, until it
+    /// holds at all.
     async fn wait_worker0_holds(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(8) {
             self.poll();
             let now = now_us();
+            let min_us = if started.elapsed() < Duration::from_secs(4) {
+                25_000
+            } else {
+                0
+            };
             if self
                 .open
                 .iter()
-                .any(|((w, _, _), t)| *w == 0 && now.saturating_sub(*t) >= 25_000)
+                .any(|((w, _, _), t)| *w == 0 && now.saturating_sub(*t) >= min_us)
             {
                 return true;
             }
