@@ -492,20 +492,16 @@ impl Harness {
             } else {
                 0
             };
+            let procs = &self.procs;
             let found = self
                 .open
                 .iter()
                 .filter(|((w, _, _), t)| *w != 0 && now.saturating_sub(**t) >= min_us)
-                .map(|((w, g, _), _)| (*w, *g))
-                .next();
-            if let Some((w, g)) = found {
-                if let Some(i) = self
-                    .procs
-                    .iter()
-                    .position(|p| p.id == w && p.generation == g)
-                {
-                    return (i, true);
-                }
+                .find_map(|((w, g, _), _)| {
+                    procs.iter().position(|p| p.id == *w && p.generation == *g)
+                });
+            if let Some(i) = found {
+                return (i, true);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -603,6 +599,8 @@ impl Harness {
                 self.signal(i, Signal::SIGKILL)?;
                 let mut p = self.procs.remove(i);
                 let _ = p.child.wait();
+                // Its holds end with it (no release will be logged).
+                self.open.retain(|(ow, og, _), _| (*ow, *og) != (w, g));
                 p.killed = true;
                 self.exited.push(p);
                 self.spawn_worker(w, g + 1, stop_file)?;
