@@ -257,9 +257,12 @@ pub async fn run_backend(args: &RunArgs, backend: &str) -> Result<PathBuf, Strin
         phases: Vec::new(),
     };
     let result = h.drive().await;
-    // Whatever happened: no worker outlives the run.
+    // Whatever happened: no worker outlives the run (and these kills are no crash).
     for mut p in std::mem::take(&mut h.procs) {
-        let _ = p.child.kill();
+        if let Ok(None) = p.child.try_wait() {
+            p.killed = true;
+            let _ = p.child.kill();
+        }
         let _ = p.child.wait();
         h.exited.push(p);
     }
@@ -562,6 +565,26 @@ impl Harness {
             ..Phase::default()
         };
         let script = self.args.services.clone();
+        // Every member must be up before a fault: one that is not was hit by something
+        // other than this nemesis, and the measurements would not mean what they say.
+        // (Up to 20 s: a restarted member may still be catching up.)
+        let started = Instant::now();
+        loop {
+            let status = services(&script, &["status", self.system])?;
+            let bad = status
+                .lines()
+                .find(|l| !l.contains(": up") || l.contains("not serving"))
+                .map(str::to_owned);
+            match bad {
+                None => break,
+                Some(line) if started.elapsed() > Duration::from_secs(20) => {
+                    return Err(format!(
+                        "before {kind}: {line} (hit by something other than the nemesis?)"
+                    ))
+                }
+                Some(_) => self.sleep_polling(Duration::from_secs(1)).await,
+            }
+        }
         // Long enough for the server to expire a silent session, and a bit more.
         let past_ttl = self.ttl() + Duration::from_secs(2);
         match kind {
