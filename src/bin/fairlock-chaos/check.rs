@@ -628,9 +628,14 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
                     );
                 }
             }
-            // A holder cut off after sending its release has left its critical section:
-            // lost() owes it nothing.
-            "partition" if st.in_section_at_next == Some(true) => {
+            // Applies when the cut-off holder's lost() fired (it must not be late), or when
+            // the holder was still in its critical section as the next one came in (it must
+            // have fired). A holder cut off after sending its release, whose lost() never
+            // reported a loss, had left its critical section: nothing to check.
+            "partition"
+                if st.in_section_at_next == Some(true)
+                    || (st.held_at_fault == Some(true) && st.lost_after_ms.is_some()) =>
+            {
                 let ok = st
                     .lost_margin_ms
                     .is_some_and(|m| m >= info.lost_margin_ms as i64);
@@ -967,8 +972,15 @@ mod tests {
         assert_eq!(s.phases[0].lost_margin_ms, Some(1000));
         assert_eq!(failed(&history(Some(8 * S + 1000), None)), [name]);
         assert_eq!(failed(&history(None, None)), [name]);
-        // Cut off with its release already sent: its critical section was over.
+        // Cut off with its release already sent: its critical section was over...
         let s = history(None, Some(3 * S + 1000));
         assert!(failed(&s).is_empty(), "{:?}", s.verdicts);
+        // ... but a lost() that does fire must still come first.
+        let s = history(Some(7 * S), Some(3 * S + 1000));
+        assert!(failed(&s).is_empty(), "{:?}", s.verdicts);
+        assert_eq!(
+            failed(&history(Some(8 * S + 1000), Some(3 * S + 1000))),
+            [name]
+        );
     }
 }
