@@ -119,26 +119,16 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// A failure of the member or of the way to it (as opposed to a refusal of the request):
-/// UNAVAILABLE, or any status caused by a broken connection (a member killed mid-request
-/// answers "transport error" with an I/O cause).
+/// UNAVAILABLE, or any status the client made up itself because the connection failed (a
+/// member killed mid-request: "transport error", "operation was canceled: connection
+/// closed"). Statuses a server sent carry no source; those made from a transport error
+/// carry it.
 pub(super) fn is_unavailable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
         etcd_client::Error::GRpcStatus(s) => {
-            i32::from(s.code()) == GRPC_UNAVAILABLE || has_io_cause(s)
+            i32::from(s.code()) == GRPC_UNAVAILABLE || std::error::Error::source(s).is_some()
         }
         _ => false,
     }
-}
-
-/// Whether an I/O error is among the causes of `status`.
-fn has_io_cause(status: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = status.source();
-    while let Some(cause) = source {
-        if cause.is::<std::io::Error>() {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
 }
