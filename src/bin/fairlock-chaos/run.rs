@@ -51,9 +51,10 @@ pub struct RunArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
     pub takeover_target: Duration,
     /// Target: under a partition, lost() fires at least this long before the next holder
-    /// acquires.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-    pub lost_margin: Duration,
+    /// acquires. Default: the workers' safety margin (fairlock's default, a tenth of the
+    /// TTL), which fairlock promises to keep.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lost_margin: Option<Duration>,
     /// Write the Markdown report (docs/RELIABILITY.md) here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -234,7 +235,7 @@ pub async fn run_backend(args: &RunArgs, backend: &str) -> Result<PathBuf, Strin
         workers: args.workers,
         clients: args.clients,
         takeover_target_ms: args.takeover_target.as_millis() as u64,
-        lost_margin_ms: args.lost_margin.as_millis() as u64,
+        lost_margin_ms: args.lost_margin.unwrap_or(ttl / 10).as_millis() as u64,
         duration_ms: args.duration.as_millis() as u64,
         down_ms: args.down.as_millis() as u64,
         recover_ms: args.recover.as_millis() as u64,
