@@ -21,6 +21,31 @@ fn etcdctl() -> Command {
     cmd
 }
 
+/// A client of `h` that reaches etcd through a proxy of its own, for the test to cut or
+/// slow down.
+async fn client_via_proxy(h: &EtcdHarness) -> (common::proxy::Proxy, Client) {
+    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
+    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
+        .await
+        .unwrap();
+    (proxy, client)
+}
+
+/// `client` waiting for lock `name` in a task, once its entry is second in the queue.
+async fn queued_waiter(
+    h: &EtcdHarness,
+    client: &Client,
+    name: &str,
+) -> tokio::task::JoinHandle<fairlock::LockGuard> {
+    let mutex = client.mutex(name).unwrap();
+    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
+    eventually("waiter queued", || async {
+        h.entries(name).await.len() == 2
+    })
+    .await;
+    waiter
+}
+
 #[tokio::test]
 async fn keys_follow_the_etcdctl_layout() {
     let h = EtcdHarness::new().await;
@@ -110,12 +135,7 @@ async fn fairlock_waits_for_etcdctl() {
     assert!(peer_key.starts_with(&format!("{}/{name}/", h.prefix())));
 
     let client = h.client().await;
-    let mutex = client.mutex(&name).unwrap();
-    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
-    eventually("fairlock queued", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
+    let waiter = queued_waiter(&h, &client, &name).await;
     assert!(
         !waiter.is_finished(),
         "fairlock acquired a lock etcdctl holds"
@@ -172,16 +192,8 @@ async fn waiter_survives_a_broken_watch_stream_and_compaction() {
     let holder = h.client().await;
     let guard = holder.mutex(&name).unwrap().lock().await.unwrap();
 
-    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
-    let waiter_client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
-        .await
-        .unwrap();
-    let mutex = waiter_client.mutex(&name).unwrap();
-    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
-    eventually("waiter queued", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
+    let (proxy, waiter_client) = client_via_proxy(&h).await;
+    let waiter = queued_waiter(&h, &waiter_client, &name).await;
     // Let the enqueue's answer arrive (a cut would break that request) and the watch be
     // created.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -347,12 +359,7 @@ async fn compact_now(h: &EtcdHarness) -> i64 {
 async fn wake_through(h: &EtcdHarness, holder: &Client, client: &Client) {
     let name = unique("wake");
     let guard = holder.mutex(&name).unwrap().lock().await.unwrap();
-    let mutex = client.mutex(&name).unwrap();
-    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
-    eventually("waiter queued", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
+    let waiter = queued_waiter(&h, &client, &name).await;
     guard.release().await.unwrap();
     let woke = soon("waiter wakes", waiter).await.unwrap();
     woke.release().await.unwrap();
@@ -369,18 +376,10 @@ async fn watches_recreated_after_compaction_still_fire() {
     let holder = h.client().await;
     let guard = holder.mutex(&name).unwrap().lock().await.unwrap();
 
-    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
-    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
-        .await
-        .unwrap();
+    let (proxy, client) = client_via_proxy(&h).await;
     let held = client.mutex(&own).unwrap().lock().await.unwrap();
     assert!(!held.is_lost()); // arms the own-key watch
-    let mutex = client.mutex(&name).unwrap();
-    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
-    eventually("waiter queued", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
+    let waiter = queued_waiter(&h, &client, &name).await;
     // Its watch is created just after the enqueue's answer arrived.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -451,19 +450,11 @@ async fn a_go_style_peer_relocking_its_key_is_behind_us() {
     let peer = GoPeer::new(&h, &name).await;
     peer.lock().await;
 
-    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
-    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
-        .await
-        .unwrap();
+    let (proxy, client) = client_via_proxy(&h).await;
     // Our requests reach the server a second late: our watch is created long after our
     // enqueue.
     proxy.delay(Duration::from_secs(1), Duration::ZERO);
-    let mutex = client.mutex(&name).unwrap();
-    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
-    eventually("queued behind the peer", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
+    let waiter = queued_waiter(&h, &client, &name).await;
     peer.unlock().await;
     peer.lock().await;
 
@@ -491,10 +482,7 @@ async fn slow_resync_reads_do_not_stall_other_waiters() {
         held.push(holder.mutex(&name).unwrap().lock().await.unwrap());
         names.push(name);
     }
-    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
-    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
-        .await
-        .unwrap();
+    let (proxy, client) = client_via_proxy(&h).await;
     // A round trip through the proxy takes at least 300 ms: 100 reads in a row, 30 s.
     proxy.delay(Duration::from_millis(150), Duration::from_millis(150));
     let mut waiters = Vec::new();
@@ -524,12 +512,7 @@ async fn slow_resync_reads_do_not_stall_other_waiters() {
 
     let name = unique("stall-other");
     let guard = holder.mutex(&name).unwrap().lock().await.unwrap();
-    let mutex = client.mutex(&name).unwrap();
-    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
-    eventually("waiter queued", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
+    let waiter = queued_waiter(&h, &client, &name).await;
     // By now its watch exists, and the server has long answered the re-created ones
     // (compacted): the release's event reaches the client behind those answers.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -558,10 +541,7 @@ async fn slow_resync_reads_do_not_stall_other_waiters() {
 async fn observe_backs_off_when_its_watch_keeps_being_cancelled() {
     use futures::StreamExt;
     let h = EtcdHarness::new().await;
-    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
-    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
-        .await
-        .unwrap();
+    let (proxy, client) = client_via_proxy(&h).await;
     // Requests reach the server 300 ms late: after each read of the head, two writes and a
     // compaction past them land before the watch that follows the read.
     proxy.delay(Duration::from_millis(300), Duration::ZERO);
@@ -607,16 +587,8 @@ async fn a_go_style_peer_relocking_during_an_outage_is_behind_us() {
     let peer = GoPeer::new(&h, &name).await;
     peer.lock().await;
 
-    let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
-    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
-        .await
-        .unwrap();
-    let mutex = client.mutex(&name).unwrap();
-    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
-    eventually("queued behind the peer", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
+    let (proxy, client) = client_via_proxy(&h).await;
+    let waiter = queued_waiter(&h, &client, &name).await;
     // Its watch is created just after the enqueue's answer arrived.
     tokio::time::sleep(Duration::from_secs(1)).await;
 

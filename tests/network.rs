@@ -215,6 +215,42 @@ async fn a_dead_endpoint_in_the_url_costs_no_errors(h: Arc<dyn Harness>) {
     client.close().await.unwrap();
 }
 
+/// A guarded write into a silent network, with the session still alive: either it was
+/// sent and the caller hears "may or may not have been applied" (`OutcomeUnknown`), or it
+/// was never sent (`Timeout`: ZooKeeper's existence reads before the multi-op time out)
+/// and then it was not applied. Never a plain backend error.
+async fn unanswered_guarded_write_has_unknown_outcome(h: Arc<dyn Harness>) {
+    let proxy = Proxy::start(&h.endpoint()).await;
+    let url = format!("{}&request_timeout=1s", h.url_via(&proxy.endpoint(), 30));
+    let client = Client::connect(&url).await.unwrap();
+    let name = unique("unanswered-write");
+    let key = h.data_key(&name);
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    proxy.cut();
+    let write = soon(
+        "the guarded write",
+        guard.guarded_write(&[WriteOp::put(&key, "x")]),
+    )
+    .await;
+    assert!(!guard.is_lost(), "the session outlives one request timeout");
+    proxy.restore();
+    match write {
+        Err(Error::OutcomeUnknown { .. }) => {}
+        Err(Error::Timeout(_)) => {
+            let observer = h.client().await;
+            assert_eq!(
+                observer.get(&key).await.unwrap(),
+                None,
+                "applied after Timeout"
+            );
+            observer.close().await.unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+    guard.release().await.unwrap();
+    client.close().await.unwrap();
+}
+
 macro_rules! network_tests {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -226,7 +262,8 @@ macro_rules! network_tests {
                 short_partition_loses_nothing,
                 long_partition_is_reported_before_the_server_frees_the_lock,
                 cancel_during_cleanup_leaves_no_entry, first_session_uses_the_request_timeout,
-                a_dead_endpoint_in_the_url_costs_no_errors);
+                a_dead_endpoint_in_the_url_costs_no_errors,
+                unanswered_guarded_write_has_unknown_outcome);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {

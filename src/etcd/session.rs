@@ -243,13 +243,38 @@ async fn keep_alive(
             keeper.keep_alive().await?;
             Ok(responses.message().await?.map(|r| r.ttl()))
         };
+        // A round still unanswered after a moment is hedged with a new stream, which the
+        // balancer may open on another member: a keep-alive that reached a follower just
+        // as the leader died is forwarded to the dead leader and never answered, and a
+        // session must not wait a whole round for it. The first answer wins.
+        let hedge = async {
+            tokio::time::sleep((ttl / 6).min(KEEPALIVE_HEDGE)).await;
+            loop {
+                match client.lease_client().keep_alive(lease).await {
+                    Ok(opened) => return opened,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        };
+        let mut reopened = None;
         // A round that takes longer than TTL/3 counts as failed (a silent partition looks
         // like this); the session is suspended and the stream reopened.
         let limit = deadline.get().remaining().min(ttl / 3);
         let outcome: Option<Result<Option<i64>, etcd_client::Error>> = tokio::select! {
             _ = stop.cancelled() => return,
             outcome = tokio::time::timeout(limit, round) => outcome.ok(),
+            opened = tokio::time::timeout(limit, hedge) => match opened {
+                // Opening the stream performs one keep-alive already.
+                Ok(opened) => {
+                    reopened = Some(opened);
+                    Some(Ok(Some(settings.ttl_secs)))
+                }
+                Err(_) => None,
+            },
         };
+        if reopened.is_some() {
+            stream = reopened;
+        }
         let retry = match outcome {
             Some(Ok(Some(remaining))) if remaining > 0 => {
                 deadline.set(
@@ -304,6 +329,9 @@ async fn keep_alive(
         }
     }
 }
+
+/// How long a keep-alive round waits for its answer before a second stream joins it.
+const KEEPALIVE_HEDGE: Duration = Duration::from_secs(1);
 
 /// The longest pause between two attempts to reopen the keep-alive stream.
 const RETRY_MAX: Duration = Duration::from_millis(250);
