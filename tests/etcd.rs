@@ -359,7 +359,7 @@ async fn compact_now(h: &EtcdHarness) -> i64 {
 async fn wake_through(h: &EtcdHarness, holder: &Client, client: &Client) {
     let name = unique("wake");
     let guard = holder.mutex(&name).unwrap().lock().await.unwrap();
-    let waiter = queued_waiter(&h, &client, &name).await;
+    let waiter = queued_waiter(h, client, &name).await;
     guard.release().await.unwrap();
     let woke = soon("waiter wakes", waiter).await.unwrap();
     woke.release().await.unwrap();
