@@ -37,11 +37,23 @@ pub(crate) struct Entry {
     pub kind: QueueKind,
     /// The value stored with the entry (a candidate's value; empty for locks).
     pub value: Vec<u8>,
-    /// The entry's own last change as this process knows it (etcd mod revision; 0: its
-    /// creation), behind a lock that serialises the holder's writes through the entry. A
-    /// write that changes it exactly once lets a retried write tell whether an earlier,
-    /// unanswered attempt was applied.
-    pub version: Arc<tokio::sync::Mutex<i64>>,
+    /// What the holder last wrote through the entry, behind a lock that serialises the
+    /// holder's writes through it (guarded writes, proclaims).
+    pub written: Arc<tokio::sync::Mutex<Written>>,
+}
+
+/// The own entry as the holder's last write through it left it. A guarded write moves the
+/// entry's version exactly once, which lets a retried write tell whether an earlier,
+/// unanswered attempt was applied; knowing the version saves reading it first.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    /// etcd: the mod revision; ZooKeeper: the data version. 0: as created.
+    pub version: i64,
+    /// The entry's value, if a proclaim changed it since its creation.
+    pub value: Option<Vec<u8>>,
+    /// Whether `version` and `value` are known; false after a write without a definite
+    /// answer, until read back.
+    pub unknown: bool,
 }
 
 impl Entry {
@@ -53,7 +65,7 @@ impl Entry {
             order: 0,
             kind,
             value: value.to_vec(),
-            version: Arc::default(),
+            written: Arc::default(),
         }
     }
 }

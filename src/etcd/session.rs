@@ -559,12 +559,12 @@ impl QueueSession for EtcdSession {
         let txn = Txn::new()
             .when([super::fence_compare(&own.key, own.token)])
             .and_then([put]);
-        let mut seen = own.version.lock().await;
+        let mut written = own.written.lock().await;
         let resp = self.txn(txn, Retry::Idempotent).await?;
         if !resp.succeeded() {
             return Err(self.gone());
         }
-        *seen = resp.header().ok_or_else(malformed)?.revision();
+        written.version = resp.header().ok_or_else(malformed)?.revision();
         Ok(())
     }
 
@@ -648,9 +648,9 @@ impl QueueSession for EtcdSession {
     /// change of the own key by someone else while an answer was lost would be taken for
     /// the write's own (fairlock's and Go's peers never change another's key).
     async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()> {
-        let mut seen = own.version.lock().await;
-        if *seen == 0 {
-            *seen = own.order; // never changed since its creation
+        let mut written = own.written.lock().await;
+        if written.version == 0 {
+            written.version = own.order; // never changed since its creation
         }
         let mut ops: Vec<TxnOp> = ops
             .iter()
@@ -668,7 +668,7 @@ impl QueueSession for EtcdSession {
         // A failed comparison with nothing of ours in flight: someone else touched the key;
         // compare again with what it is now (a few times at most).
         for _ in 0..3 {
-            let expected = *seen;
+            let expected = written.version;
             let txn = Txn::new()
                 .when([
                     super::fence_compare(&own.key, own.token),
@@ -687,7 +687,7 @@ impl QueueSession for EtcdSession {
             .await
             .map_err(|e| self.lease_error(e))?;
             if resp.succeeded() {
-                *seen = resp.header().ok_or_else(malformed)?.revision();
+                written.version = resp.header().ok_or_else(malformed)?.revision();
                 return Ok(());
             }
             let own_now = get_response(resp.op_responses().first())
@@ -697,7 +697,7 @@ impl QueueSession for EtcdSession {
             let Some(revision) = own_now else {
                 return Err(self.gone());
             };
-            *seen = revision;
+            written.version = revision;
             if attempts.swap(0, Ordering::SeqCst) > 1 && revision > expected {
                 return Ok(()); // an earlier attempt applied; its answer was lost
             }

@@ -37,7 +37,7 @@ use crate::clock::BootInstant;
 use crate::error::{within, Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
-use crate::queue::{remove_until_done, session_error, Entry, Predecessor, QueueSession};
+use crate::queue::{remove_until_done, session_error, Entry, Predecessor, QueueSession, Written};
 use crate::state::Suspension;
 
 fn ephemeral_sequential() -> zk::CreateOptions<'static> {
@@ -322,6 +322,7 @@ impl ZkSession {
         &self,
         client: &zk::Client,
         own: &Entry,
+        written: &mut Written,
         ops: &[WriteOp],
         sent: Option<i32>,
     ) -> Result<Attempt> {
@@ -329,24 +330,34 @@ impl ZkSession {
             Some(_) => outcome_unknown(e),
             None => e,
         };
-        // The reads write nothing: they are retried, and end with the session's error once
-        // the session is known lost.
-        let (data, stat) = match self.request(|| client.get_data(&own.key)).await {
-            Ok(found) => found,
-            Err(Error::Backend { source, .. }) if is_no_node(&*source) => {
-                return Err(unknown(self.gone()))
-            }
-            Err(e) => return Err(unknown(e)),
-        };
-        if let Some(version) = sent {
-            if stat.version == version.wrapping_add(1) {
-                return Ok(Attempt::Applied);
-            } else if stat.version != version {
-                return Err(outcome_unknown(
-                    "the own node's version moved by more than one",
-                ));
+        if sent.is_some() || written.unknown {
+            // The reads write nothing: they are retried, and end with the session's error
+            // once the session is known lost.
+            let (data, stat) = match self.request(|| client.get_data(&own.key)).await {
+                Ok(found) => found,
+                Err(Error::Backend { source, .. }) if is_no_node(&*source) => {
+                    return Err(unknown(self.gone()))
+                }
+                Err(e) => return Err(unknown(e)),
+            };
+            *written = Written {
+                version: i64::from(stat.version),
+                value: Some(data),
+                unknown: false,
+            };
+            if let Some(version) = sent {
+                if stat.version == version.wrapping_add(1) {
+                    return Ok(Attempt::Applied);
+                } else if stat.version != version {
+                    return Err(outcome_unknown(
+                        "the own node's version moved by more than one",
+                    ));
+                }
             }
         }
+        // Known from the holder's own writes: no read before the write.
+        let version = written.version as i32;
+        let data = written.value.as_deref().unwrap_or(&own.value);
         // Existence decides between create and set_data, and lets deletes of absent nodes
         // be no-ops; a race with another writer shows up as a failed op: try again.
         let mut exists = Vec::with_capacity(ops.len());
@@ -371,10 +382,10 @@ impl ZkSession {
             exists.push(found);
         }
         let mut writer = client
-            .new_check_writer(&own.key, Some(stat.version))
+            .new_check_writer(&own.key, Some(version))
             .map_err(zk_error)?;
         writer
-            .add_set_data(&own.key, &data, None)
+            .add_set_data(&own.key, data, None)
             .map_err(zk_error)?;
         for (op, exists) in ops.iter().zip(exists) {
             match (op, exists) {
@@ -397,15 +408,21 @@ impl ZkSession {
         let timeout = self.settings.request_timeout;
         let committed = match tokio::time::timeout(timeout, writer.commit()).await {
             Ok(committed) => committed,
-            Err(_) => return Ok(Attempt::Unanswered(stat.version, no_answer(timeout).into())),
+            Err(_) => return Ok(Attempt::Unanswered(version, no_answer(timeout).into())),
         };
         match committed {
-            Ok(_) => Ok(Attempt::Applied),
-            // The own node's version moved (an earlier attempt of ours applied late): read
-            // again.
+            Ok(_) => {
+                written.version = i64::from(version.wrapping_add(1));
+                Ok(Attempt::Applied)
+            }
+            // The own node's version moved (an earlier attempt of ours applied late, or
+            // someone else wrote it): read again.
             Err(zk::CheckWriteError::CheckFailed {
                 source: zk::Error::BadVersion,
-            }) => Ok(Attempt::Again),
+            }) => {
+                written.unknown = true;
+                Ok(Attempt::Again)
+            }
             Err(zk::CheckWriteError::CheckFailed { .. }) => Err(unknown(self.gone())),
             Err(zk::CheckWriteError::OperationFailed {
                 source: zk::Error::NoNode | zk::Error::NodeExists,
@@ -414,7 +431,7 @@ impl ZkSession {
             Err(zk::CheckWriteError::OperationFailed { source, .. })
             | Err(zk::CheckWriteError::RequestFailed { source }) => {
                 if is_unanswered(&source) {
-                    Ok(Attempt::Unanswered(stat.version, source.into()))
+                    Ok(Attempt::Unanswered(version, source.into()))
                 } else {
                     Err(unknown(self.error(source)))
                 }
@@ -803,10 +820,19 @@ impl QueueSession for ZkSession {
         }
         let client = self.client()?;
         // Serialised with the guarded writes, whose read-back must see only their own change.
-        let _serialised = own.version.lock().await;
+        let mut written = own.written.lock().await;
         // Setting the own node's value again is idempotent: connection failures are retried.
+        // A repeat may have moved the version more than once: the next write reads it.
+        written.unknown = true;
         match self.write(|| client.set_data(&own.key, value, None)).await {
-            Ok(_) => Ok(()),
+            Ok(stat) => {
+                *written = Written {
+                    version: i64::from(stat.version),
+                    value: Some(value.to_vec()),
+                    unknown: false,
+                };
+                Ok(())
+            }
             Err(Error::Backend { source, .. }) if is_no_node(&*source) => Err(self.gone()),
             Err(e) => Err(e),
         }
@@ -942,18 +968,20 @@ impl QueueSession for ZkSession {
     /// So after an attempt went unanswered (connection lost, for example when a server
     /// dies), reading the version back tells: one more, it was applied; the same, it was
     /// not (yet), and sending it again is safe.
-    /// The holder's writes through its entry are serialised (`Entry::version` is held
+    /// The holder's writes through its entry are serialised (`Entry::written` is held
     /// throughout, here and by `proclaim`), so no other write of ours moves the version
-    /// meanwhile; nobody else writes another's lock node.
+    /// meanwhile; nobody else writes another's lock node. `Entry::written` also remembers
+    /// the version and value the last write left, so a write needs no read first; only
+    /// after an unanswered or refused attempt is the node read back.
     async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()> {
         let client = self.client()?;
-        let _serialised = own.version.lock().await;
+        let mut written = own.written.lock().await;
         // Set once an attempt went unanswered: its version, the deadline for finding out
         // what became of it, and why it went unanswered.
         let mut unanswered: Option<(i32, Instant, crate::BoxError)> = None;
         for _ in 0..5 {
             let sent = unanswered.as_ref().map(|(version, ..)| *version);
-            let attempt = self.write_attempt(&client, own, ops, sent);
+            let attempt = self.write_attempt(&client, own, &mut written, ops, sent);
             let outcome = match &unanswered {
                 None => attempt.await,
                 Some((_, deadline, _)) => match tokio::time::timeout_at(*deadline, attempt).await {
@@ -965,6 +993,7 @@ impl QueueSession for ZkSession {
                 Attempt::Applied => return Ok(()),
                 Attempt::Again => {}
                 Attempt::Unanswered(version, source) => {
+                    written.unknown = true;
                     let deadline = Instant::now() + self.settings.request_timeout;
                     let deadline = unanswered.as_ref().map_or(deadline, |(_, d, _)| *d);
                     unanswered = Some((version, deadline, source));
