@@ -261,6 +261,9 @@ impl Client {
     /// client across sessions: after `Lost`, the next acquisition's new session shows as
     /// `Connected`. It ends when the client is dropped.
     ///
+    /// # Cancel safety
+    /// Cancel safe: dropping a `next()` loses no state; the stream still holds the latest.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> fairlock::Result<()> {
