@@ -1,6 +1,6 @@
 //! The `fairlock lock` command line: exit codes, environment, signals, lost locks.
-#![cfg(all(feature = "cli", feature = "etcd", feature = "zookeeper"))]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::{Output, Stdio};

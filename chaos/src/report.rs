@@ -35,7 +35,7 @@ pub fn markdown(summaries: &[Summary]) -> String {
          loops acquire (lock, try_lock or lock_timeout) -> read a counter -> work (2-20 ms, one \
          hold in ten 0.3-1.2 s) -> `guarded_write` counter+1 -> release. Worker 0 reaches the \
          cluster through TCP proxies that the partition fault freezes. How each check is decided \
-         is documented in src/bin/fairlock-chaos/check.rs.\n",
+         is documented in chaos/src/check.rs.\n",
         first.workers,
         first.clients,
         humantime::format_duration(ms(first.duration_ms)),
