@@ -1,4 +1,5 @@
-//! The backend-agnostic client: one session, mutexes by name, plain reads and writes.
+//! The backend-agnostic client: one session, mutexes by name, plain reads and writes. The
+//! one place that picks a backend.
 
 use std::fmt;
 use std::sync::Arc;
@@ -6,67 +7,21 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+use crate::backend::{KeySpace, QueueEntry, QueueKind, QueueSession, SessionSource};
 use crate::config::{BackendKind, Config};
 use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::lost::LostSignal;
 use crate::mutex::DistributedMutex;
 use crate::name::validate_name;
-use crate::queue::{QueueElection, QueueMutex, QueueSession, SessionSource};
+use crate::queue::{QueueElection, QueueMutex};
 use crate::state::SessionState;
-
-/// Which queue of a name: a lock's or an election's. On etcd both are the same keys (as in
-/// etcd's own tools); on ZooKeeper, lock nodes (`…lock-<seq>`, kazoo's `…__lock__<seq>`)
-/// and election nodes (`…latch-<seq>`) are told apart by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum QueueKind {
-    /// A [`DistributedMutex`]'s holder and waiters.
-    Lock,
-    /// An [`Election`](crate::Election)'s leader and candidates.
-    Election,
-}
-
-/// One entry of a queue, as [`Client::queue`] lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueEntry {
-    /// The backend key or node path.
-    pub key: String,
-    /// The entry's fencing token (create revision, czxid).
-    pub fencing_token: u64,
-    /// The owning session (etcd lease id, ZooKeeper session id), in hex.
-    pub session: String,
-    /// The value stored with the entry (a candidate's value; empty for locks).
-    pub value: Vec<u8>,
-}
-
-/// The plain key-value side of a backend: data reads and writes, and queue listings.
-#[async_trait]
-pub(crate) trait KeySpace: Send + Sync + 'static {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
-    async fn put(&self, key: &str, value: Vec<u8>) -> Result<()>;
-    /// The first `limit` entries (all if `None`) of the queue `name`, in order.
-    async fn queue(
-        &self,
-        name: &str,
-        kind: QueueKind,
-        limit: Option<usize>,
-    ) -> Result<Vec<QueueEntry>>;
-    /// Sends the head of the queue (first entry, with its value) each time it may have
-    /// changed, starting with the current one, until `tx` is closed. Survives reconnects:
-    /// errors are sent, then the head is read afresh.
-    async fn watch_head(
-        self: Arc<Self>,
-        name: String,
-        kind: QueueKind,
-        tx: tokio::sync::mpsc::Sender<Result<Option<QueueEntry>>>,
-    );
-}
 
 /// What [`Client`] needs from a backend; every backend gets it from its session source and
 /// key space.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
-    fn mutex(&self, name: String) -> Arc<dyn DistributedMutex>;
+    fn mutex(&self, name: String, holder: Arc<[u8]>) -> Arc<dyn DistributedMutex>;
     fn election(&self, name: String) -> Arc<dyn Election>;
     fn session_lost(&self) -> LostSignal;
     fn session_id(&self) -> String;
@@ -84,8 +39,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
 #[async_trait]
 impl<B: SessionSource + KeySpace> Backend for Arc<B> {
-    fn mutex(&self, name: String) -> Arc<dyn DistributedMutex> {
-        Arc::new(QueueMutex::new(self.clone(), name))
+    fn mutex(&self, name: String, holder: Arc<[u8]>) -> Arc<dyn DistributedMutex> {
+        Arc::new(QueueMutex::new(self.clone(), name, holder))
     }
 
     fn election(&self, name: String) -> Arc<dyn Election> {
@@ -167,6 +122,8 @@ impl<B: SessionSource + KeySpace> Backend for Arc<B> {
 pub struct Client {
     backend: Arc<dyn Backend>,
     kind: BackendKind,
+    /// The value of this client's lock entries; see [`Client::with_holder_value`].
+    holder: Arc<[u8]>,
 }
 
 impl Client {
@@ -200,6 +157,7 @@ impl Client {
         Ok(Client {
             backend,
             kind: config.backend,
+            holder: Arc::from(&[][..]),
         })
     }
 
@@ -215,7 +173,32 @@ impl Client {
     /// [`Error::InvalidName`]; see [`validate_name`].
     pub fn mutex(&self, name: &str) -> Result<Arc<dyn DistributedMutex>> {
         validate_name(name)?;
-        Ok(self.backend.mutex(name.to_owned()))
+        Ok(self.backend.mutex(name.to_owned(), self.holder.clone()))
+    }
+
+    /// A client sharing this one's session whose lock entries carry `value`: who holds or
+    /// waits (host, process, user), for [`queue`](Self::queue) listings and `fairlock
+    /// status`. Empty by default. Peers ignore it (etcdctl and Go's Mutex write an empty
+    /// value; Curator writes its client's address as node data, kazoo its identifier), so it
+    /// changes nothing for them. Election candidates carry the value they campaign with.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> fairlock::Result<()> {
+    /// let client = fairlock::Client::connect("memory://holder-doc")
+    ///     .await?
+    ///     .with_holder_value("host-a pid 4242");
+    /// let guard = client.mutex("report")?.lock().await?;
+    /// let queue = client.queue("report", fairlock::QueueKind::Lock).await?;
+    /// assert_eq!(queue[0].value, b"host-a pid 4242");
+    /// guard.release().await
+    /// # }
+    /// ```
+    pub fn with_holder_value(&self, value: impl Into<Vec<u8>>) -> Client {
+        Client {
+            holder: value.into().into(),
+            ..self.clone()
+        }
     }
 
     /// The election named `name`; see [`Election`]. Creating it costs nothing.
@@ -282,8 +265,16 @@ impl Client {
         self.backend.session_states()
     }
 
-    pub(crate) fn backend_any(&self) -> &dyn std::any::Any {
-        self.backend.as_any()
+    /// The id and password of a ZooKeeper client's current session, for tools that must act
+    /// on it from another connection (for example, to expire it in a failover test). `None`
+    /// for clients of other backends.
+    #[cfg(all(feature = "zookeeper", feature = "test-util"))]
+    pub fn zookeeper_session_info(&self) -> Option<zookeeper_client::SessionInfo> {
+        let zk = self
+            .backend
+            .as_any()
+            .downcast_ref::<Arc<crate::zookeeper::ZkClient>>()?;
+        Some(zk.session_info())
     }
 
     /// Ends the session at once: revokes the etcd lease or closes the ZooKeeper session,

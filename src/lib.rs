@@ -46,6 +46,7 @@
 
 #![warn(missing_docs)]
 
+mod backend;
 mod client;
 mod clock;
 mod config;
@@ -66,7 +67,8 @@ pub mod memory;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
 
-pub use client::{Client, QueueEntry, QueueKind};
+pub use backend::{QueueEntry, QueueKind};
+pub use client::Client;
 pub use config::{BackendKind, Config, TlsConfig};
 pub use election::{Election, Leader, Leadership};
 pub use error::{BoxError, Error, Result};
@@ -76,6 +78,7 @@ pub use mutex::{Acquire, DistributedMutex};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use reentrant::ReentrantGuard;
 pub use state::SessionState;
+#[cfg(feature = "test-util")]
 pub use stats::{stats, Stats};
 
 /// Connects to the backend named by `url`; the same as [`Client::connect`].

@@ -10,8 +10,12 @@ static WATCH_CHECKS: AtomicU64 = AtomicU64::new(0);
 static HEAD_READS: AtomicU64 = AtomicU64::new(0);
 
 /// A snapshot of fairlock's counters, summed over every client of this process since it
-/// started. Subtract two snapshots to measure an interval.
+/// started. Subtract two snapshots to measure an interval (saturating: a snapshot taken
+/// before `earlier` gives zeros, never a panic).
+///
+/// Feature `test-util`: for benchmarks and tests, not a stable API.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Guards (and leaderships) handed out.
     pub acquisitions: u64,
@@ -36,17 +40,18 @@ impl std::ops::Sub for Stats {
 
     fn sub(self, earlier: Stats) -> Stats {
         Stats {
-            acquisitions: self.acquisitions - earlier.acquisitions,
-            waits: self.waits - earlier.waits,
-            wakeups: self.wakeups - earlier.wakeups,
-            queue_reads: self.queue_reads - earlier.queue_reads,
-            watch_checks: self.watch_checks - earlier.watch_checks,
-            head_reads: self.head_reads - earlier.head_reads,
+            acquisitions: self.acquisitions.saturating_sub(earlier.acquisitions),
+            waits: self.waits.saturating_sub(earlier.waits),
+            wakeups: self.wakeups.saturating_sub(earlier.wakeups),
+            queue_reads: self.queue_reads.saturating_sub(earlier.queue_reads),
+            watch_checks: self.watch_checks.saturating_sub(earlier.watch_checks),
+            head_reads: self.head_reads.saturating_sub(earlier.head_reads),
         }
     }
 }
 
-/// The counters now.
+/// The counters now. Feature `test-util`.
+#[cfg_attr(not(feature = "test-util"), allow(dead_code))]
 pub fn stats() -> Stats {
     Stats {
         acquisitions: ACQUISITIONS.load(Ordering::Relaxed),
@@ -82,4 +87,19 @@ pub(crate) fn read_queue() {
 #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 pub(crate) fn head_read() {
     HEAD_READS.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtracting_a_later_snapshot_saturates() {
+        let later = Stats {
+            waits: 5,
+            ..Stats::default()
+        };
+        assert_eq!(Stats::default() - later, Stats::default());
+        assert_eq!((later - Stats::default()).waits, 5);
+    }
 }

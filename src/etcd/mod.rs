@@ -30,14 +30,18 @@ use etcd_client::{
     Compare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder, SortTarget, WatchOptions,
 };
 
-use crate::client::{KeySpace, QueueEntry, QueueKind};
+use crate::backend::{KeySpace, QueueEntry, QueueKind};
+use crate::backend::{SessionSlot, SessionSource};
 use crate::config::Config;
 use crate::error::{within, Error, Result};
-use crate::queue::{SessionSlot, SessionSource};
 use crate::state::StateChannel;
 use request::{request, Retry};
 use session::EtcdSession;
 use watch::WatchHub;
+
+/// The etcd client library fairlock uses, for the types its API shares with it
+/// ([`fence_compare`] returns one).
+pub use etcd_client;
 
 /// The key prefix used when the URL names none.
 pub const DEFAULT_PREFIX: &str = "fairlock";
@@ -48,7 +52,7 @@ pub const DEFAULT_PREFIX: &str = "fairlock";
 ///
 /// ```
 /// # fn f(guard: &fairlock::LockGuard) {
-/// use etcd_client::{Txn, TxnOp};
+/// use fairlock::etcd::etcd_client::{Txn, TxnOp};
 /// let txn = Txn::new()
 ///     .when([fairlock::etcd::fence_compare(guard.key(), guard.fencing_token())])
 ///     .and_then([TxnOp::put("shop/stock", "2", None)]);
@@ -107,7 +111,7 @@ impl EtcdClient {
                 .with_user(user.clone(), config.password.clone().unwrap_or_default())
                 .with_auto_token_refresh(true);
         }
-        let unreachable = |source: crate::BoxError| Error::Unreachable {
+        let unreachable = |source: crate::error::BoxError| Error::Unreachable {
             endpoints: config.endpoints.join(","),
             source,
         };

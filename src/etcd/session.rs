@@ -20,12 +20,12 @@ use tokio_util::sync::CancellationToken;
 use super::request::{request, Retry};
 use super::watch::{DeleteWatch, Notify, WatchHub};
 use super::Settings;
-use crate::client::QueueKind;
+use crate::backend::QueueKind;
+use crate::backend::{remove_until_done, session_error, Entry, Predecessor, QueueSession};
 use crate::clock::{BootInstant, Deadline};
 use crate::error::{Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
-use crate::queue::{remove_until_done, session_error, Entry, Predecessor, QueueSession};
 use crate::state::Suspension;
 
 pub(crate) struct EtcdSession {

@@ -18,12 +18,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use crate::client::{KeySpace, QueueEntry, QueueKind};
+use crate::backend::{Entry, Predecessor, QueueSession, SessionSlot, SessionSource};
+use crate::backend::{KeySpace, QueueEntry, QueueKind};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
-use crate::queue::{Entry, Predecessor, QueueSession, SessionSlot, SessionSource};
 use crate::state::StateChannel;
 use store::{Notify, WatchHandle};
 
@@ -138,7 +138,7 @@ impl MemorySession {
 
     fn check_alive(&self) -> Result<()> {
         match self.trigger.signal().reason() {
-            Some(reason) => Err(crate::queue::session_error(reason)),
+            Some(reason) => Err(crate::backend::session_error(reason)),
             None => Ok(()),
         }
     }
@@ -146,7 +146,7 @@ impl MemorySession {
     /// Why `own` is gone: the session ended, or someone deleted it.
     fn gone(&self) -> Error {
         match self.trigger.signal().reason() {
-            Some(reason) => crate::queue::session_error(reason),
+            Some(reason) => crate::backend::session_error(reason),
             None => Error::LockLost(LostReason::Deleted),
         }
     }

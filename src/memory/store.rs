@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::oneshot;
 
-use crate::client::QueueEntry;
+use crate::backend::QueueEntry;
+use crate::backend::{Entry, Predecessor};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
-use crate::queue::{Entry, Predecessor};
 
 struct Kv {
     value: Vec<u8>,

@@ -54,14 +54,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use zookeeper_client as zk;
 
-use crate::client::{KeySpace, QueueEntry, QueueKind};
+use crate::backend::{KeySpace, QueueEntry, QueueKind};
+use crate::backend::{SessionSlot, SessionSource};
 use crate::config::Config;
 use crate::error::{within, Error, Result};
-use crate::queue::{SessionSlot, SessionSource};
 use crate::state::StateChannel;
 use session::{is_no_node, retrying, ZkSession};
 
-pub use zookeeper_client::SessionInfo;
+/// The ZooKeeper client library fairlock uses, for the types its API shares with it.
+pub use zookeeper_client;
 
 /// The base path used when the URL names none.
 pub const DEFAULT_PATH: &str = "/fairlock";
@@ -71,14 +72,6 @@ pub(crate) fn zk_error(e: zk::Error) -> Error {
         backend: "zookeeper",
         source: Box::new(e),
     }
-}
-
-/// The id and password of a ZooKeeper client's current session, for tools that must act on
-/// it from another connection (for example, to expire it in a failover test). `None` for
-/// clients of other backends.
-pub fn session_info(client: &crate::Client) -> Option<SessionInfo> {
-    let zk = client.backend_any().downcast_ref::<Arc<ZkClient>>()?;
-    Some(zk.slot.current().info().clone())
 }
 
 /// What sessions need from the configuration.
@@ -99,6 +92,14 @@ pub(crate) struct ZkClient {
 }
 
 impl ZkClient {
+    /// The id and password of the current session.
+    #[cfg(feature = "test-util")]
+    pub(crate) fn session_info(&self) -> zk::SessionInfo {
+        self.slot.current().info().clone()
+    }
+}
+
+impl ZkClient {
     pub(crate) async fn connect(config: &Config) -> Result<Arc<Self>> {
         let base = config
             .prefix_or(DEFAULT_PATH)
@@ -113,7 +114,7 @@ impl ZkClient {
             safety_margin: config.effective_safety_margin(),
             states: StateChannel::new(),
         });
-        let unreachable = |source: crate::BoxError| Error::Unreachable {
+        let unreachable = |source: crate::error::BoxError| Error::Unreachable {
             endpoints: settings.cluster.clone(),
             source,
         };

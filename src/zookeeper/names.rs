@@ -10,7 +10,7 @@
 //! lock (each costs a create and a delete). Curator and kazoo compare the numbers as text,
 //! which breaks at the wrap: at that moment, mutual exclusion with them is not assured.
 
-use crate::client::QueueKind;
+use crate::backend::QueueKind;
 
 /// The marker Curator's InterProcessMutex puts before the sequence number.
 const CURATOR_LOCK: &str = "lock-";

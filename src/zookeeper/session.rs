@@ -32,12 +32,12 @@ use zookeeper_client as zk;
 
 use super::names;
 use super::{zk_error, Settings};
-use crate::client::QueueKind;
+use crate::backend::QueueKind;
+use crate::backend::{remove_until_done, session_error, Entry, Predecessor, QueueSession, Written};
 use crate::clock::BootInstant;
 use crate::error::{within, Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
-use crate::queue::{remove_until_done, session_error, Entry, Predecessor, QueueSession, Written};
 use crate::state::Suspension;
 
 fn ephemeral_sequential() -> zk::CreateOptions<'static> {
@@ -490,7 +490,7 @@ enum Attempt {
     /// Definitely not applied, for a reason that another attempt may not meet.
     Again,
     /// Sent against this version of the own node; no answer.
-    Unanswered(i32, crate::BoxError),
+    Unanswered(i32, crate::error::BoxError),
 }
 
 type Listed = std::result::Result<Arc<Vec<String>>, Arc<Error>>;
@@ -602,7 +602,7 @@ pub(super) fn is_unanswered(e: &zk::Error) -> bool {
 }
 
 /// A write sent without a definite answer.
-pub(super) fn outcome_unknown(source: impl Into<crate::BoxError>) -> Error {
+pub(super) fn outcome_unknown(source: impl Into<crate::error::BoxError>) -> Error {
     Error::OutcomeUnknown {
         backend: "zookeeper",
         source: source.into(),
@@ -978,7 +978,7 @@ impl QueueSession for ZkSession {
         let mut written = own.written.lock().await;
         // Set once an attempt went unanswered: its version, the deadline for finding out
         // what became of it, and why it went unanswered.
-        let mut unanswered: Option<(i32, Instant, crate::BoxError)> = None;
+        let mut unanswered: Option<(i32, Instant, crate::error::BoxError)> = None;
         for _ in 0..5 {
             let sent = unanswered.as_ref().map(|(version, ..)| *version);
             let attempt = self.write_attempt(&client, own, &mut written, ops, sent);

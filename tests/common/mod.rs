@@ -279,7 +279,7 @@ impl Harness for ZkHarness {
         // A second connection to the same session closes it: for the first, an expiry. The
         // first connection, kicked off by the second, may reconnect and take the session
         // back before the close goes through; then close again.
-        let info = fairlock::zookeeper::session_info(client).expect("a zookeeper client");
+        let info = client.zookeeper_session_info().expect("a zookeeper client");
         for _ in 0..10 {
             let connected = zookeeper_client::Client::connector()
                 .with_session(info.clone())

@@ -1,0 +1,218 @@
+//! The contract between the backends and the rest of the library: what a backend
+//! implements ([`QueueSession`] for one session's queue operations, [`SessionSource`] for a
+//! client that opens sessions, [`KeySpace`] for plain data and queue listings) and the entry
+//! types they share. Backends depend on this module, the queue algorithm and the public
+//! contract only; [`crate::client`] is the one place that picks a backend.
+
+mod slot;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::guard::WriteOp;
+use crate::lost::{LossTrigger, LostReason};
+
+pub(crate) use slot::{SessionSlot, SessionSource};
+
+/// Which queue of a name: a lock's or an election's. On etcd both are the same keys (as in
+/// etcd's own tools); on ZooKeeper, lock nodes (`…lock-<seq>`, kazoo's `…__lock__<seq>`)
+/// and election nodes (`…latch-<seq>`) are told apart by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QueueKind {
+    /// A [`DistributedMutex`]'s holder and waiters.
+    Lock,
+    /// An [`Election`](crate::Election)'s leader and candidates.
+    Election,
+}
+
+/// One entry of a queue, as [`Client::queue`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// The backend key or node path.
+    pub key: String,
+    /// The entry's fencing token (create revision, czxid).
+    pub fencing_token: u64,
+    /// The owning session (etcd lease id, ZooKeeper session id), in hex.
+    pub session: String,
+    /// The value stored with the entry (a candidate's value; empty for locks).
+    pub value: Vec<u8>,
+}
+
+/// The plain key-value side of a backend: data reads and writes, and queue listings.
+#[async_trait]
+pub(crate) trait KeySpace: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<()>;
+    /// The first `limit` entries (all if `None`) of the queue `name`, in order.
+    async fn queue(
+        &self,
+        name: &str,
+        kind: QueueKind,
+        limit: Option<usize>,
+    ) -> Result<Vec<QueueEntry>>;
+    /// Sends the head of the queue (first entry, with its value) each time it may have
+    /// changed, starting with the current one, until `tx` is closed. Survives reconnects:
+    /// errors are sent, then the head is read afresh.
+    async fn watch_head(
+        self: Arc<Self>,
+        name: String,
+        kind: QueueKind,
+        tx: tokio::sync::mpsc::Sender<Result<Option<QueueEntry>>>,
+    );
+}
+
+/// One queue entry. Before the backend confirmed it, `order` is 0 and `key` may be
+/// provisional (whatever the backend needs to find and remove it).
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    /// The backend key or node path.
+    pub key: String,
+    /// The fencing token.
+    pub token: u64,
+    /// The position in the queue (etcd create revision, ZooKeeper sequence number).
+    pub order: i64,
+    /// A lock's or an election's entry.
+    pub kind: QueueKind,
+    /// The value stored with the entry (a candidate's value; empty for locks).
+    pub value: Vec<u8>,
+    /// What the holder last wrote through the entry, behind a lock that serialises the
+    /// holder's writes through it (guarded writes, proclaims).
+    pub written: Arc<tokio::sync::Mutex<Written>>,
+}
+
+/// The own entry as the holder's last write through it left it. A guarded write moves the
+/// entry's version exactly once, which lets a retried write tell whether an earlier,
+/// unanswered attempt was applied; knowing the version saves reading it first.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    /// etcd: the mod revision; ZooKeeper: the data version. 0: as created.
+    pub version: i64,
+    /// The entry's value, if a proclaim changed it since its creation.
+    pub value: Option<Vec<u8>>,
+    /// Whether `version` and `value` are known; false after a write without a definite
+    /// answer, until read back.
+    pub unknown: bool,
+}
+
+impl Entry {
+    /// A provisional entry, before the backend confirmed it.
+    pub(crate) fn new(key: String, kind: QueueKind, value: &[u8]) -> Self {
+        Entry {
+            key,
+            token: 0,
+            order: 0,
+            kind,
+            value: value.to_vec(),
+            written: Arc::default(),
+        }
+    }
+}
+
+/// The entry directly ahead of a waiter, as seen at `revision`.
+#[derive(Clone, Debug)]
+pub(crate) struct Predecessor {
+    pub key: String,
+    pub revision: i64,
+    /// Which entry of that key it is (etcd: its create revision; 0 where a key is never
+    /// reused, as on ZooKeeper). Go's Mutex and `etcdctl lock` reuse the key
+    /// `NAME/<lease hex>` on every Lock: a key of that name with another create revision is
+    /// a *new* entry, behind the waiter, and the one ahead is gone.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub created: i64,
+}
+
+/// What a backend provides for one session. Every method must be bounded in time (the
+/// request timeout) and must clean up after itself when its future is dropped.
+#[async_trait]
+pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
+    /// Keeps the guard's own entry watched for deletion while it lives.
+    type OwnWatch: Send + Sync + 'static;
+
+    /// The session's loss trigger; guards hang their own triggers below it.
+    fn trigger(&self) -> &LossTrigger;
+
+    /// A provisional entry in the queue `name` of `kind`, before anything is written.
+    fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry;
+
+    /// Creates the entry only if the queue of `name` is empty.
+    async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool>;
+
+    /// Appends the entry to the queue of `name`; returns the predecessor, if any.
+    async fn enqueue(&self, name: &str, entry: &mut Entry) -> Result<Option<Predecessor>>;
+
+    /// The entry directly ahead of `own`, re-read. Fails if `own` no longer exists.
+    async fn predecessor(&self, name: &str, own: &Entry) -> Result<Option<Predecessor>>;
+
+    /// Completes once `pred` is deleted.
+    async fn deleted(&self, pred: &Predecessor) -> Result<()>;
+
+    /// A last check before `own`, now at the head, is reported held (ZooKeeper elections:
+    /// the head node must belong to this session).
+    async fn confirm_head(&self, own: &Entry) -> Result<()> {
+        let _ = own;
+        Ok(())
+    }
+
+    /// Replaces the value of `own`, only while it exists; [`Error::LockLost`] otherwise.
+    async fn proclaim(&self, own: &Entry, value: &[u8]) -> Result<()>;
+
+    /// Deletes the own entry if it is still the same one; `Ok(false)` if it was gone.
+    async fn remove(&self, own: &Entry) -> Result<bool>;
+
+    /// Deletes the own entry in the background, retrying until done or the session ends.
+    /// Never blocks, never panics.
+    fn remove_in_background(self: &Arc<Self>, own: Entry);
+
+    /// Fires `trigger` with [`LostReason::Deleted`] when `own` is deleted.
+    fn watch_own(&self, own: &Entry, trigger: LossTrigger) -> Self::OwnWatch;
+
+    /// Applies `ops` only while `own` exists; [`Error::LockLost`] otherwise.
+    async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()>;
+
+    /// The session id as users see it (hex).
+    fn id(&self) -> String;
+
+    /// Whether the backend has not confirmed the session lately.
+    fn is_suspended(&self) -> bool {
+        false
+    }
+
+    /// Ends the session now; its entries go with it.
+    async fn close(&self) -> Result<()>;
+
+    /// Stops keeping the session alive without ending it, as a crash would.
+    fn abandon(&self);
+}
+
+/// Retries removing `own` until done, or until the session ends (its entries then go with
+/// the session). The body of every backend's `remove_in_background`.
+pub(crate) async fn remove_until_done<S: QueueSession>(session: Arc<S>, own: Entry) {
+    use backon::{ExponentialBuilder, Retryable};
+
+    let lost = session.trigger().signal();
+    let attempt = || async { session.remove(&own).await };
+    let retries = attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(std::time::Duration::from_millis(100))
+                .with_max_delay(std::time::Duration::from_secs(2))
+                .without_max_times(),
+        )
+        .when(|e: &Error| e.is_transient());
+    tokio::select! {
+        result = retries => if let Err(e) = result {
+            tracing::warn!("could not remove queue entry {}: {e}", own.key);
+        },
+        _ = lost => {}
+    }
+}
+
+/// Maps the end of a session to the error a waiter reports.
+pub(crate) fn session_error(reason: LostReason) -> Error {
+    match reason {
+        LostReason::SessionClosed => Error::Closed,
+        _ => Error::SessionExpired,
+    }
+}
