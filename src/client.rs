@@ -34,6 +34,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn session_state(&self) -> SessionState;
     fn session_states(&self) -> BoxStream<'static, SessionState>;
     /// For backend-specific helpers that downcast.
+    #[cfg(all(feature = "zookeeper", feature = "test-util"))]
     fn as_any(&self) -> &dyn std::any::Any;
 }
 
@@ -92,6 +93,7 @@ impl<B: SessionSource + KeySpace> Backend for Arc<B> {
         KeySpace::queue(&**self, name, kind, None).await
     }
 
+    #[cfg(all(feature = "zookeeper", feature = "test-util"))]
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }

@@ -15,6 +15,7 @@ pub(crate) struct BootInstant(Duration);
 
 impl BootInstant {
     /// Now.
+    #[cfg(any(feature = "etcd", feature = "zookeeper", test))]
     pub(crate) fn now() -> Self {
         BootInstant(since_origin())
     }
@@ -28,10 +29,12 @@ impl BootInstant {
         self.remaining().is_zero()
     }
 
+    #[cfg(any(feature = "etcd", feature = "zookeeper", test))]
     pub(crate) fn add(self, d: Duration) -> Self {
         BootInstant(self.0 + d)
     }
 
+    #[cfg(any(feature = "etcd", test))]
     pub(crate) fn sub(self, d: Duration) -> Self {
         BootInstant(self.0.saturating_sub(d))
     }
@@ -64,6 +67,7 @@ fn monotonic() -> Duration {
 pub(crate) struct Deadline(AtomicU64);
 
 impl Deadline {
+    #[cfg(any(feature = "etcd", test))]
     pub(crate) fn new(at: BootInstant) -> Self {
         Deadline(AtomicU64::new(at.0.as_nanos() as u64))
     }
@@ -72,6 +76,7 @@ impl Deadline {
         BootInstant(Duration::from_nanos(self.0.load(Ordering::SeqCst)))
     }
 
+    #[cfg(any(feature = "etcd", test))]
     pub(crate) fn set(&self, at: BootInstant) {
         self.0.store(at.0.as_nanos() as u64, Ordering::SeqCst);
     }

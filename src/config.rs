@@ -302,6 +302,7 @@ impl Config {
     }
 
     /// The prefix, or `default` when none was configured.
+    #[cfg(any(feature = "etcd", feature = "zookeeper", test))]
     pub(crate) fn prefix_or<'a>(&'a self, default: &'a str) -> &'a str {
         if self.prefix.is_empty() {
             default

@@ -102,6 +102,7 @@ impl Error {
 }
 
 /// Runs `fut` with the request timeout, mapping expiry to [`Error::Timeout`].
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) async fn within<T>(
     timeout: Duration,
     fut: impl std::future::Future<Output = Result<T>>,

@@ -92,6 +92,7 @@ impl LossTrigger {
 
     /// A trigger that also counts as fired ([`LostReason::SessionExpired`]) once `deadline`
     /// has passed, as soon as anyone asks.
+    #[cfg(any(feature = "etcd", test))]
     pub(crate) fn with_deadline(deadline: Arc<Deadline>) -> Self {
         LossTrigger(Arc::new(Inner {
             token: CancellationToken::new(),

@@ -1,7 +1,9 @@
 //! The session state stream: what Curator's ConnectionStateListener tells, for every
 //! backend.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
@@ -78,11 +80,13 @@ impl StateChannel {
 }
 
 /// One session's suspended flag, reporting its changes to the client's channel.
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) struct Suspension {
     suspended: AtomicBool,
     states: Arc<StateChannel>,
 }
 
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
 impl Suspension {
     pub(crate) fn new(states: &Arc<StateChannel>) -> Arc<Self> {
         Arc::new(Suspension {

@@ -74,11 +74,13 @@ pub(crate) struct Entry {
     /// The position in the queue (etcd create revision, ZooKeeper sequence number).
     pub order: i64,
     /// A lock's or an election's entry.
+    #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
     pub kind: QueueKind,
     /// The value stored with the entry (a candidate's value; empty for locks).
     pub value: Vec<u8>,
     /// What the holder last wrote through the entry, behind a lock that serialises the
     /// holder's writes through it (guarded writes, proclaims).
+    #[cfg_attr(not(any(feature = "etcd", feature = "zookeeper")), allow(dead_code))]
     pub written: Arc<tokio::sync::Mutex<Written>>,
 }
 
@@ -88,11 +90,14 @@ pub(crate) struct Entry {
 #[derive(Debug, Default)]
 pub(crate) struct Written {
     /// etcd: the mod revision; ZooKeeper: the data version. 0: as created.
+    #[cfg_attr(not(any(feature = "etcd", feature = "zookeeper")), allow(dead_code))]
     pub version: i64,
     /// The entry's value, if a proclaim changed it since its creation.
+    #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
     pub value: Option<Vec<u8>>,
     /// Whether `version` and `value` are known; false after a write without a definite
     /// answer, until read back.
+    #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
     pub unknown: bool,
 }
 
@@ -188,6 +193,7 @@ pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
 
 /// Retries removing `own` until done, or until the session ends (its entries then go with
 /// the session). The body of every backend's `remove_in_background`.
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) async fn remove_until_done<S: QueueSession>(session: Arc<S>, own: Entry) {
     use backon::{ExponentialBuilder, Retryable};
 

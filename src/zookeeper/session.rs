@@ -114,6 +114,7 @@ impl ZkSession {
         Ok(session)
     }
 
+    #[cfg(feature = "test-util")]
     pub(super) fn info(&self) -> &zk::SessionInfo {
         &self.info
     }
