@@ -685,5 +685,7 @@ macro_rules! conformance {
 }
 
 conformance!(memory, common::MemoryHarness::new());
+#[cfg(feature = "etcd")]
 conformance!(etcd, common::EtcdHarness::new().await);
+#[cfg(feature = "zookeeper")]
 conformance!(zookeeper, common::ZkHarness::new().await);

@@ -61,5 +61,7 @@ macro_rules! drop_tests {
 }
 
 drop_tests!(memory, common::MemoryHarness::new());
+#[cfg(feature = "etcd")]
 drop_tests!(etcd, common::EtcdHarness::new().await);
+#[cfg(feature = "zookeeper")]
 drop_tests!(zookeeper, common::ZkHarness::new().await);

@@ -2,6 +2,7 @@
 //! silent endpoints, server-side limits, and partitions played with a silent TCP proxy: a
 //! short one loses nothing (the session is only suspended); a long one makes `lost()`
 //! complete, and no later than the server frees the lock for someone else.
+#![cfg(any(feature = "etcd", feature = "zookeeper"))]
 
 mod common;
 
@@ -276,5 +277,7 @@ macro_rules! network_tests {
     };
 }
 
+#[cfg(feature = "etcd")]
 network_tests!(etcd, common::EtcdHarness::new().await);
+#[cfg(feature = "zookeeper")]
 network_tests!(zookeeper, common::ZkHarness::new().await);

@@ -1,4 +1,5 @@
 //! The `fairlock lock` command line: exit codes, environment, signals, lost locks.
+#![cfg(any(feature = "etcd", feature = "zookeeper"))]
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -788,5 +789,7 @@ macro_rules! cli_tests {
     };
 }
 
+#[cfg(feature = "etcd")]
 cli_tests!(etcd, common::EtcdHarness::new().await);
+#[cfg(feature = "zookeeper")]
 cli_tests!(zookeeper, common::ZkHarness::new().await);

@@ -14,6 +14,7 @@ use fairlock::Client;
 /// Generous upper bound for anything that should happen "soon" on a slow shared machine.
 pub const SOON: Duration = Duration::from_secs(20);
 
+#[cfg(feature = "etcd")]
 pub fn etcd_endpoint() -> String {
     std::env::var("FAIRLOCK_TEST_ETCD").unwrap_or_else(|_| "127.0.0.1:2379".into())
 }
@@ -138,11 +139,13 @@ impl Harness for MemoryHarness {
     }
 }
 
+#[cfg(feature = "etcd")]
 pub struct EtcdHarness {
     prefix: String,
     raw: etcd_client::Client,
 }
 
+#[cfg(feature = "etcd")]
 impl EtcdHarness {
     pub async fn new() -> Self {
         let raw = etcd_client::Client::connect([format!("http://{}", etcd_endpoint())], None)
@@ -163,6 +166,7 @@ impl EtcdHarness {
     }
 }
 
+#[cfg(feature = "etcd")]
 #[async_trait]
 impl Harness for EtcdHarness {
     fn url(&self, ttl_secs: u64) -> String {
@@ -217,15 +221,18 @@ impl Harness for EtcdHarness {
     }
 }
 
+#[cfg(feature = "zookeeper")]
 pub fn zk_endpoint() -> String {
     std::env::var("FAIRLOCK_TEST_ZK").unwrap_or_else(|_| "127.0.0.1:2181".into())
 }
 
+#[cfg(feature = "zookeeper")]
 pub struct ZkHarness {
     base: String,
     raw: zookeeper_client::Client,
 }
 
+#[cfg(feature = "zookeeper")]
 impl ZkHarness {
     pub async fn new() -> Self {
         let raw = zookeeper_client::Client::connect(&zk_endpoint())
@@ -246,6 +253,7 @@ impl ZkHarness {
     }
 }
 
+#[cfg(feature = "zookeeper")]
 #[async_trait]
 impl Harness for ZkHarness {
     fn url(&self, ttl_secs: u64) -> String {
