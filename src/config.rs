@@ -324,7 +324,7 @@ fn check_endpoint(endpoint: &str) -> Result<()> {
     let bad = |why: &str| Error::config(format!("bad endpoint {endpoint:?}: {why}"));
     // `url` knows host syntax (names, IPv4, [IPv6]); reuse it through an http URL.
     let parsed = url::Url::parse(&format!("http://{endpoint}")).map_err(|e| bad(&e.to_string()))?;
-    if parsed.host_str().map_or(true, str::is_empty) {
+    if parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad("no host"));
     }
     if parsed.port().is_none() && !endpoint.ends_with(":80") {

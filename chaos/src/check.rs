@@ -320,7 +320,7 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
                 ));
             }
         }
-        if latest.map_or(true, |(e, _)| *end > e) {
+        if latest.is_none_or(|(e, _)| *end > e) {
             latest = Some((*end, h));
         }
     }
@@ -551,8 +551,8 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
                     h.w == w
                         && h.g == g
                         && h.acquired <= p.t_fault
-                        && h.release_sent.map_or(true, |t| t > p.t_fault)
-                        && h.lost.as_ref().map_or(true, |(t, _)| *t > p.t_fault)
+                        && h.release_sent.is_none_or(|t| t > p.t_fault)
+                        && h.lost.as_ref().is_none_or(|(t, _)| *t > p.t_fault)
                 })
                 .max_by_key(|h| h.acquired);
             st.held_at_fault = Some(held.is_some());
@@ -562,7 +562,7 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
                 // started its release by then (one already sent ends the section).
                 st.in_section_at_next = Some(
                     h.release_sent
-                        .map_or(true, |sent| next.map_or(true, |next| sent > next)),
+                        .is_none_or(|sent| next.is_none_or(|next| sent > next)),
                 );
             }
             if let Some((lost_t, _)) = held.and_then(|h| h.lost.as_ref()) {

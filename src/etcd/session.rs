@@ -531,10 +531,10 @@ impl QueueSession for EtcdSession {
         let revision = resp.header().ok_or_else(malformed)?.revision();
         let ops = resp.op_responses();
         let own_kv = get_response(ops.first()).ok_or_else(malformed)?;
-        if !own_kv
+        if own_kv
             .kvs()
             .first()
-            .is_some_and(|kv| kv.create_revision() == own.order)
+            .is_none_or(|kv| kv.create_revision() != own.order)
         {
             return Err(self.gone());
         }
