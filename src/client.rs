@@ -271,6 +271,7 @@ impl Client {
     /// on it from another connection (for example, to expire it in a failover test). `None`
     /// for clients of other backends.
     #[cfg(all(feature = "zookeeper", feature = "test-util"))]
+    #[cfg_attr(docsrs, doc(cfg(all(feature = "zookeeper", feature = "test-util"))))]
     pub fn zookeeper_session_info(&self) -> Option<zookeeper_client::SessionInfo> {
         let zk = self
             .backend

@@ -45,6 +45,8 @@
 //! - [`memory`]: in-process, same semantics, for unit tests.
 
 #![warn(missing_docs)]
+// docs.rs (nightly) badges feature-gated items with the feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod client;
@@ -62,9 +64,11 @@ mod state;
 mod stats;
 
 #[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub mod etcd;
 pub mod memory;
 #[cfg(feature = "zookeeper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub mod zookeeper;
 
 pub use backend::{QueueEntry, QueueKind};
@@ -79,6 +83,7 @@ pub use name::{validate_name, MAX_NAME_LEN};
 pub use reentrant::ReentrantGuard;
 pub use state::SessionState;
 #[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub use stats::{stats, Stats};
 
 /// Connects to the backend named by `url`; the same as [`Client::connect`].
