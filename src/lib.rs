@@ -93,3 +93,8 @@ pub use stats::{stats, Stats};
 pub async fn connect(url: &str) -> Result<Client> {
     Client::connect(url).await
 }
+
+/// The README's Rust blocks, run as doctests (the first needs the etcd of the test suite).
+#[cfg(all(doctest, feature = "etcd"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
