@@ -11,6 +11,7 @@ use crate::backend::{KeySpace, QueueEntry, QueueKind, QueueSession, SessionSourc
 use crate::config::{BackendKind, Config};
 use crate::election::Election;
 use crate::error::{Error, Result};
+use crate::key::KeyMap;
 use crate::lost::LostSignal;
 use crate::mutex::DistributedMutex;
 use crate::name::validate_name;
@@ -21,8 +22,13 @@ use crate::state::SessionState;
 /// key space.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
-    fn mutex(&self, name: String, holder: Arc<[u8]>) -> Arc<dyn DistributedMutex>;
-    fn election(&self, name: String) -> Arc<dyn Election>;
+    fn mutex(
+        &self,
+        name: String,
+        holder: Arc<[u8]>,
+        keys: Arc<KeyMap>,
+    ) -> Arc<dyn DistributedMutex>;
+    fn election(&self, name: String, keys: Arc<KeyMap>) -> Arc<dyn Election>;
     fn session_lost(&self) -> LostSignal;
     fn session_id(&self) -> String;
     async fn close(&self) -> Result<()>;
@@ -39,12 +45,17 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
 #[async_trait]
 impl<B: SessionSource + KeySpace> Backend for Arc<B> {
-    fn mutex(&self, name: String, holder: Arc<[u8]>) -> Arc<dyn DistributedMutex> {
-        Arc::new(QueueMutex::new(self.clone(), name, holder))
+    fn mutex(
+        &self,
+        name: String,
+        holder: Arc<[u8]>,
+        keys: Arc<KeyMap>,
+    ) -> Arc<dyn DistributedMutex> {
+        Arc::new(QueueMutex::new(self.clone(), name, holder, keys))
     }
 
-    fn election(&self, name: String) -> Arc<dyn Election> {
-        Arc::new(QueueElection::new(self.clone(), name))
+    fn election(&self, name: String, keys: Arc<KeyMap>) -> Arc<dyn Election> {
+        Arc::new(QueueElection::new(self.clone(), name, keys))
     }
 
     fn session_lost(&self) -> LostSignal {
@@ -124,6 +135,8 @@ pub struct Client {
     kind: BackendKind,
     /// The value of this client's lock entries; see [`Client::with_holder_value`].
     holder: Arc<[u8]>,
+    /// Maps data keys onto the backend's keys.
+    keys: Arc<KeyMap>,
 }
 
 impl Client {
@@ -158,6 +171,7 @@ impl Client {
             backend,
             kind: config.backend,
             holder: Arc::from(&[][..]),
+            keys: Arc::new(KeyMap::new(config)),
         })
     }
 
@@ -173,7 +187,8 @@ impl Client {
     /// [`Error::InvalidName`]; see [`validate_name`].
     pub fn mutex(&self, name: &str) -> Result<Arc<dyn DistributedMutex>> {
         validate_name(name)?;
-        Ok(self.backend.mutex(name.to_owned(), self.holder.clone()))
+        let (holder, keys) = (self.holder.clone(), self.keys.clone());
+        Ok(self.backend.mutex(name.to_owned(), holder, keys))
     }
 
     /// A client sharing this one's session whose lock entries carry `value`: who holds or
@@ -207,7 +222,7 @@ impl Client {
     /// [`Error::InvalidName`]; see [`validate_name`].
     pub fn election(&self, name: &str) -> Result<Arc<dyn Election>> {
         validate_name(name)?;
-        Ok(self.backend.election(name.to_owned()))
+        Ok(self.backend.election(name.to_owned(), self.keys.clone()))
     }
 
     /// A signal that completes when the current session is lost (expired, revoked, or
@@ -296,23 +311,31 @@ impl Client {
         self.backend.abandon()
     }
 
-    /// Reads `key` from the backend's key space (etcd key, ZooKeeper node data, memory
-    /// store key), outside any lock. Pair it with
+    /// Reads the data key `key` outside any lock; `None` if it has no value. Pair it with
     /// [`LockGuard::guarded_write`](crate::LockGuard::guarded_write).
     ///
-    /// # Errors
-    /// [`Error::Timeout`], [`Error::Backend`].
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.backend.get(key).await
-    }
-
-    /// Writes `key` unconditionally (no lock, no fencing). For set-up and for comparisons
-    /// with guarded writes.
+    /// Data keys are backend-neutral (see [`validate_key`](crate::validate_key)): `shop/stock`
+    /// is the etcd key `shop/stock`, the ZooKeeper node `/shop/stock` and the memory store's
+    /// `shop/stock`, so a program reads the same data whichever backend its URL names.
     ///
     /// # Errors
-    /// [`Error::Timeout`], [`Error::Backend`].
+    /// - [`Error::InvalidKey`]: a malformed key, or one inside this client's lock prefix
+    ///   (`PREFIX` and below on etcd, `/PATH` and below on ZooKeeper, `fairlock` and below
+    ///   in a memory store), where the lock queues live.
+    /// - [`Error::Timeout`], [`Error::Backend`].
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.keys.path(key)?;
+        self.backend.get(&key).await
+    }
+
+    /// Writes the data key `key` unconditionally (no lock, no fencing), creating it (and on
+    /// ZooKeeper its parents) if needed. For set-up and for comparisons with guarded writes.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get); and [`Error::OutcomeUnknown`] when the write went unanswered.
     pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<()> {
-        self.backend.put(key, value.into()).await
+        let key = self.keys.path(key)?;
+        self.backend.put(&key, value.into()).await
     }
 
     /// The queue `name` of `kind`: the holder (or leader) first, then the waiters (or

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 /// Which backend a [`Config`] selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum BackendKind {
     /// etcd v3 (`etcd://`).
     Etcd,
@@ -46,6 +47,7 @@ impl fmt::Display for BackendKind {
 /// refused with [`Error::InvalidConfig`] rather than silently connecting in plain text.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct TlsConfig {
     /// PEM file of the CA that signed the servers' certificates.
     pub ca_file: Option<String>,
@@ -82,56 +84,73 @@ pub struct TlsConfig {
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 ///
+/// In code, from the builder methods (the struct is `#[non_exhaustive]`: fields may be
+/// added, so build it with [`Config::new`] and the `with_` methods, or parse it):
+/// ```
+/// use std::time::Duration;
+/// use fairlock::{BackendKind, Config};
+///
+/// let config = Config::new(BackendKind::Etcd)
+///     .with_endpoints(["10.0.0.1:2379", "10.0.0.2:2379"])
+///     .with_prefix("shop")
+///     .with_ttl(Duration::from_secs(15));
+/// assert_eq!(config, "etcd://10.0.0.1:2379,10.0.0.2:2379/shop?ttl=15s".parse()?);
+/// # Ok::<(), fairlock::Error>(())
+/// ```
+///
 /// URL forms:
 /// - `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]` — lock NAME uses keys under `PREFIX/NAME/`
-///   (default PREFIX `fairlock`), the layout of `etcdctl lock PREFIX/NAME`.
+///   (default PREFIX `fairlock`), the layout of `etcdctl lock PREFIX/NAME`. The prefix is
+///   the URL's path without the `/` that ends the hosts: `etcd://h:2379/shop` is the
+///   prefix `shop`, `etcd://h:2379//shop` the prefix `/shop` (Go programs often use
+///   such keys).
 /// - `zk://HOST:PORT[,HOST:PORT…][/PATH]` — lock NAME uses znodes under `/PATH/NAME`
 ///   (default PATH `/fairlock`).
 /// - `memory://[STORE]` — an in-process store; clients with the same STORE name share it.
+///
+/// The `prefix` field holds the same thing in every form, normalised: no trailing `/`;
+/// on ZooKeeper an absolute path (`"locks"` and `"/locks"` both become `"/locks"`). A
+/// config read from a URL or a file, written back with [`to_url`](Config::to_url) or
+/// serde, reads back equal (credentials aside: `to_url` leaves them out).
 ///
 /// Query options: `ttl` (session TTL; `session_timeout` is an alias for ZooKeeper users),
 /// `connect_timeout`, `request_timeout`, `safety_margin` (see the field). Values are
 /// seconds (`10`) or durations (`10s`, `1500ms`). `user:password@` before the hosts sets credentials (etcd only).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ConfigFields")]
+#[non_exhaustive]
 pub struct Config {
     /// The backend.
     pub backend: BackendKind,
     /// `host:port` of each server (empty for `memory`).
-    #[serde(default)]
     pub endpoints: Vec<String>,
     /// etcd key prefix, ZooKeeper base path, or the memory store's name. Empty means the
-    /// backend's default.
-    #[serde(default)]
+    /// backend's default. Normalised as the type's documentation says.
     pub prefix: String,
     /// Session time-to-live: how long after a crash (or partition) the backend frees the
     /// session's locks. etcd rounds it up to whole seconds.
-    #[serde(default = "Config::default_ttl", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub ttl: Duration,
     /// How long to wait for the first server answer before [`Error::Unreachable`].
-    #[serde(default = "Config::default_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Upper bound on each request to the backend, cleanup included.
-    #[serde(default = "Config::default_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// How long before the earliest moment the server can free a lock (the session's
     /// expiry, counted from the last confirmation) a holder cut off from the server is told
     /// it lost it. Covers clock drift and scheduling delays between the holder's deadline
     /// and the server's. `None`: a tenth of the TTL.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub safety_margin: Option<Duration>,
     /// User name for authentication (etcd).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// Password for authentication (etcd).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
     /// Reserved for TLS; see [`TlsConfig`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
 }
 
@@ -163,6 +182,58 @@ impl Config {
             password: None,
             tls: None,
         }
+    }
+
+    /// Sets the servers, each `host:port`.
+    pub fn with_endpoints<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.endpoints = endpoints.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the prefix (etcd key prefix, ZooKeeper base path, memory store name),
+    /// normalised as the type's documentation says.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = normalize_prefix(self.backend, &prefix.into());
+        self
+    }
+
+    /// Sets the session TTL.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the request timeout.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the safety margin; see the field.
+    pub fn with_safety_margin(mut self, margin: Duration) -> Self {
+        self.safety_margin = Some(margin);
+        self
+    }
+
+    /// Sets the user name and password (etcd authentication).
+    pub fn with_credentials(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.username = Some(user.into());
+        self.password = Some(password.into());
+        self
     }
 
     /// Parses a backend URL (see the type's documentation).
@@ -203,17 +274,17 @@ impl Config {
         };
         if backend == BackendKind::Memory {
             // memory://NAME or memory:///NAME: either spelling names the store.
-            config.prefix = format!("{hosts}{}", path.trim_start_matches('/'));
+            let name = percent_decode(&format!("{hosts}{path}"))?;
+            config.prefix = normalize_prefix(backend, &name);
         } else {
             config.endpoints = hosts
                 .split(',')
                 .map(str::to_owned)
                 .filter(|h| !h.is_empty())
                 .collect();
-            config.prefix = percent_decode(path.trim_matches('/'))?;
-            if backend == BackendKind::Zookeeper && !config.prefix.is_empty() {
-                config.prefix.insert(0, '/');
-            }
+            // The path without the `/` that ends the hosts.
+            let path = path.strip_prefix('/').unwrap_or(path);
+            config.prefix = normalize_prefix(backend, &percent_decode(path)?);
         }
         for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             let duration = || parse_duration(&key, &value);
@@ -231,17 +302,20 @@ impl Config {
         Ok(config)
     }
 
-    /// The URL form of this config (credentials left out).
+    /// The URL form of this config (credentials left out); [`from_url`](Self::from_url)
+    /// reads it back equal.
     pub fn to_url(&self) -> String {
-        if self.backend == BackendKind::Memory {
-            return format!("memory://{}", self.prefix);
-        }
         let mut url = format!("{}://{}", self.backend.scheme(), self.endpoints.join(","));
-        if !self.prefix.is_empty() {
-            if !self.prefix.starts_with('/') {
+        let prefix = normalize_prefix(self.backend, &self.prefix);
+        if self.backend == BackendKind::Memory {
+            url.push_str(&percent_encode(&prefix));
+        } else if !prefix.is_empty() {
+            // etcd: `/` ends the hosts, then the prefix (which may start with `/` itself);
+            // ZooKeeper: the prefix is the absolute path.
+            if self.backend != BackendKind::Zookeeper {
                 url.push('/');
             }
-            url.push_str(&self.prefix);
+            url.push_str(&percent_encode(&prefix));
         }
         url.push_str(&format!(
             "?ttl={}&connect_timeout={}&request_timeout={}",
@@ -283,6 +357,15 @@ impl Config {
         if self.prefix.contains('\0') || self.prefix.split('/').any(|s| s == "." || s == "..") {
             return Err(Error::config(format!("bad prefix {:?}", self.prefix)));
         }
+        if self.backend == BackendKind::Zookeeper {
+            let path = normalize_prefix(self.backend, &self.prefix);
+            if path.len() > 1 && path[1..].split('/').any(|segment| segment.is_empty()) {
+                return Err(Error::config(format!(
+                    "bad prefix {:?}: a ZooKeeper path has no empty segments",
+                    self.prefix
+                )));
+            }
+        }
         match self.backend {
             BackendKind::Memory => Ok(()),
             BackendKind::Etcd | BackendKind::Zookeeper => {
@@ -301,12 +384,13 @@ impl Config {
         self.safety_margin.unwrap_or(self.ttl / 10)
     }
 
-    /// The prefix, or `default` when none was configured.
-    pub(crate) fn prefix_or<'a>(&'a self, default: &'a str) -> &'a str {
+    /// The prefix, or `default` when none was configured, normalised (fields set by hand
+    /// are not).
+    pub(crate) fn prefix_or(&self, default: &str) -> String {
         if self.prefix.is_empty() {
-            default
+            default.to_owned()
         } else {
-            &self.prefix
+            normalize_prefix(self.backend, &self.prefix)
         }
     }
 }
@@ -352,6 +436,85 @@ fn percent_decode(s: &str) -> Result<String> {
     Ok(decoded)
 }
 
+/// `prefix` in its one form per backend: no trailing `/`; absolute on ZooKeeper; a memory
+/// store's name without slashes around it.
+fn normalize_prefix(backend: BackendKind, prefix: &str) -> String {
+    match backend {
+        BackendKind::Memory => prefix.trim_matches('/').to_owned(),
+        BackendKind::Etcd => prefix.trim_end_matches('/').to_owned(),
+        BackendKind::Zookeeper => {
+            let path = prefix.trim_end_matches('/');
+            if path.is_empty() || path.starts_with('/') {
+                path.to_owned()
+            } else {
+                format!("/{path}")
+            }
+        }
+    }
+}
+
+/// Escapes what would end or change a URL's path: `%`, `?`, `#`, spaces, controls.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '?' | '#' | '+' | ' ') || c.is_control() {
+            let mut buf = [0; 4];
+            for byte in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What a config file holds: [`Config`]'s fields, checked and normalised into one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFields {
+    backend: BackendKind,
+    #[serde(default)]
+    endpoints: Vec<String>,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default = "Config::default_ttl", with = "humantime_serde")]
+    ttl: Duration,
+    #[serde(default = "Config::default_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(default = "Config::default_timeout", with = "humantime_serde")]
+    request_timeout: Duration,
+    #[serde(default, with = "humantime_serde")]
+    safety_margin: Option<Duration>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    tls: Option<TlsConfig>,
+}
+
+impl TryFrom<ConfigFields> for Config {
+    type Error = Error;
+
+    fn try_from(f: ConfigFields) -> Result<Self> {
+        let config = Config {
+            backend: f.backend,
+            endpoints: f.endpoints,
+            prefix: normalize_prefix(f.backend, &f.prefix),
+            ttl: f.ttl,
+            connect_timeout: f.connect_timeout,
+            request_timeout: f.request_timeout,
+            safety_margin: f.safety_margin,
+            username: f.username,
+            password: f.password,
+            tls: f.tls,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,7 +552,7 @@ mod tests {
     fn round_trips_through_url() {
         for url in [
             "etcd://h:1/p?ttl=10s&connect_timeout=5s&request_timeout=5s",
-            "memory://x",
+            "memory://x?ttl=10s&connect_timeout=5s&request_timeout=5s",
         ] {
             assert_eq!(Config::from_url(url).unwrap().to_url(), url);
         }
@@ -425,5 +588,94 @@ mod tests {
         let mut c = Config::from_url("etcd://h:1").unwrap();
         c.tls = Some(TlsConfig::default());
         assert!(matches!(c.validate(), Err(Error::InvalidConfig(_))));
+    }
+
+    #[test]
+    fn url_and_serde_forms_agree_on_prefixes() {
+        let json = |backend: &str, prefix: &str| -> Config {
+            serde_json::from_str(&format!(
+                r#"{{"backend":"{backend}","endpoints":["h:1"],"prefix":"{prefix}"}}"#
+            ))
+            .unwrap()
+        };
+        let url = |url: &str| Config::from_url(url).unwrap();
+        assert_eq!(json("zookeeper", "locks"), url("zk://h:1/locks"));
+        assert_eq!(json("zookeeper", "/locks/"), url("zk://h:1/locks"));
+        assert_eq!(json("etcd", "shop/"), url("etcd://h:1/shop"));
+        assert_eq!(json("etcd", "/shop"), url("etcd://h:1//shop"));
+        assert_ne!(json("etcd", "/shop"), url("etcd://h:1/shop"));
+        // Checked when read, not at the first lock.
+        let bad = serde_json::from_str::<Config>(r#"{"backend":"zookeeper","prefix":"x"}"#);
+        assert!(bad.unwrap_err().to_string().contains("no endpoints"));
+    }
+
+    mod round_trip {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn backend() -> impl Strategy<Value = BackendKind> {
+            prop_oneof![
+                Just(BackendKind::Etcd),
+                Just(BackendKind::Zookeeper),
+                Just(BackendKind::Memory)
+            ]
+        }
+
+        fn duration() -> impl Strategy<Value = Duration> {
+            // Whole milliseconds, as humantime writes them back.
+            (1u64..3_600_000).prop_map(Duration::from_millis)
+        }
+
+        fn config() -> impl Strategy<Value = Config> {
+            let endpoint = prop_oneof![
+                "[a-z][a-z0-9.-]{0,12}:[1-9][0-9]{0,3}",
+                "127\\.0\\.0\\.[0-9]{1,2}:[1-9][0-9]{0,3}",
+                "\\[::1\\]:[1-9][0-9]{0,3}",
+            ];
+            // Segments with characters a URL must escape (%, ?, #, +, space).
+            let prefix = prop::collection::vec("[a-zA-Z0-9_.%?#+ -]{1,8}", 0..4);
+            (
+                backend(),
+                prop::collection::vec(endpoint, 1..4),
+                prefix,
+                any::<bool>(),
+                (duration(), duration(), duration()),
+                prop::option::of(0u64..1000),
+            )
+                .prop_map(|(backend, endpoints, segments, slash, times, margin)| {
+                    let segments: Vec<String> = segments
+                        .into_iter()
+                        .map(|s| if s == "." || s == ".." { "x".into() } else { s })
+                        .collect();
+                    // etcd: a leading `/` is part of the prefix.
+                    let lead = if slash { "/" } else { "" };
+                    let prefix = format!("{lead}{}", segments.join("/"));
+                    let (ttl, connect, request) = times;
+                    let mut config = Config::new(backend)
+                        .with_prefix(prefix)
+                        .with_ttl(ttl.max(Duration::from_secs(1)))
+                        .with_connect_timeout(connect)
+                        .with_request_timeout(request);
+                    if let Some(ms) = margin {
+                        config = config.with_safety_margin(Duration::from_millis(ms));
+                    }
+                    if backend != BackendKind::Memory {
+                        config = config.with_endpoints(endpoints);
+                    }
+                    config
+                })
+                .prop_filter("valid", |c| c.validate().is_ok())
+        }
+
+        proptest! {
+            #[test]
+            fn through_url_and_serde(config in config()) {
+                let url = config.to_url();
+                prop_assert_eq!(&Config::from_url(&url).unwrap(), &config, "via {}", url);
+                let json = serde_json::to_string(&config).unwrap();
+                let back: Config = serde_json::from_str(&json).unwrap();
+                prop_assert_eq!(&back, &config, "via {}", json);
+            }
+        }
     }
 }

@@ -25,6 +25,15 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The data key is not acceptable; see [`validate_key`](crate::validate_key).
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key as given.
+        key: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
     /// The backend URL or configuration is malformed or not supported.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

@@ -22,6 +22,7 @@ use crate::backend::{
 use crate::election::{Election, Leader, Leadership};
 use crate::error::{Error, Result};
 use crate::guard::{HeldLock, LockGuard, WriteOp};
+use crate::key::KeyMap;
 use crate::lost::{LossTrigger, LostReason};
 use crate::mutex::{Acquire, DistributedMutex};
 
@@ -32,6 +33,7 @@ async fn acquire<S: SessionSource>(
     kind: QueueKind,
     value: &[u8],
     mode: Acquire,
+    keys: &Arc<KeyMap>,
 ) -> Result<Option<LockGuard>> {
     let deadline = match mode {
         Acquire::Timeout(timeout) => Some(Instant::now() + timeout),
@@ -65,7 +67,7 @@ async fn acquire<S: SessionSource>(
             }
         };
         match outcome {
-            Ok(true) => return Ok(Some(pending.into_guard(name))),
+            Ok(true) => return Ok(Some(pending.into_guard(name, keys))),
             Ok(false) if mode == Acquire::Try => {
                 pending.armed = false; // nothing was written
                 return Ok(None);
@@ -129,14 +131,16 @@ pub(crate) struct QueueMutex<S: SessionSource> {
     name: String,
     /// The value each entry carries (who holds or waits).
     holder: Arc<[u8]>,
+    keys: Arc<KeyMap>,
 }
 
 impl<S: SessionSource> QueueMutex<S> {
-    pub(crate) fn new(source: Arc<S>, name: String, holder: Arc<[u8]>) -> Self {
+    pub(crate) fn new(source: Arc<S>, name: String, holder: Arc<[u8]>, keys: Arc<KeyMap>) -> Self {
         QueueMutex {
             source,
             name,
             holder,
+            keys,
         }
     }
 }
@@ -156,12 +160,14 @@ impl<S: SessionSource> DistributedMutex for QueueMutex<S> {
     }
 
     async fn acquire(&self, mode: Acquire) -> Result<Option<LockGuard>> {
+        let (name, holder) = (&self.name, &self.holder);
         acquire(
             &*self.source,
-            &self.name,
+            name,
             QueueKind::Lock,
-            &self.holder,
+            holder,
             mode,
+            &self.keys,
         )
         .await
     }
@@ -171,11 +177,12 @@ impl<S: SessionSource> DistributedMutex for QueueMutex<S> {
 pub(crate) struct QueueElection<S: SessionSource + KeySpace> {
     source: Arc<S>,
     name: String,
+    keys: Arc<KeyMap>,
 }
 
 impl<S: SessionSource + KeySpace> QueueElection<S> {
-    pub(crate) fn new(source: Arc<S>, name: String) -> Self {
-        QueueElection { source, name }
+    pub(crate) fn new(source: Arc<S>, name: String, keys: Arc<KeyMap>) -> Self {
+        QueueElection { source, name, keys }
     }
 }
 
@@ -202,7 +209,8 @@ impl<S: SessionSource + KeySpace> Election for QueueElection<S> {
     }
 
     async fn campaign_with(&self, value: &[u8], mode: Acquire) -> Result<Option<Leadership>> {
-        let guard = acquire(&*self.source, &self.name, QueueKind::Election, value, mode).await?;
+        let kind = QueueKind::Election;
+        let guard = acquire(&*self.source, &self.name, kind, value, mode, &self.keys).await?;
         Ok(guard.map(|guard| Leadership::new(guard, value.to_vec())))
     }
 
@@ -269,7 +277,7 @@ impl<S: QueueSession> Pending<S> {
         }
     }
 
-    fn into_guard(mut self, name: &str) -> LockGuard {
+    fn into_guard(mut self, name: &str, keys: &Arc<KeyMap>) -> LockGuard {
         self.armed = false;
         crate::stats::acquired();
         let trigger = self.session.trigger().child();
@@ -279,6 +287,7 @@ impl<S: QueueSession> Pending<S> {
             trigger: trigger.clone(),
             watch: StdMutex::new(None),
             armed: AtomicBool::new(false),
+            keys: keys.clone(),
         };
         LockGuard::new(
             name.to_owned(),
@@ -306,6 +315,8 @@ struct Held<S: QueueSession> {
     /// The watch on the own entry, armed on first demand (see `LockGuard::lost`).
     watch: StdMutex<Option<S::OwnWatch>>,
     armed: AtomicBool,
+    /// Maps the data keys of guarded writes onto the backend's.
+    keys: Arc<KeyMap>,
 }
 
 impl<S: QueueSession> Held<S> {
@@ -340,7 +351,8 @@ impl<S: QueueSession> HeldLock for Held<S> {
     }
 
     async fn guarded_write(&self, ops: &[WriteOp]) -> Result<()> {
-        self.as_lost(self.session.guarded_write(&self.entry, ops).await)
+        let ops = self.keys.ops(ops)?;
+        self.as_lost(self.session.guarded_write(&self.entry, &ops).await)
     }
 
     fn mark_released(&self) {

@@ -44,7 +44,7 @@ use watch::WatchHub;
 pub use etcd_client;
 
 /// The key prefix used when the URL names none.
-pub const DEFAULT_PREFIX: &str = "fairlock";
+pub const DEFAULT_PREFIX: &str = crate::key::ETCD_DEFAULT_PREFIX;
 
 /// The etcd comparison that holds exactly while the lock with this key and fencing token is
 /// held: `create_revision(key) == token`. Put it in the `when` of your own `Txn` to make any
@@ -90,7 +90,7 @@ pub(crate) struct EtcdClient {
 impl EtcdClient {
     pub(crate) async fn connect(config: &Config) -> Result<Arc<Self>> {
         let settings = Arc::new(Settings {
-            prefix: config.prefix_or(DEFAULT_PREFIX).to_owned(),
+            prefix: config.prefix_or(DEFAULT_PREFIX),
             ttl_secs: config.ttl.as_secs_f64().ceil() as i64,
             request_timeout: config.request_timeout,
             safety_margin: config.effective_safety_margin(),

@@ -27,7 +27,7 @@ use crate::lost::{LossTrigger, LostReason};
 use crate::state::StateChannel;
 use store::{Notify, WatchHandle};
 
-const LOCK_ROOT: &str = "fairlock";
+const LOCK_ROOT: &str = crate::key::MEMORY_LOCK_ROOT;
 
 fn queue_prefix(name: &str) -> String {
     format!("{LOCK_ROOT}/{name}/")

@@ -65,7 +65,7 @@ use session::{is_no_node, retrying, ZkSession};
 pub use zookeeper_client;
 
 /// The base path used when the URL names none.
-pub const DEFAULT_PATH: &str = "/fairlock";
+pub const DEFAULT_PATH: &str = crate::key::ZOOKEEPER_DEFAULT_PATH;
 
 pub(crate) fn zk_error(e: zk::Error) -> Error {
     Error::Backend {
@@ -101,10 +101,7 @@ impl ZkClient {
 
 impl ZkClient {
     pub(crate) async fn connect(config: &Config) -> Result<Arc<Self>> {
-        let base = config
-            .prefix_or(DEFAULT_PATH)
-            .trim_end_matches('/')
-            .to_owned();
+        let base = config.prefix_or(DEFAULT_PATH);
         let settings = Arc::new(Settings {
             cluster: config.endpoints.join(","),
             base,
