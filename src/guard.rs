@@ -13,6 +13,7 @@ use crate::lost::{LostReason, LostSignal};
 /// Keys are the backend's own: an etcd key, a ZooKeeper path (absolute, parents must
 /// exist), or a key of the memory store.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WriteOp {
     /// Set `key` to `value`, creating it if needed.
     Put {

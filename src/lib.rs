@@ -68,6 +68,10 @@ pub mod memory;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
 
+/// The attribute that implementations of [`DistributedMutex`] and [`Election`] use, the
+/// version fairlock's traits are written with.
+#[doc(no_inline)]
+pub use async_trait::async_trait;
 pub use backend::{QueueEntry, QueueKind};
 pub use client::Client;
 pub use config::{BackendKind, Config, TlsConfig};

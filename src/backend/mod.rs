@@ -20,6 +20,7 @@ pub(crate) use slot::{SessionSlot, SessionSource};
 /// etcd's own tools); on ZooKeeper, lock nodes (`…lock-<seq>`, kazoo's `…__lock__<seq>`)
 /// and election nodes (`…latch-<seq>`) are told apart by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum QueueKind {
     /// A [`DistributedMutex`]'s holder and waiters.
     Lock,
@@ -29,6 +30,7 @@ pub enum QueueKind {
 
 /// One entry of a queue, as [`Client::queue`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QueueEntry {
     /// The backend key or node path.
     pub key: String,
