@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lost::{LostReason, LostSignal};
 
 /// One write of a [`LockGuard::guarded_write`].
@@ -159,7 +159,7 @@ impl LockGuard {
     /// tell that an earlier attempt was applied.
     ///
     /// # Errors
-    /// - [`Error::LockLost`](crate::Error::LockLost): the lock is no longer held; nothing
+    /// - [`Error::LockLost`](Error::LockLost): the lock is no longer held; nothing
     ///   was written.
     /// - [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown): the write was sent but no
     ///   definite answer came back (connection lost, request timeout): it may or may not
@@ -171,14 +171,14 @@ impl LockGuard {
     /// Not cancel safe: dropping the future may or may not leave the write applied.
     pub async fn guarded_write(&self, ops: &[WriteOp]) -> Result<()> {
         if let Some(reason) = self.lost.reason() {
-            return Err(crate::Error::LockLost(reason));
+            return Err(Error::LockLost(reason));
         }
         self.held.guarded_write(ops).await
     }
 
     pub(crate) async fn proclaim(&self, value: &[u8]) -> Result<()> {
         if let Some(reason) = self.lost.reason() {
-            return Err(crate::Error::LockLost(reason));
+            return Err(Error::LockLost(reason));
         }
         self.held.proclaim(value).await
     }
@@ -186,7 +186,7 @@ impl LockGuard {
     /// Releases the lock and waits for the backend to confirm.
     ///
     /// # Errors
-    /// - [`Error::LockLost`](crate::Error::LockLost): the lock had been lost before this
+    /// - [`Error::LockLost`](Error::LockLost): the lock had been lost before this
     ///   call; the critical section was not fully protected.
     /// - [`Error::Timeout`](crate::Error::Timeout), [`Error::Backend`](crate::Error::Backend):
     ///   the release could not be confirmed; it goes on in the background until it succeeds
@@ -215,10 +215,10 @@ impl LockGuard {
         let lost_before = lost_before.filter(|reason| *reason != LostReason::Released);
         match result {
             Ok(None) => match lost_before {
-                Some(reason) => Err(crate::Error::LockLost(reason)),
+                Some(reason) => Err(Error::LockLost(reason)),
                 None => Ok(()),
             },
-            Ok(Some(gone)) => Err(crate::Error::LockLost(lost_before.unwrap_or(gone))),
+            Ok(Some(gone)) => Err(Error::LockLost(lost_before.unwrap_or(gone))),
             Err(err) => {
                 self.held.release_in_background();
                 Err(err)
