@@ -116,7 +116,7 @@ pub struct TlsConfig {
 /// Query options: `ttl` (session TTL; `session_timeout` is an alias for ZooKeeper users),
 /// `connect_timeout`, `request_timeout`, `safety_margin` (see the field). Values are
 /// seconds (`10`) or durations (`10s`, `1500ms`). `user:password@` before the hosts sets credentials (etcd only).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "ConfigFields")]
 #[non_exhaustive]
 pub struct Config {
@@ -395,6 +395,24 @@ impl Config {
     }
 }
 
+/// Shows every field but the password.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("backend", &self.backend)
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("safety_margin", &self.safety_margin)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
 impl FromStr for Config {
     type Err = Error;
 
@@ -588,6 +606,13 @@ mod tests {
         let mut c = Config::from_url("etcd://h:1").unwrap();
         c.tls = Some(TlsConfig::default());
         assert!(matches!(c.validate(), Err(Error::InvalidConfig(_))));
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let config = Config::from_url("etcd://alice:s3cret@h:1").unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret") && shown.contains("alice"), "{shown}");
     }
 
     #[test]
