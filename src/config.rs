@@ -263,6 +263,22 @@ impl Config {
     /// # Errors
     /// [`Error::InvalidConfig`] naming the bad field.
     pub fn validate(&self) -> Result<()> {
+        self.validate_settings()?;
+        match self.backend {
+            BackendKind::Memory => Ok(()),
+            BackendKind::Etcd | BackendKind::Zookeeper => {
+                if self.endpoints.is_empty() {
+                    return Err(Error::config(
+                        "no endpoints (expected HOST:PORT[,HOST:PORT…])",
+                    ));
+                }
+                self.endpoints.iter().try_for_each(|e| check_endpoint(e))
+            }
+        }
+    }
+
+    /// Checks every field but the endpoints, for a client built on one the user connected.
+    pub(crate) fn validate_settings(&self) -> Result<()> {
         if self.tls.is_some() {
             return Err(Error::config("TLS is not supported yet"));
         }
@@ -283,17 +299,7 @@ impl Config {
         if self.prefix.contains('\0') || self.prefix.split('/').any(|s| s == "." || s == "..") {
             return Err(Error::config(format!("bad prefix {:?}", self.prefix)));
         }
-        match self.backend {
-            BackendKind::Memory => Ok(()),
-            BackendKind::Etcd | BackendKind::Zookeeper => {
-                if self.endpoints.is_empty() {
-                    return Err(Error::config(
-                        "no endpoints (expected HOST:PORT[,HOST:PORT…])",
-                    ));
-                }
-                self.endpoints.iter().try_for_each(|e| check_endpoint(e))
-            }
-        }
+        Ok(())
     }
 
     /// The safety margin in force: the configured one, or a tenth of the TTL.
