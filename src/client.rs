@@ -410,7 +410,10 @@ impl Client {
     /// Ends the session at once: revokes the etcd lease or closes the ZooKeeper session,
     /// which releases every lock and queue entry of this client. Guards report
     /// [`LostReason::SessionClosed`](crate::LostReason::SessionClosed); later calls fail with
-    /// [`Error::Closed`]. Closing twice is a no-op.
+    /// [`Error::Closed`]. Closing twice is a no-op. A lazy client that never opened a
+    /// session ends nothing. On a client built from yours, only fairlock's part ends: see
+    /// [`from_etcd_client`](Self::from_etcd_client) and
+    /// [`from_zookeeper_client`](Self::from_zookeeper_client).
     ///
     /// # Errors
     /// [`Error::Timeout`] or [`Error::Backend`] if the backend did not confirm; the session

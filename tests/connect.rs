@@ -21,7 +21,11 @@ async fn lazy_memory_client_opens_no_session_until_it_locks() {
     assert_eq!(client.session_id(), "");
     assert!(!client.is_suspended());
 
-    assert!(client.queue(&name, QueueKind::Lock).await.unwrap().is_empty());
+    assert!(client
+        .queue(&name, QueueKind::Lock)
+        .await
+        .unwrap()
+        .is_empty());
     let election = client.election(&name).unwrap();
     assert!(election.leader().await.unwrap().is_none());
     assert_eq!(store.sessions(), 0, "reads opened a session");
@@ -248,7 +252,11 @@ mod zookeeper {
         let h = ZkHarness::new().await;
         let name = unique("lazy");
         let client = Client::connect_lazy(&h.url(10)).await.unwrap();
-        assert!(client.queue(&name, QueueKind::Lock).await.unwrap().is_empty());
+        assert!(client
+            .queue(&name, QueueKind::Lock)
+            .await
+            .unwrap()
+            .is_empty());
         let election = client.election(&name).unwrap();
         assert!(election.leader().await.unwrap().is_none());
         let observed = {

@@ -74,8 +74,11 @@ pub(crate) struct ZkSession {
     session_timeout: Duration,
     /// For a borrowed session: the nodes it may have created and not removed yet, as
     /// (parent path, attempt marker); `None` once swept. `None` for fairlock's own sessions.
-    borrowed: Option<StdMutex<Option<HashSet<(String, String)>>>>,
+    borrowed: Option<StdMutex<Option<Tracked>>>,
 }
+
+/// A borrowed session's nodes, as (parent path, attempt marker).
+type Tracked = HashSet<(String, String)>;
 
 /// Where a node of `key` (provisional or confirmed) lives and the marker of its attempt
 /// (`_c_<uuid>-`), as a borrowed session tracks it.
@@ -183,7 +186,9 @@ impl ZkSession {
                 let bound = self.session_timeout + self.settings.request_timeout;
                 self.runtime.spawn(async move {
                     if let Err(e) = sweep.run(bound).await {
-                        tracing::warn!("could not remove the nodes of a lost borrowed session: {e}");
+                        tracing::warn!(
+                            "could not remove the nodes of a lost borrowed session: {e}"
+                        );
                     }
                 });
             }
@@ -204,7 +209,11 @@ impl ZkSession {
         if self.ended.swap(true, Ordering::SeqCst) {
             return None;
         }
-        let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let client = self
+            .client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
         let nodes = nodes.lock().unwrap_or_else(|e| e.into_inner()).take();
         Some(Sweep {
             client,
@@ -219,8 +228,9 @@ impl ZkSession {
         &self,
         client: &'a zk::Client,
         entry: &'a Entry,
-    ) -> Result<impl std::future::Future<Output = Result<(zk::Stat, zk::CreateSequence), zk::Error>> + 'a>
-    {
+    ) -> Result<
+        impl std::future::Future<Output = Result<(zk::Stat, zk::CreateSequence), zk::Error>> + 'a,
+    > {
         let Some(nodes) = &self.borrowed else {
             return Ok(client.create(&entry.key, &entry.value, &ephemeral_sequential()));
         };
@@ -743,7 +753,7 @@ impl Drop for ZkSession {
 /// The nodes a borrowed session may have left, with its connection.
 struct Sweep {
     client: zk::Client,
-    nodes: HashSet<(String, String)>,
+    nodes: Tracked,
 }
 
 impl Sweep {
