@@ -216,7 +216,7 @@ impl Client {
 
     /// A client on an etcd client you connected (your TLS, auth, interceptors, channel):
     /// `config` gives the prefix, TTL and timeouts; its backend must be etcd, its endpoints
-    /// may be empty (they are not used).
+    /// may be empty, and neither they nor its credentials are used (the client has its own).
     ///
     /// # Sessions
     /// etcd leases do not depend on the connection: fairlock grants its own lease on
@@ -255,7 +255,8 @@ impl Client {
     ///   to live on. It cannot open a new session from the same client: later acquisitions
     ///   open fairlock's own sessions through `config.endpoints` if it names any (as
     ///   [`from_config`](Self::from_config) would), and fail with [`Error::SessionExpired`]
-    ///   if it is empty.
+    ///   if it is empty. Those sessions know no chroot: with a chrooted client, leave the
+    ///   endpoints empty.
     /// - [`abandon`](Self::abandon) only lets go of the client: fairlock's nodes stay
     ///   until the session ends.
     ///

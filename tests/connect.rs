@@ -371,6 +371,42 @@ mod zookeeper {
         }
     }
 
+    /// Fairlock counts the handed-in session lost after a long disconnection, but the session
+    /// lives on once the client reconnects: fairlock's nodes must not linger in it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn zookeeper_client_handed_in_loses_its_nodes_with_the_lock() {
+        let h = ZkHarness::new().await;
+        let name = unique("partitioned");
+        let proxy = common::proxy::Proxy::start(&zk_endpoint()).await;
+        // fairlock counts the session lost 2/5 of the timeout into the partition; the
+        // server expires it only after the whole timeout: time to reconnect in between.
+        let user = zk::Client::connector()
+            .with_session_timeout(Duration::from_secs(20))
+            .connect(&proxy.endpoint())
+            .await
+            .unwrap();
+        let session = user.session_id();
+        let client = Client::from_zookeeper_client(user.clone(), &config(&h, false))
+            .await
+            .unwrap();
+        let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+        proxy.cut();
+        assert_eq!(
+            soon("guard lost", guard.lost()).await,
+            LostReason::SessionExpired
+        );
+        proxy.restore();
+        common::eventually("the lost lock's node deleted", || async {
+            h.entries(&name).await.is_empty()
+        })
+        .await;
+        // Deleted by fairlock, not with the session: that one lives on.
+        let alive = soon("the user's session answers", user.check_stat("/")).await;
+        assert!(alive.is_ok(), "{alive:?}");
+        assert_eq!(user.session_id(), session);
+        client.close().await.unwrap();
+    }
+
     /// The config must name ZooKeeper.
     #[tokio::test]
     async fn zookeeper_client_handed_in_checks_the_config() {
