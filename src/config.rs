@@ -111,7 +111,10 @@ pub struct TlsConfig {
 /// The `prefix` field holds the same thing in every form, normalised: no trailing `/`;
 /// on ZooKeeper an absolute path (`"locks"` and `"/locks"` both become `"/locks"`). A
 /// config read from a URL or a file, written back with [`to_url`](Config::to_url) or
-/// serde, reads back equal (credentials aside: `to_url` leaves them out).
+/// serde, reads back equal (credentials aside: `to_url` leaves them out). Reading a file
+/// checks every setting but the endpoints, which may be left out for a client handed in
+/// ([`Client::from_etcd_client`](crate::Client::from_etcd_client)); connecting by the
+/// config checks them too.
 ///
 /// Query options: `ttl` (session TTL; `session_timeout` is an alias for ZooKeeper users),
 /// `connect_timeout`, `request_timeout`, `safety_margin` (see the field). Values are
@@ -337,6 +340,22 @@ impl Config {
     /// # Errors
     /// [`Error::InvalidConfig`] naming the bad field.
     pub fn validate(&self) -> Result<()> {
+        self.validate_settings()?;
+        match self.backend {
+            BackendKind::Memory => Ok(()),
+            BackendKind::Etcd | BackendKind::Zookeeper => {
+                if self.endpoints.is_empty() {
+                    return Err(Error::config(
+                        "no endpoints (expected HOST:PORT[,HOST:PORT…])",
+                    ));
+                }
+                self.endpoints.iter().try_for_each(|e| check_endpoint(e))
+            }
+        }
+    }
+
+    /// Checks every field but the endpoints, for a client built on one the user connected.
+    pub(crate) fn validate_settings(&self) -> Result<()> {
         if self.tls.is_some() {
             return Err(Error::config("TLS is not supported yet"));
         }
@@ -366,17 +385,7 @@ impl Config {
                 )));
             }
         }
-        match self.backend {
-            BackendKind::Memory => Ok(()),
-            BackendKind::Etcd | BackendKind::Zookeeper => {
-                if self.endpoints.is_empty() {
-                    return Err(Error::config(
-                        "no endpoints (expected HOST:PORT[,HOST:PORT…])",
-                    ));
-                }
-                self.endpoints.iter().try_for_each(|e| check_endpoint(e))
-            }
-        }
+        Ok(())
     }
 
     /// The safety margin in force: the configured one, or a tenth of the TTL.
@@ -528,7 +537,9 @@ impl TryFrom<ConfigFields> for Config {
             password: f.password,
             tls: f.tls,
         };
-        config.validate()?;
+        // Endpoints may be left out for a client handed in (`Client::from_etcd_client`);
+        // connecting by the config checks them.
+        config.validate_settings()?;
         Ok(config)
     }
 }
@@ -612,7 +623,10 @@ mod tests {
     fn debug_hides_the_password() {
         let config = Config::from_url("etcd://alice:s3cret@h:1").unwrap();
         let shown = format!("{config:?}");
-        assert!(!shown.contains("s3cret") && shown.contains("alice"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("alice"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -630,8 +644,13 @@ mod tests {
         assert_eq!(json("etcd", "/shop"), url("etcd://h:1//shop"));
         assert_ne!(json("etcd", "/shop"), url("etcd://h:1/shop"));
         // Checked when read, not at the first lock.
-        let bad = serde_json::from_str::<Config>(r#"{"backend":"zookeeper","prefix":"x"}"#);
-        assert!(bad.unwrap_err().to_string().contains("no endpoints"));
+        let bad = serde_json::from_str::<Config>(r#"{"backend":"etcd","ttl":"0s"}"#);
+        assert!(bad
+            .unwrap_err()
+            .to_string()
+            .contains("ttl must be positive"));
+        let bad = serde_json::from_str::<Config>(r#"{"backend":"zookeeper","prefix":"a//b"}"#);
+        assert!(bad.unwrap_err().to_string().contains("bad prefix"));
     }
 
     mod round_trip {

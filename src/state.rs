@@ -19,6 +19,11 @@ use crate::lost::{LostReason, LostSignal};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SessionState {
+    /// No session yet: a client from [`Client::connect_lazy`](crate::Client::connect_lazy)
+    /// before its first lock or campaign (reads need none). Followed by
+    /// [`Connected`](Self::Connected) when that opens one, or by
+    /// [`Lost`](Self::Lost)`(`[`SessionClosed`](LostReason::SessionClosed)`)` on `close()`.
+    Idle,
     /// A session is open and confirmed: the client's first, or a new one after a loss.
     Connected,
     /// The backend has not confirmed the session lately (etcd keep-alives failing,
@@ -59,6 +64,17 @@ impl StateChannel {
                 }
             }
         });
+    }
+
+    /// No session yet (a lazy client).
+    pub(crate) fn idle(&self) {
+        self.tx.send_replace(SessionState::Idle);
+    }
+
+    /// Ended without a session to follow (a lazy client closed before its first).
+    pub(crate) fn lost(&self, reason: LostReason) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.tx.send_replace(SessionState::Lost(reason));
     }
 
     pub(crate) fn current(&self) -> SessionState {

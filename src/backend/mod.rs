@@ -22,13 +22,13 @@ pub(crate) use slot::{SessionSlot, SessionSource};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum QueueKind {
-    /// A [`DistributedMutex`]'s holder and waiters.
+    /// A [`DistributedMutex`](crate::DistributedMutex)'s holder and waiters.
     Lock,
     /// An [`Election`](crate::Election)'s leader and candidates.
     Election,
 }
 
-/// One entry of a queue, as [`Client::queue`] lists it.
+/// One entry of a queue, as [`Client::queue`](crate::Client::queue) lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QueueEntry {

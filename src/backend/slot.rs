@@ -1,4 +1,5 @@
-//! A client's current session, replaced by a new one once it is lost.
+//! A client's current session, replaced by a new one once it is lost. A lazy client's slot
+//! starts empty and opens its first session the way it renews a lost one.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -7,6 +8,7 @@ use async_trait::async_trait;
 
 use super::QueueSession;
 use crate::error::{Error, Result};
+use crate::lost::{LossTrigger, LostReason, LostSignal};
 use crate::state::StateChannel;
 
 /// The current session of a client; replaced by a new one once it is lost.
@@ -17,10 +19,14 @@ pub(crate) struct SessionSlot<S> {
     renewing: tokio::sync::Mutex<()>,
     /// Where the client's session states are reported.
     states: Arc<StateChannel>,
+    /// What [`lost`](Self::lost) hands out while the slot is empty: it fires when the first
+    /// session is lost, or on `close()` before any session was opened.
+    first_lost: LossTrigger,
 }
 
 struct SlotState<S> {
-    current: Arc<S>,
+    /// `None` until a lazy client's first session.
+    current: Option<Arc<S>>,
     closed: bool,
 }
 
@@ -30,11 +36,27 @@ impl<S: QueueSession> SessionSlot<S> {
         states.follow(first.trigger().signal());
         SessionSlot {
             state: StdMutex::new(SlotState {
-                current: first,
+                current: Some(first),
                 closed: false,
             }),
             renewing: tokio::sync::Mutex::new(()),
             states,
+            first_lost: LossTrigger::new(),
+        }
+    }
+
+    /// An empty slot (a lazy client): the first [`live`](Self::live) opens a session.
+    /// `states` reports [`SessionState::Idle`](crate::SessionState::Idle) until then.
+    pub(crate) fn empty(states: Arc<StateChannel>) -> Self {
+        states.idle();
+        SessionSlot {
+            state: StdMutex::new(SlotState {
+                current: None,
+                closed: false,
+            }),
+            renewing: tokio::sync::Mutex::new(()),
+            states,
+            first_lost: LossTrigger::new(),
         }
     }
 
@@ -47,9 +69,18 @@ impl<S: QueueSession> SessionSlot<S> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The session in use now, lost or not.
-    pub(crate) fn current(&self) -> Arc<S> {
+    /// The session in use now, lost or not; `None` before a lazy client's first session.
+    pub(crate) fn current(&self) -> Option<Arc<S>> {
         self.state().current.clone()
+    }
+
+    /// The current session's loss signal; before the first session, one that completes
+    /// when the first session is lost (or the slot is closed without one).
+    pub(crate) fn lost(&self) -> LostSignal {
+        match self.current() {
+            Some(session) => session.trigger().signal(),
+            None => self.first_lost.signal(),
+        }
     }
 
     /// The current session if the slot is open and the session not lost.
@@ -58,10 +89,15 @@ impl<S: QueueSession> SessionSlot<S> {
         if state.closed {
             return Err(Error::Closed);
         }
-        Ok((!state.current.trigger().signal().is_lost()).then(|| state.current.clone()))
+        Ok(state
+            .current
+            .as_ref()
+            .filter(|s| !s.trigger().signal().is_lost())
+            .cloned())
     }
 
-    /// A live session: the current one, or a new one from `open` if it was lost.
+    /// A live session: the current one, or a new one from `open` if it was lost (or if
+    /// there is none yet).
     ///
     /// # Errors
     /// [`Error::Closed`] after [`close`](Self::close); whatever `open` returns.
@@ -80,7 +116,11 @@ impl<S: QueueSession> SessionSlot<S> {
         {
             let mut state = self.state();
             if !state.closed {
-                state.current = fresh.clone();
+                if state.current.replace(fresh.clone()).is_none() {
+                    // The first session: the signal handed out before it follows it.
+                    let (first, lost) = (self.first_lost.clone(), fresh.trigger().signal());
+                    tokio::spawn(async move { first.fire(lost.await) });
+                }
                 self.states.follow(fresh.trigger().signal());
                 return Ok(fresh);
             }
@@ -90,14 +130,18 @@ impl<S: QueueSession> SessionSlot<S> {
         Err(Error::Closed)
     }
 
-    /// Marks the slot closed; returns the session to end, unless closed already.
+    /// Marks the slot closed; returns the session to end, unless closed already or none
+    /// was ever opened.
     pub(crate) fn close(&self) -> Option<Arc<S>> {
         let mut state = self.state();
         if std::mem::replace(&mut state.closed, true) {
-            None
-        } else {
-            Some(state.current.clone())
+            return None;
         }
+        if state.current.is_none() {
+            self.first_lost.fire(LostReason::SessionClosed);
+            self.states.lost(LostReason::SessionClosed);
+        }
+        state.current.clone()
     }
 }
 
@@ -134,7 +178,7 @@ mod tests {
         let store = MemoryStore::named("slot-close-during-renewal");
         let ttl = Duration::from_secs(10);
         let slot = SessionSlot::new(MemorySession::open(&store, ttl), StateChannel::new());
-        assert!(store.expire_session(&slot.current().id()));
+        assert!(store.expire_session(&slot.current().unwrap().id()));
 
         let fresh = MemorySession::open(&store, ttl);
         let (opened, gate) = tokio::sync::oneshot::channel::<()>();

@@ -40,13 +40,18 @@ pub(crate) struct MemoryClient {
 }
 
 impl MemoryClient {
-    pub(crate) fn connect(config: &Config) -> Result<Arc<Self>> {
+    /// Connects to the store named by the prefix; opens a session unless `lazy`.
+    pub(crate) fn connect(config: &Config, lazy: bool) -> Result<Arc<Self>> {
         let store = MemoryStore::named(&config.prefix);
-        let first = MemorySession::open(&store, config.ttl);
+        let slot = if lazy {
+            SessionSlot::empty(StateChannel::new())
+        } else {
+            SessionSlot::new(MemorySession::open(&store, config.ttl), StateChannel::new())
+        };
         Ok(Arc::new(MemoryClient {
             store,
             ttl: config.ttl,
-            slot: SessionSlot::new(first, StateChannel::new()),
+            slot,
         }))
     }
 }
