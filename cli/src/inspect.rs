@@ -3,14 +3,11 @@
 use fairlock::{QueueEntry, QueueKind};
 use futures::StreamExt;
 
-use crate::common;
+use crate::{common, holder};
 use crate::{exit, StatusArgs};
 
-/// Exit code of `leader` when nobody leads.
-const NO_LEADER: u8 = 3;
-
 pub async fn leader(url: &str, name: &str) -> u8 {
-    let (client, _signals) = match common::connect(url, None, name).await {
+    let (client, _signals) = match common::connect_reader(url, name).await {
         Ok(connected) => connected,
         Err(code) => return code,
     };
@@ -24,13 +21,13 @@ pub async fn leader(url: &str, name: &str) -> u8 {
             println!("{}", String::from_utf8_lossy(&leader.value));
             0
         }
-        Ok(None) => NO_LEADER,
+        Ok(None) => exit::NO_LEADER,
         Err(e) => exit::report(&e),
     }
 }
 
 pub async fn observe(url: &str, name: &str) -> u8 {
-    let (client, mut signals) = match common::connect(url, None, name).await {
+    let (client, mut signals) = match common::connect_reader(url, name).await {
         Ok(connected) => connected,
         Err(code) => return code,
     };
@@ -54,7 +51,7 @@ pub async fn observe(url: &str, name: &str) -> u8 {
 }
 
 pub async fn status(url: &str, args: StatusArgs) -> u8 {
-    let (client, _signals) = match common::connect(url, None, &args.name).await {
+    let (client, _signals) = match common::connect_reader(url, &args.name).await {
         Ok(connected) => connected,
         Err(code) => return code,
     };
@@ -86,6 +83,7 @@ pub async fn status(url: &str, args: StatusArgs) -> u8 {
                     "session": e.session,
                     "key": e.key,
                     "value": String::from_utf8_lossy(&e.value),
+                    "holder": holder::parse(&e.value),
                 })
             })
             .collect();
