@@ -94,11 +94,16 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The user info `user:password@` of `url` and its redacted form `user:***@`; `None`
-/// without a password.
+/// without a password. Also for text that is not quite a URL (`etcd//user:pw@host`): its
+/// error messages quote it.
 fn userinfo(url: &str) -> Option<(String, String)> {
-    let (_, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let (info, _) = authority.rsplit_once('@')?;
+    let info = match url.split_once("://") {
+        Some((_, rest)) => rest.split(['/', '?', '#']).next()?.rsplit_once('@')?.0,
+        None => {
+            let (before, _) = url.rsplit_once('@')?;
+            before.rsplit('/').next()?
+        }
+    };
     let (user, password) = info.split_once(':')?;
     (!password.is_empty()).then(|| (format!("{info}@"), format!("{user}:***@")))
 }
@@ -152,6 +157,8 @@ mod tests {
         );
         assert_eq!(redact_url("etcd://root@h:1/x"), "etcd://root@h:1/x");
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(redact_url("etcd//root:pw@h:1/x"), "etcd//root:***@h:1/x");
+        assert_eq!(redact_url("etcd//h:1/a@b"), "etcd//h:1/a@b");
     }
 
     #[test]

@@ -92,12 +92,6 @@ enum Command {
         /// The command whose page to print (e.g. `lock` prints fairlock-lock(1)).
         command: Option<String>,
     },
-    /// Internal: SIGKILL process group PGID when stdin closes without a word first.
-    #[command(name = watchdog::SUBCOMMAND, hide = true)]
-    WatchGroup {
-        /// The process group of the command fairlock runs.
-        pgid: i32,
-    },
 }
 
 /// What `lock` and `elect` share: the session, and how to run and stop the command.
@@ -252,8 +246,22 @@ fn add_command_tip(error: &mut clap::Error) {
 }
 
 fn main() -> ExitCode {
+    // The watchdog fairlock starts for itself: not a command for people (nor their shell
+    // completions), so not one for clap.
+    let mut args = std::env::args_os().skip(1);
+    if args
+        .next()
+        .is_some_and(|first| first == watchdog::SUBCOMMAND)
+    {
+        return ExitCode::from(watchdog::run(args.next(), args.next().is_none()));
+    }
     let matches = match Cli::command().try_get_matches() {
         Ok(matches) => matches,
+        // No command (the options may all come from the environment): the usage, exit 2.
+        Err(e) if e.kind() == clap::error::ErrorKind::MissingSubcommand => {
+            eprint!("{}", Cli::command().render_help());
+            return ExitCode::from(exit::USAGE);
+        }
         // clap's own output, tips included; exit 2 for errors, 0 for --help and --version.
         Err(mut e) => {
             add_command_tip(&mut e);
@@ -285,7 +293,6 @@ fn main() -> ExitCode {
     exit::keep_secret(&cli.backend);
     logging::init(cli.verbose);
     match cli.command {
-        Command::WatchGroup { pgid } => return ExitCode::from(watchdog::run(pgid)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -317,9 +324,7 @@ fn main() -> ExitCode {
             Command::Observe { name } => inspect::observe(&cli.backend, &name).await,
             Command::Status(args) => inspect::status(&cli.backend, args).await,
             // Handled above, without a runtime; these arms are not reached.
-            Command::WatchGroup { .. } | Command::Completions { .. } | Command::Man { .. } => {
-                exit::SOFTWARE
-            }
+            Command::Completions { .. } | Command::Man { .. } => exit::SOFTWARE,
         }
     });
     // Background releases were awaited already; don't wait for anything else.
