@@ -36,9 +36,11 @@ const DEFAULT_BACKEND: &str = "etcd://127.0.0.1:2379/fairlock";
     after_help = exit::help_text()
 )]
 struct Cli {
-    /// Backend URL: etcd://[USER:PASSWORD@]HOST:PORT[,…]/PREFIX, zk://HOST:PORT[,…]/PATH or
-    /// memory://; query options ttl, connect_timeout, request_timeout, safety_margin.
+    // The help as an attribute: rustdoc would take its brackets for links.
     #[arg(
+        help = "Backend URL: etcd://[USER:PASSWORD@]HOST:PORT[,…]/PREFIX, \
+                zk://HOST:PORT[,…]/PATH or memory://; query options ttl, connect_timeout, \
+                request_timeout, safety_margin",
         long,
         global = true,
         value_name = "URL",
@@ -49,7 +51,7 @@ struct Cli {
     )]
     backend: String,
 
-    /// Diagnostics on stderr: -v info, -vv debug (default: warnings only; RUST_LOG, if set,
+    /// Diagnostics on stderr: -v info, -vv debug (default: warnings; RUST_LOG, if set,
     /// decides instead).
     #[arg(short, long, global = true, action = ArgAction::Count)]
     verbose: u8,

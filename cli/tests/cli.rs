@@ -1093,7 +1093,7 @@ async fn lock_without_command_holds_until_signalled(h: &dyn Harness) {
     let name = unique("cli-hold");
     for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         let (holder, key, token, mut lines) = hold_without_command(h, &name).await;
-        assert_eq!(h.entries(&name).await, [key.clone()], "{sig}");
+        assert_eq!(h.entries(&name).await, std::slice::from_ref(&key), "{sig}");
         assert!(h.entries_prefix_of(&name, &key), "{key}");
         assert!(token > 0);
         let out = run_cli(h, &["lock", "--try", &name, "--", "true"]).await;
