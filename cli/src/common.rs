@@ -126,6 +126,15 @@ fn register_signals() -> Result<Signals, u8> {
     })
 }
 
+/// Writes `line` and a newline to stdout, flushed; an error (a closed pipe) is returned,
+/// where `println!` would panic.
+pub fn print_line(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
 /// What is held while the command runs: a lock or leadership.
 pub struct Held<'a> {
     pub name: &'a str,

@@ -18,7 +18,8 @@ pub async fn leader(url: &str, name: &str) -> u8 {
     let _ = client.close().await;
     match result {
         Ok(Some(leader)) => {
-            println!("{}", String::from_utf8_lossy(&leader.value));
+            // A closed stdout (`| head`) is not worth a message.
+            let _ = common::print_line(&String::from_utf8_lossy(&leader.value));
             0
         }
         Ok(None) => exit::NO_LEADER,
@@ -38,7 +39,12 @@ pub async fn observe(url: &str, name: &str) -> u8 {
     let code = loop {
         tokio::select! {
             change = changes.next() => match change {
-                Some(Ok(Some(leader))) => println!("{}", String::from_utf8_lossy(&leader.value)),
+                Some(Ok(Some(leader))) => {
+                    // Nobody reads any more (`| head -1`): done.
+                    if common::print_line(&String::from_utf8_lossy(&leader.value)).is_err() {
+                        break 0;
+                    }
+                }
                 Some(Ok(None)) => {} // nobody leads: nothing to print
                 Some(Err(e)) => eprintln!("fairlock: {}", exit::one_line(&e)), // goes on
                 None => break exit::SOFTWARE,
@@ -89,7 +95,7 @@ pub async fn status(url: &str, args: StatusArgs) -> u8 {
             .collect();
         let kind = if args.election { "election" } else { "lock" };
         let doc = serde_json::json!({ "name": args.name, "kind": kind, "entries": entries });
-        println!("{doc}");
+        let _ = common::print_line(&doc.to_string());
     } else {
         print_table(&entries, role);
     }
@@ -124,6 +130,8 @@ fn print_table(entries: &[QueueEntry], role: impl Fn(usize) -> &'static str) {
             .zip(widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        if common::print_line(cells.join("  ").trim_end()).is_err() {
+            return; // stdout closed
+        }
     }
 }

@@ -1,6 +1,5 @@
 //! `fairlock lock`: acquire, run the command (or wait for a signal), release.
 
-use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use fairlock::{Acquire, Client, LockGuard};
@@ -77,12 +76,7 @@ async fn hold_until_signalled(guard: LockGuard, name: &str, signals: &mut Signal
         return received.exit_code();
     }
     // Like `etcdctl lock NAME`: the key first. A closed stdout does not end the hold.
-    let _ = writeln!(
-        std::io::stdout(),
-        "{}\n{}",
-        guard.key(),
-        guard.fencing_token()
-    );
+    let _ = common::print_line(&format!("{}\n{}", guard.key(), guard.fencing_token()));
     let mut lost = guard.lost();
     tokio::select! {
         reason = &mut lost => {

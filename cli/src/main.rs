@@ -296,12 +296,10 @@ fn main() -> ExitCode {
     logging::init(cli.verbose);
     match cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "fairlock",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "fairlock", &mut script);
+            // Written here, not by clap_complete, which panics on a closed stdout.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
             return ExitCode::SUCCESS;
         }
         Command::Man { command } => return ExitCode::from(manual::print(command.as_deref())),

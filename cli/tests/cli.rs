@@ -262,6 +262,13 @@ async fn bad_arguments_get_clap_messages_with_tips() {
     }
 }
 
+/// The write end of a pipe whose read end is closed.
+fn closed_pipe() -> std::os::fd::OwnedFd {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    write
+}
+
 /// Bare `fairlock` shows the usage (exit 2); `--help` lists the exit codes and where each
 /// option's environment variable is, but not the backend URL from the environment (it may
 /// carry a password).
@@ -341,6 +348,13 @@ async fn completions_and_man_pages() {
             assert!(roff.contains(section), "{section} not in {roff}");
         }
         assert!(roff.contains("FAIRLOCK_TTL"), "{roff}");
+    }
+    // A closed stdout (`| head -1`) is no panic.
+    for args in [&["completions", "bash"][..], &["man"]] {
+        let mut cmd = fairlock("memory://");
+        cmd.args(args).stdout(Stdio::from(closed_pipe()));
+        let out = output(cmd).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
     }
     let mut cmd = fairlock("memory://");
     cmd.args(["man", "nope"]);
@@ -1204,6 +1218,36 @@ async fn the_backend_password_is_never_printed() {
     }
 }
 
+/// `observe | head -1`: once nobody reads its output, `observe` ends (exit 0) at the next
+/// leader instead of panicking on the closed pipe.
+async fn observe_ends_when_its_reader_goes(h: &dyn Harness) {
+    let name = unique("cli-observe-pipe");
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(["observe", &name]);
+    let mut observer = cmd.spawn().unwrap();
+    let mut seen = BufReader::new(observer.stdout.take().unwrap()).lines();
+    let (alpha, _) = lead(h, &name, "alpha", "echo started; exec sleep 60").await;
+    let line = soon("alpha observed", seen.next_line()).await.unwrap();
+    assert_eq!(line.as_deref(), Some("alpha"));
+    drop(seen); // the reader goes, like `head -1`
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(["elect", "--value", "beta", &name, "--", "sleep", "60"]);
+    let mut beta = cmd.spawn().unwrap();
+    eventually("beta queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    signal(&alpha, Signal::SIGTERM);
+    let out = soon("observer exits", observer.wait_with_output())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    soon("alpha exits", alpha.wait_with_output()).await.unwrap();
+    signal(&beta, Signal::SIGTERM);
+    soon("beta exits", beta.wait()).await.unwrap();
+}
+
 /// `status`, `leader` and `observe` read without a session: no etcd lease while `observe`
 /// runs (its URL asks for a TTL no other test uses, to tell its lease from others').
 #[tokio::test]
@@ -1266,7 +1310,7 @@ macro_rules! cli_tests {
                 ttl_takes_durations, options_come_from_the_environment,
                 shell_command_runs_through_sh, status_shows_who_holds,
                 lock_without_command_holds_until_signalled,
-                lock_without_command_exits_74_when_lost);
+                lock_without_command_exits_74_when_lost, observe_ends_when_its_reader_goes);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {
