@@ -1,4 +1,5 @@
-//! `fairlock __watch-group PGID` (internal, not a clap command): the dead man's switch for COMMAND's process group.
+//! `fairlock __watch-group PGID` (internal, read before clap parses anything): the dead man's
+//! switch for COMMAND's process group.
 //!
 //! `PR_SET_PDEATHSIG` kills COMMAND when fairlock dies, but not what COMMAND started: a
 //! shell's background job, once its parent is gone, runs on. This process watches its stdin,
