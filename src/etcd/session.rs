@@ -275,6 +275,11 @@ async fn keep_alive(
         if reopened.is_some() {
             stream = reopened;
         }
+        // Closed or abandoned while the round was answered (select! picks a ready branch at
+        // random): the session was ended on purpose, nothing to report.
+        if stop.is_cancelled() {
+            return;
+        }
         let retry = match outcome {
             Some(Ok(Some(remaining))) if remaining > 0 => {
                 deadline.set(
