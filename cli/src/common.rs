@@ -110,8 +110,8 @@ pub async fn connect_reader(url: &str, name: &str) -> Result<(Client, Signals), 
     let mut signals = register_signals()?;
     tracing::debug!(backend = %exit::redact_url(url), "connecting to read");
     tokio::select! {
-        // TODO(lead): Client::connect_lazy
-        client = Client::connect(url) => match client {
+        // Reading needs no session: on etcd no lease is granted.
+        client = Client::connect_lazy(url) => match client {
             Ok(client) => Ok((client, signals)),
             Err(e) => Err(exit::report(&e)),
         },

@@ -1251,7 +1251,6 @@ async fn observe_ends_when_its_reader_goes(h: &dyn Harness) {
 /// `status`, `leader` and `observe` read without a session: no etcd lease while `observe`
 /// runs (its URL asks for a TTL no other test uses, to tell its lease from others').
 #[tokio::test]
-#[ignore = "TODO(lead): passes once common::connect_reader uses Client::connect_lazy"]
 async fn etcd_readers_open_no_lease() {
     let h = common::EtcdHarness::new().await;
     let name = unique("cli-lazy");
