@@ -27,7 +27,8 @@ struct SlotState<S> {
 impl<S: QueueSession> SessionSlot<S> {
     /// A slot holding `first`; `states` is the channel its sessions report to.
     pub(crate) fn new(first: Arc<S>, states: Arc<StateChannel>) -> Self {
-        states.follow(first.trigger().signal());
+        tracing::debug!(backend = S::BACKEND, session = %first.id(), "session opened");
+        states.follow(first.trigger().signal(), S::BACKEND, first.id());
         SessionSlot {
             state: StdMutex::new(SlotState {
                 current: first,
@@ -80,8 +81,15 @@ impl<S: QueueSession> SessionSlot<S> {
         {
             let mut state = self.state();
             if !state.closed {
-                state.current = fresh.clone();
-                self.states.follow(fresh.trigger().signal());
+                let previous = std::mem::replace(&mut state.current, fresh.clone());
+                tracing::info!(
+                    backend = S::BACKEND,
+                    session = %fresh.id(),
+                    previous = %previous.id(),
+                    "session replaced by a new one"
+                );
+                self.states
+                    .follow(fresh.trigger().signal(), S::BACKEND, fresh.id());
                 return Ok(fresh);
             }
         }

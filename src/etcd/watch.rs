@@ -475,6 +475,11 @@ impl HubTask {
             return;
         };
         let (server, delay) = (watch.server.take(), watch.next_delay());
+        tracing::debug!(
+            key = %String::from_utf8_lossy(&watch.key),
+            retry_in = ?delay,
+            "etcd watch resynchronised: reading its key, then watching again"
+        );
         self.retire(server);
         self.read(id, true, delay);
     }
@@ -630,6 +635,10 @@ impl HubTask {
             .filter(|(_, w)| w.wants_creation())
             .map(|(&id, _)| id)
             .collect();
+        tracing::debug!(
+            watches = due.len(),
+            "etcd watch stream opened; re-creating its watches"
+        );
         for id in due {
             self.create(id);
         }

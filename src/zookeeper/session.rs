@@ -98,7 +98,11 @@ impl ZkSession {
             id: client.session_id().0,
             info,
             trigger: LossTrigger::new(),
-            suspended: Suspension::new(&settings.states),
+            suspended: Suspension::new(
+                &settings.states,
+                "zookeeper",
+                format!("{:x}", client.session_id().0),
+            ),
             ended: AtomicBool::new(false),
             settings: settings.clone(),
             runtime: Handle::current(),
@@ -687,6 +691,11 @@ async fn watch_state(
         let Some(session) = session.upgrade() else {
             return;
         };
+        tracing::debug!(
+            session = %format_args!("{:x}", session.id),
+            ?state,
+            "zookeeper connection state changed"
+        );
         match state {
             zk::SessionState::Disconnected => {
                 session.suspended.set(true);
@@ -733,6 +742,7 @@ impl Drop for OwnWatch {
 
 #[async_trait]
 impl QueueSession for ZkSession {
+    const BACKEND: &'static str = "zookeeper";
     type OwnWatch = OwnWatch;
 
     fn trigger(&self) -> &LossTrigger {
