@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use common::proxy::Proxy;
-use common::{eventually, soon, unique, EtcdHarness, Harness, MemoryHarness};
+use common::{eventually, soon, unique, EtcdHarness, Harness, MemoryHarness, ZkHarness};
 use fairlock::{Client, LostReason};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -73,11 +73,7 @@ impl Capture {
     /// Everything captured, as text (to look for what must never be there).
     fn text(&self) -> String {
         let captured = self.0.lock().unwrap();
-        format!(
-            "{:?}{:?}",
-            captured.closed,
-            captured.events
-        )
+        format!("{:?}{:?}", captured.closed, captured.events)
     }
 }
 
@@ -140,11 +136,17 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
     }
 }
 
-fn record_of<S: for<'a> LookupSpan<'a>>(span: &tracing_subscriber::registry::SpanRef<'_, S>) -> SpanRecord {
+fn record_of<S: for<'a> LookupSpan<'a>>(
+    span: &tracing_subscriber::registry::SpanRef<'_, S>,
+) -> SpanRecord {
     SpanRecord {
         name: span.name(),
         target: span.metadata().target().to_owned(),
-        fields: span.extensions().get::<Fields>().cloned().unwrap_or_default(),
+        fields: span
+            .extensions()
+            .get::<Fields>()
+            .cloned()
+            .unwrap_or_default(),
     }
 }
 
@@ -172,7 +174,11 @@ async fn acquire_and_release_are_spans_with_name_key_and_token() {
         .event("acquired", &who)
         .unwrap_or_else(|| panic!("no acquired event: {:?}", capture.events()));
     assert_eq!(acquired.level, Level::INFO);
-    assert!(acquired.target.starts_with("fairlock"), "{}", acquired.target);
+    assert!(
+        acquired.target.starts_with("fairlock"),
+        "{}",
+        acquired.target
+    );
     assert_eq!(acquired.fields["backend"], "memory");
     assert_eq!(acquired.scope[0].name, "acquire", "{acquired:?}");
 
@@ -210,6 +216,41 @@ async fn acquire_and_release_are_spans_with_name_key_and_token() {
     assert_eq!(scope[..2], ["release", "hold"], "{released:?}");
 }
 
+/// A campaign is an acquisition of kind "election", and leadership a hold.
+#[tokio::test]
+async fn a_campaign_is_an_election_acquisition() {
+    let capture = Capture::default();
+    let _installed = capture.install();
+    let h = MemoryHarness::new();
+    let client = h.client().await;
+    let name = unique("trace-election");
+    let leadership = client
+        .election(&name)
+        .unwrap()
+        .campaign(b"me")
+        .await
+        .unwrap();
+    let token = leadership.fencing_token().to_string();
+    let acquired = capture
+        .event(
+            "acquired",
+            &[("name", name.as_str()), ("token", token.as_str())],
+        )
+        .unwrap_or_else(|| panic!("{:?}", capture.events()));
+    assert_eq!(acquired.fields["kind"], "election");
+    leadership.resign().await.unwrap();
+    let released = capture
+        .event("released", &[("name", name.as_str())])
+        .unwrap_or_else(|| panic!("{:?}", capture.events()));
+    assert!(
+        released
+            .scope
+            .iter()
+            .any(|s| s.name == "hold" && s.fields["kind"] == "election"),
+        "{released:?}"
+    );
+}
+
 /// A try that finds the lock taken says so in a span with mode "try", and no "acquired".
 #[tokio::test]
 async fn a_failed_try_is_not_acquired() {
@@ -220,14 +261,26 @@ async fn a_failed_try_is_not_acquired() {
     let name = unique("trace-try");
     let _guard = holder.mutex(&name).unwrap().lock().await.unwrap();
     let before = capture.events().len();
-    assert!(other.mutex(&name).unwrap().try_lock().await.unwrap().is_none());
+    assert!(other
+        .mutex(&name)
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap()
+        .is_none());
     let events = &capture.events()[before..];
     let not = events
         .iter()
         .find(|e| e.message == "not acquired")
         .unwrap_or_else(|| panic!("{events:?}"));
-    assert!(has(&not.fields, &[("name", name.as_str()), ("mode", "try")]));
-    assert!(!events.iter().any(|e| e.message == "acquired"), "{events:?}");
+    assert!(has(
+        &not.fields,
+        &[("name", name.as_str()), ("mode", "try")]
+    ));
+    assert!(
+        !events.iter().any(|e| e.message == "acquired"),
+        "{events:?}"
+    );
 }
 
 /// A session ended from outside: the session's loss with its reason (warn), and the loss
@@ -242,10 +295,7 @@ async fn a_session_ended_from_outside_is_a_lost_event_with_its_reason() {
     let guard = client.mutex(&name).unwrap().lock().await.unwrap();
     let session = client.session_id();
     h.expire_session(&client).await;
-    assert_eq!(
-        soon("lost", guard.lost()).await,
-        LostReason::SessionExpired
-    );
+    assert_eq!(soon("lost", guard.lost()).await, LostReason::SessionExpired);
     let reason = LostReason::SessionExpired.to_string();
     eventually("session lost and lock lost events", || async {
         capture
@@ -255,11 +305,16 @@ async fn a_session_ended_from_outside_is_a_lost_event_with_its_reason() {
             )
             .is_some()
             && capture
-                .event("lost", &[("name", name.as_str()), ("reason", reason.as_str())])
+                .event(
+                    "lost",
+                    &[("name", name.as_str()), ("reason", reason.as_str())],
+                )
                 .is_some()
     })
     .await;
-    let session_lost = capture.event("session lost", &[("session", &session)]).unwrap();
+    let session_lost = capture
+        .event("session lost", &[("session", &session)])
+        .unwrap();
     assert_eq!(session_lost.level, Level::WARN);
     assert_eq!(session_lost.fields["backend"], "memory");
     let lost = capture.event("lost", &[("name", &name)]).unwrap();
@@ -301,13 +356,11 @@ async fn a_refused_guarded_write_is_recorded_in_the_hold_span() {
     assert_eq!(refused.scope[0].name, "hold", "{refused:?}");
 }
 
-/// etcd through a proxy that cuts the connection, then restores it: "session suspended",
-/// then "session resumed", both naming the session (the lease) and the backend.
-#[tokio::test]
-async fn etcd_suspension_and_resumption_are_events() {
+/// A proxy that cuts the connection, then restores it: "session suspended", then "session
+/// resumed", both naming the session (lease, ZooKeeper session) and the backend.
+async fn suspension_and_resumption_are_events(h: Arc<dyn Harness>, backend: &str) {
     let capture = Capture::default();
     let _installed = capture.install();
-    let h = EtcdHarness::new().await;
     let proxy = Proxy::start(&h.endpoint()).await;
     let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
         .await
@@ -315,15 +368,25 @@ async fn etcd_suspension_and_resumption_are_events() {
     let name = unique("trace-suspend");
     let guard = client.mutex(&name).unwrap().lock().await.unwrap();
     let session = client.session_id();
-    let with = [("backend", "etcd"), ("session", session.as_str())];
+    let with = [("backend", backend), ("session", session.as_str())];
 
     proxy.cut();
     eventually("suspended event", || async {
         capture
-            .event("session suspended: the backend has not confirmed it lately", &with)
+            .event(
+                "session suspended: the backend has not confirmed it lately",
+                &with,
+            )
             .is_some()
     })
     .await;
+    let suspended = capture
+        .event(
+            "session suspended: the backend has not confirmed it lately",
+            &with,
+        )
+        .unwrap();
+    assert_eq!(suspended.level, Level::INFO);
     proxy.restore();
     eventually("resumed event", || async {
         capture
@@ -340,15 +403,27 @@ async fn etcd_suspension_and_resumption_are_events() {
     client.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn etcd_suspension_and_resumption_are_events() {
+    suspension_and_resumption_are_events(Arc::new(EtcdHarness::new().await), "etcd").await;
+}
+
+#[tokio::test]
+async fn zookeeper_suspension_and_resumption_are_events() {
+    suspension_and_resumption_are_events(Arc::new(ZkHarness::new().await), "zookeeper").await;
+}
+
 /// Credentials in the URL never reach a span or an event, whether the connection works or
-/// not (this etcd has no authentication enabled).
+/// not (an etcd without authentication refuses them: then this checks the connect path).
 #[tokio::test]
 async fn credentials_are_never_recorded() {
     let capture = Capture::default();
     let _installed = capture.install();
     let h = EtcdHarness::new().await;
     let password = "pw-never-traced-7c1d";
-    let url = h.url(10).replacen("etcd://", &format!("etcd://someone:{password}@"), 1);
+    let url = h
+        .url(10)
+        .replacen("etcd://", &format!("etcd://someone:{password}@"), 1);
     if let Ok(client) = Client::connect(&url).await {
         if let Ok(guard) = client.mutex(&unique("trace-secret")).unwrap().lock().await {
             let _ = guard.release().await;
