@@ -413,6 +413,47 @@ async fn zookeeper_suspension_and_resumption_are_events() {
     suspension_and_resumption_are_events(Arc::new(ZkHarness::new().await), "zookeeper").await;
 }
 
+/// A guard dropped while the connection is cut: its removal is retried in the background,
+/// in the guard's hold span, until the connection is back and the entry gone.
+#[tokio::test]
+async fn a_background_removal_that_fails_is_retried_and_says_so() {
+    let capture = Capture::default();
+    let _installed = capture.install();
+    let h = EtcdHarness::new().await;
+    let proxy = Proxy::start(&h.endpoint()).await;
+    let url = format!("{}&request_timeout=1s", h.url_via(&proxy.endpoint(), 20));
+    let client = Client::connect(&url).await.unwrap();
+    let name = unique("trace-cleanup");
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    let key = guard.key().to_owned();
+
+    proxy.cut();
+    drop(guard);
+    assert!(capture
+        .event(
+            "released in the background (guard dropped)",
+            &[("key", &key)]
+        )
+        .is_some());
+    let retrying = "queue entry removal failed; retrying";
+    eventually("removal retried", || async {
+        capture.event(retrying, &[("key", &key)]).is_some()
+    })
+    .await;
+    let retried = capture.event(retrying, &[("key", &key)]).unwrap();
+    assert_eq!(retried.level, Level::DEBUG);
+    assert!(
+        retried.scope.iter().any(|s| s.name == "hold"),
+        "{retried:?}"
+    );
+    proxy.restore();
+    eventually("entry removed", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
+    client.close().await.unwrap();
+}
+
 /// Credentials in the URL never reach a span or an event, whether the connection works or
 /// not (an etcd without authentication refuses them: then this checks the connect path).
 #[tokio::test]

@@ -196,48 +196,47 @@ pub(crate) fn remove_until_done<S: QueueSession>(
     session: Arc<S>,
     own: Entry,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    use tracing::Instrument;
-    remove_retrying(session, own).instrument(tracing::Span::current())
-}
-
-async fn remove_retrying<S: QueueSession>(session: Arc<S>, own: Entry) {
     use backon::{ExponentialBuilder, Retryable};
+    use tracing::Instrument;
 
-    let lost = session.trigger().signal();
-    let attempt = || async { session.remove(&own).await };
-    let retries = attempt
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(std::time::Duration::from_millis(100))
-                .with_max_delay(std::time::Duration::from_secs(2))
-                .without_max_times(),
-        )
-        .when(|e: &Error| e.is_transient())
-        .notify(|e: &Error, after| {
-            tracing::debug!(
+    let removal = async move {
+        let lost = session.trigger().signal();
+        let attempt = || async { session.remove(&own).await };
+        let retries = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(std::time::Duration::from_millis(100))
+                    .with_max_delay(std::time::Duration::from_secs(2))
+                    .without_max_times(),
+            )
+            .when(|e: &Error| e.is_transient())
+            .notify(|e: &Error, after| {
+                tracing::debug!(
+                    backend = S::BACKEND,
+                    key = %own.key,
+                    error = %e,
+                    retry_in = ?after,
+                    "queue entry removal failed; retrying"
+                );
+            });
+        tokio::select! {
+            result = retries => if let Err(e) = result {
+                tracing::warn!(
+                    backend = S::BACKEND,
+                    key = %own.key,
+                    error = %e,
+                    "could not remove queue entry; giving up"
+                );
+            },
+            reason = lost => tracing::debug!(
                 backend = S::BACKEND,
                 key = %own.key,
-                error = %e,
-                retry_in = ?after,
-                "queue entry removal failed; retrying"
-            );
-        });
-    tokio::select! {
-        result = retries => if let Err(e) = result {
-            tracing::warn!(
-                backend = S::BACKEND,
-                key = %own.key,
-                error = %e,
-                "could not remove queue entry; giving up"
-            );
-        },
-        reason = lost => tracing::debug!(
-            backend = S::BACKEND,
-            key = %own.key,
-            %reason,
-            "queue entry removal stopped: the session ended, and the entry with it"
-        ),
-    }
+                %reason,
+                "queue entry removal stopped: the session ended, and the entry with it"
+            ),
+        }
+    };
+    removal.instrument(tracing::Span::current())
 }
 
 /// Maps the end of a session to the error a waiter reports.
