@@ -77,6 +77,9 @@ pub(crate) trait HeldLock: Send + Sync {
 /// Dropping the guard starts a best-effort release in the background; it never blocks and
 /// never panics, also outside a tokio runtime. Prefer [`release`](Self::release), which
 /// reports errors.
+///
+/// Tracing: the guard lives with a `hold` span (debug; fields `name`, `kind`, `key`,
+/// `token`, `backend`) in which its loss, refused writes and release are recorded.
 #[must_use = "the lock is released (in the background) as soon as the guard is dropped"]
 pub struct LockGuard {
     name: String,

@@ -21,13 +21,13 @@ pub(crate) use slot::{SessionSlot, SessionSource};
 /// and election nodes (`…latch-<seq>`) are told apart by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum QueueKind {
-    /// A [`DistributedMutex`]'s holder and waiters.
+    /// A [`DistributedMutex`](crate::DistributedMutex)'s holder and waiters.
     Lock,
     /// An [`Election`](crate::Election)'s leader and candidates.
     Election,
 }
 
-/// One entry of a queue, as [`Client::queue`] lists it.
+/// One entry of a queue, as [`Client::queue`](crate::Client::queue) lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueEntry {
     /// The backend key or node path.
