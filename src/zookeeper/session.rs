@@ -682,7 +682,10 @@ async fn watch_state(
             state = states.changed() => state,
             _ = sleep_until(deadline) => {
                 if let Some(session) = session.upgrade() {
-                    tracing::warn!("zookeeper disconnected for 2/5 of the session timeout: session lost");
+                    tracing::warn!(
+                        session = %format_args!("{:x}", session.id),
+                        "zookeeper disconnected for 2/5 of the session timeout: session lost"
+                    );
                     session.lost(LostReason::SessionExpired);
                 }
                 return;
