@@ -341,8 +341,9 @@ async fn a_refused_guarded_write_is_recorded_in_the_hold_span() {
     let client = h.client().await;
     let name = unique("trace-refused");
     let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    let lost = guard.lost(); // watches the entry from now on
     h.delete_entry(guard.key()).await;
-    soon("lost", guard.lost()).await;
+    soon("lost", lost).await;
     let write = fairlock::WriteOp::put(h.data_key(&name), b"x".to_vec());
     assert!(guard.guarded_write(&[write]).await.is_err());
     let refused = capture
