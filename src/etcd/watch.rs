@@ -635,9 +635,11 @@ impl HubTask {
             .filter(|(_, w)| w.wants_creation())
             .map(|(&id, _)| id)
             .collect();
+        // Plus the one whose creation opened the stream; after a failure, all are re-created.
         tracing::debug!(
-            watches = due.len(),
-            "etcd watch stream opened; re-creating its watches"
+            watches = due.len() + 1,
+            reopened = self.failures > 0,
+            "etcd watch stream opened; (re-)creating its watches"
         );
         for id in due {
             self.create(id);
