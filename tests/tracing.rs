@@ -467,6 +467,42 @@ async fn a_background_removal_that_fails_is_retried_and_says_so() {
     client.close().await.unwrap();
 }
 
+/// A guarded write into a silent network: "write outcome unknown" (or, if it was never
+/// sent, "write failed"), in the hold span, with the error.
+#[tokio::test]
+async fn an_unanswered_guarded_write_is_recorded() {
+    let capture = Capture::default();
+    let _installed = capture.install();
+    let h = EtcdHarness::new().await;
+    let proxy = Proxy::start(&h.endpoint()).await;
+    let url = format!("{}&request_timeout=1s", h.url_via(&proxy.endpoint(), 30));
+    let client = Client::connect(&url).await.unwrap();
+    let name = unique("trace-unanswered");
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    proxy.cut();
+    let write = fairlock::WriteOp::put(h.data_key(&name), b"x".to_vec());
+    let result = soon("the guarded write", guard.guarded_write(&[write])).await;
+    proxy.restore();
+    let message = match &result {
+        Err(fairlock::Error::OutcomeUnknown { .. }) => {
+            "write outcome unknown: it may or may not have been applied"
+        }
+        Err(fairlock::Error::Timeout(_)) => "write failed; nothing was written",
+        other => panic!("{other:?}"),
+    };
+    let recorded = capture
+        .event(
+            message,
+            &[("name", name.as_str()), ("write", "guarded write")],
+        )
+        .unwrap_or_else(|| panic!("{:?}", capture.events()));
+    assert_eq!(recorded.level, Level::WARN);
+    assert_eq!(recorded.fields["error"], result.unwrap_err().to_string());
+    assert_eq!(recorded.scope[0].name, "hold", "{recorded:?}");
+    guard.release().await.unwrap();
+    client.close().await.unwrap();
+}
+
 /// Credentials in the URL never reach a span or an event, whether the connection works or
 /// not (an etcd without authentication refuses them: then this checks the connect path).
 #[tokio::test]
