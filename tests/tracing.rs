@@ -7,9 +7,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
 use common::proxy::Proxy;
-use common::{eventually, soon, unique, EtcdHarness, Harness, MemoryHarness, ZkHarness};
-use fairlock::{Client, LostReason};
+#[cfg(feature = "etcd")]
+use common::EtcdHarness;
+#[cfg(feature = "zookeeper")]
+use common::ZkHarness;
+use common::{eventually, soon, unique, Harness, MemoryHarness};
+use fairlock::LostReason;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
@@ -359,11 +364,12 @@ async fn a_refused_guarded_write_is_recorded_in_the_hold_span() {
 
 /// A proxy that cuts the connection, then restores it: "session suspended", then "session
 /// resumed", both naming the session (lease, ZooKeeper session) and the backend.
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
 async fn suspension_and_resumption_are_events(h: Arc<dyn Harness>, backend: &str) {
     let capture = Capture::default();
     let _installed = capture.install();
     let proxy = Proxy::start(&h.endpoint()).await;
-    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
+    let client = fairlock::Client::connect(&h.url_via(&proxy.endpoint(), 10))
         .await
         .unwrap();
     let name = unique("trace-suspend");
@@ -416,11 +422,13 @@ async fn suspension_and_resumption_are_events(h: Arc<dyn Harness>, backend: &str
     client.close().await.unwrap();
 }
 
+#[cfg(feature = "etcd")]
 #[tokio::test]
 async fn etcd_suspension_and_resumption_are_events() {
     suspension_and_resumption_are_events(Arc::new(EtcdHarness::new().await), "etcd").await;
 }
 
+#[cfg(feature = "zookeeper")]
 #[tokio::test]
 async fn zookeeper_suspension_and_resumption_are_events() {
     suspension_and_resumption_are_events(Arc::new(ZkHarness::new().await), "zookeeper").await;
@@ -428,6 +436,7 @@ async fn zookeeper_suspension_and_resumption_are_events() {
 
 /// A guard dropped while the connection is cut: its removal is retried in the background,
 /// in the guard's hold span, until the connection is back and the entry gone.
+#[cfg(feature = "etcd")]
 #[tokio::test]
 async fn a_background_removal_that_fails_is_retried_and_says_so() {
     let capture = Capture::default();
@@ -435,7 +444,7 @@ async fn a_background_removal_that_fails_is_retried_and_says_so() {
     let h = EtcdHarness::new().await;
     let proxy = Proxy::start(&h.endpoint()).await;
     let url = format!("{}&request_timeout=1s", h.url_via(&proxy.endpoint(), 20));
-    let client = Client::connect(&url).await.unwrap();
+    let client = fairlock::Client::connect(&url).await.unwrap();
     let name = unique("trace-cleanup");
     let guard = client.mutex(&name).unwrap().lock().await.unwrap();
     let key = guard.key().to_owned();
@@ -469,6 +478,7 @@ async fn a_background_removal_that_fails_is_retried_and_says_so() {
 
 /// A guarded write into a silent network: "write outcome unknown" (or, if it was never
 /// sent, "write failed"), in the hold span, with the error.
+#[cfg(feature = "etcd")]
 #[tokio::test]
 async fn an_unanswered_guarded_write_is_recorded() {
     let capture = Capture::default();
@@ -476,7 +486,7 @@ async fn an_unanswered_guarded_write_is_recorded() {
     let h = EtcdHarness::new().await;
     let proxy = Proxy::start(&h.endpoint()).await;
     let url = format!("{}&request_timeout=1s", h.url_via(&proxy.endpoint(), 30));
-    let client = Client::connect(&url).await.unwrap();
+    let client = fairlock::Client::connect(&url).await.unwrap();
     let name = unique("trace-unanswered");
     let guard = client.mutex(&name).unwrap().lock().await.unwrap();
     proxy.cut();
@@ -505,6 +515,7 @@ async fn an_unanswered_guarded_write_is_recorded() {
 
 /// Credentials in the URL never reach a span or an event, whether the connection works or
 /// not (an etcd without authentication refuses them: then this checks the connect path).
+#[cfg(feature = "etcd")]
 #[tokio::test]
 async fn credentials_are_never_recorded() {
     let capture = Capture::default();
@@ -514,7 +525,7 @@ async fn credentials_are_never_recorded() {
     let url = h
         .url(10)
         .replacen("etcd://", &format!("etcd://someone:{password}@"), 1);
-    if let Ok(client) = Client::connect(&url).await {
+    if let Ok(client) = fairlock::Client::connect(&url).await {
         if let Ok(guard) = client.mutex(&unique("trace-secret")).unwrap().lock().await {
             let _ = guard.release().await;
         }
