@@ -33,7 +33,8 @@ struct SlotState<S> {
 impl<S: QueueSession> SessionSlot<S> {
     /// A slot holding `first`; `states` is the channel its sessions report to.
     pub(crate) fn new(first: Arc<S>, states: Arc<StateChannel>) -> Self {
-        states.follow(first.trigger().signal());
+        tracing::debug!(backend = S::BACKEND, session = %first.id(), "session opened");
+        states.follow(first.trigger().signal(), S::BACKEND, first.id());
         SessionSlot {
             state: StdMutex::new(SlotState {
                 current: Some(first),
@@ -116,12 +117,22 @@ impl<S: QueueSession> SessionSlot<S> {
         {
             let mut state = self.state();
             if !state.closed {
-                if state.current.replace(fresh.clone()).is_none() {
+                let previous = state.current.replace(fresh.clone());
+                match &previous {
                     // The first session: the signal handed out before it follows it.
-                    let (first, lost) = (self.first_lost.clone(), fresh.trigger().signal());
-                    tokio::spawn(async move { first.fire(lost.await) });
+                    None => {
+                        let (first, lost) = (self.first_lost.clone(), fresh.trigger().signal());
+                        tokio::spawn(async move { first.fire(lost.await) });
+                    }
+                    Some(previous) => tracing::info!(
+                        backend = S::BACKEND,
+                        session = %fresh.id(),
+                        previous = %previous.id(),
+                        "session replaced by a new one"
+                    ),
                 }
-                self.states.follow(fresh.trigger().signal());
+                self.states
+                    .follow(fresh.trigger().signal(), S::BACKEND, fresh.id());
                 return Ok(fresh);
             }
         }

@@ -86,7 +86,7 @@ impl EtcdSession {
             trigger: LossTrigger::with_deadline(deadline.clone()),
             stop: CancellationToken::new(),
             abandoned: AtomicBool::new(false),
-            suspended: Suspension::new(&settings.states),
+            suspended: Suspension::new(&settings.states, "etcd", format!("{:x}", grant.id())),
             next_entry: AtomicU64::new(0),
             runtime: Handle::current(),
         });
@@ -417,6 +417,7 @@ pub(crate) struct OwnWatch(#[allow(dead_code)] DeleteWatch);
 
 #[async_trait]
 impl QueueSession for EtcdSession {
+    const BACKEND: &'static str = "etcd";
     type OwnWatch = OwnWatch;
 
     fn trigger(&self) -> &LossTrigger {

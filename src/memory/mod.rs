@@ -170,6 +170,7 @@ pub(crate) struct OwnWatch(#[allow(dead_code)] Option<WatchHandle>);
 
 #[async_trait]
 impl QueueSession for MemorySession {
+    const BACKEND: &'static str = "memory";
     type OwnWatch = OwnWatch;
 
     fn trigger(&self) -> &LossTrigger {

@@ -136,7 +136,11 @@ impl ZkSession {
             id: client.session_id().0,
             info,
             trigger: LossTrigger::new(),
-            suspended: Suspension::new(&settings.states),
+            suspended: Suspension::new(
+                &settings.states,
+                "zookeeper",
+                format!("{:x}", client.session_id().0),
+            ),
             ended: AtomicBool::new(false),
             settings: settings.clone(),
             runtime: Handle::current(),
@@ -830,7 +834,10 @@ async fn watch_state(
             state = states.changed() => state,
             _ = sleep_until(deadline) => {
                 if let Some(session) = session.upgrade() {
-                    tracing::warn!("zookeeper disconnected for 2/5 of the session timeout: session lost");
+                    tracing::warn!(
+                        session = %format_args!("{:x}", session.id),
+                        "zookeeper disconnected for 2/5 of the session timeout: session lost"
+                    );
                     session.lost(LostReason::SessionExpired);
                 }
                 return;
@@ -839,6 +846,11 @@ async fn watch_state(
         let Some(session) = session.upgrade() else {
             return;
         };
+        tracing::debug!(
+            session = %format_args!("{:x}", session.id),
+            ?state,
+            "zookeeper connection state changed"
+        );
         match state {
             zk::SessionState::Disconnected => {
                 session.suspended.set(true);
@@ -885,6 +897,7 @@ impl Drop for OwnWatch {
 
 #[async_trait]
 impl QueueSession for ZkSession {
+    const BACKEND: &'static str = "zookeeper";
     type OwnWatch = OwnWatch;
 
     fn trigger(&self) -> &LossTrigger {
