@@ -74,7 +74,7 @@ pub mod zookeeper;
 pub use async_trait::async_trait;
 pub use backend::{QueueEntry, QueueKind};
 pub use client::Client;
-pub use config::{BackendKind, Config, TlsConfig};
+pub use config::{redact_url, AclPolicy, BackendKind, Config, TlsConfig};
 pub use election::{Election, Leader, Leadership};
 pub use error::{BoxError, Error, Result};
 pub use guard::{LockGuard, WriteOp};

@@ -4,14 +4,16 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the subscriber: fairlock's warnings by default, `-v` info and `-vv` debug (for
+/// Installs the subscriber: errors only by default (the command reports what went wrong
+/// itself, in one line; the library's warnings say the same at length), `-v` warnings and
+/// info, `-vv` debug (for
 /// fairlock's targets: the library's and this binary's both start with `fairlock`); a
 /// non-empty `RUST_LOG` decides instead. Other crates' events show from level error only:
 /// the ZooKeeper client warns of a lost connection when a session is closed on purpose,
 /// and the library reports what matters of theirs itself.
 pub fn init(verbose: u8) {
     let default = match verbose {
-        0 => "error,fairlock=warn",
+        0 => "error",
         1 => "error,fairlock=info",
         _ => "error,fairlock=debug",
     };

@@ -51,7 +51,7 @@ struct Cli {
     )]
     backend: String,
 
-    /// Diagnostics on stderr: -v info, -vv debug (default: warnings; RUST_LOG, if set,
+    /// Diagnostics on stderr: -v warnings and info, -vv debug (default: errors only; RUST_LOG, if set,
     /// decides instead).
     #[arg(short, long, global = true, action = ArgAction::Count)]
     verbose: u8,

@@ -104,7 +104,10 @@ impl EtcdClient {
             .with_keep_alive_while_idle(true);
         if let Some(user) = &config.username {
             options = options
-                .with_user(user.clone(), config.password.clone().unwrap_or_default())
+                .with_user(
+                    user.clone(),
+                    config.resolved_password()?.unwrap_or_default(),
+                )
                 .with_auto_token_refresh(true);
         }
         let connected = tokio::time::timeout(
