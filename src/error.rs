@@ -80,6 +80,42 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The server refused the credentials (wrong password, unknown user, no credentials
+    /// where the server requires them, a client certificate it does not accept), or they
+    /// could not be read. Not transient: retrying with the same credentials fails again.
+    #[error("{backend}: authentication failed: {source}")]
+    AuthenticationFailed {
+        /// Which backend: `etcd` or `zookeeper`.
+        backend: &'static str,
+        /// What the server or client library said.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The server knows who this client is and does not allow the operation (etcd RBAC
+    /// permission denied, ZooKeeper NoAuth from a node's ACL).
+    #[error("{backend}: permission denied: {source}")]
+    PermissionDenied {
+        /// Which backend: `etcd` or `zookeeper`.
+        backend: &'static str,
+        /// What the server or client library said.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The TLS handshake failed: a server certificate that the configured CA did not sign,
+    /// has expired or names another host; a client certificate the server refused; or a
+    /// certificate, key or CA file that could not be read. The cause is kept as the
+    /// source.
+    #[error("{backend}: TLS: {source}")]
+    Tls {
+        /// Which backend: `etcd` or `zookeeper`.
+        backend: &'static str,
+        /// The TLS library's or the client library's error.
+        #[source]
+        source: BoxError,
+    },
+
     /// The backend reported an error; the client library's error is the source.
     #[error("{backend} error: {source}")]
     Backend {

@@ -14,6 +14,8 @@ pub const UNAVAILABLE: u8 = 69;
 /// Internal error (EX_SOFTWARE): the async runtime or the signal handlers could not be set
 /// up, COMMAND could not be waited for, or `observe`'s stream of leaders ended.
 pub const SOFTWARE: u8 = 70;
+/// Authentication failed, permission denied, or TLS refused (EX_NOPERM).
+pub const NO_PERMISSION: u8 = 77;
 /// The lock was lost while the command ran (EX_IOERR).
 pub const LOST: u8 = 74;
 /// Not acquired: held by someone else, or the timeout expired (EX_TEMPFAIL); the default of
@@ -44,6 +46,10 @@ pub const TABLE: &[(&str, &str)] = &[
     ("2", "bad arguments, URL or name"),
     ("3", "leader: nobody leads"),
     ("69", "backend unreachable or failing"),
+    (
+        "77",
+        "authentication failed, permission denied, or the TLS handshake failed",
+    ),
     (
         "70",
         "internal error: no async runtime or signal handlers, COMMAND could not be waited \
@@ -87,10 +93,7 @@ pub fn keep_secret(url: &str) {
 
 /// `url` with its password replaced by `***`, for logs.
 pub fn redact_url(url: &str) -> String {
-    match userinfo(url) {
-        Some((raw, redacted)) => url.replacen(&raw, &redacted, 1),
-        None => url.to_owned(),
-    }
+    fairlock::redact_url(url)
 }
 
 /// The user info `user:password@` of `url` and its redacted form `user:***@`; `None`
@@ -122,6 +125,9 @@ pub fn report(error: &Error) -> u8 {
     match error {
         Error::InvalidName { .. } | Error::InvalidConfig(_) => USAGE,
         Error::LockLost(_) => LOST,
+        Error::AuthenticationFailed { .. } | Error::PermissionDenied { .. } | Error::Tls { .. } => {
+            NO_PERMISSION
+        }
         _ => UNAVAILABLE,
     }
 }
@@ -168,6 +174,7 @@ mod tests {
             USAGE,
             NO_LEADER,
             UNAVAILABLE,
+            NO_PERMISSION,
             SOFTWARE,
             LOST,
             NOT_ACQUIRED,
