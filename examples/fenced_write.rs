@@ -22,11 +22,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "memory://fenced".into());
     let mut config = Config::from_url(&url)?;
     config.ttl = Duration::from_secs(3);
-    let key = if url.starts_with("zk://") {
-        "/fairlock-example/balance"
-    } else {
-        "fairlock-example/balance"
-    };
+    // A backend-neutral data key: the etcd key, ZooKeeper node or memory key of that name.
+    let key = "fairlock-example/balance";
 
     let a = Client::from_config(&config).await?;
     let b = Client::from_config(&config).await?;
@@ -58,15 +55,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(balance, b"70");
 
     // Stores outside the lock backend get the token and compare it themselves; on etcd your
-    // own transactions can carry the same check:
+    // own transactions can carry the same check (a data key is the etcd key of that name):
     #[cfg(feature = "etcd")]
-    if url.starts_with("etcd://") {
-        let _txn = etcd_client::Txn::new()
-            .when([fairlock::etcd::fence_compare(
-                b_guard.key(),
-                b_guard.fencing_token(),
-            )])
-            .and_then([etcd_client::TxnOp::put(key, "60", None)]);
+    if a.backend() == fairlock::BackendKind::Etcd {
+        use fairlock::etcd::etcd_client::{Txn, TxnOp};
+        let fence = fairlock::etcd::fence_compare(b_guard.key(), b_guard.fencing_token());
+        let _txn = Txn::new()
+            .when([fence])
+            .and_then([TxnOp::put(key, "60", None)]);
     }
 
     b_guard.release().await?;

@@ -52,14 +52,8 @@ fn parse() -> Result<Options, String> {
     Ok(o)
 }
 
-fn stock_key(backend: &str) -> String {
-    // A key of the backend's own key space: an etcd key, or a ZooKeeper path.
-    if backend.starts_with("zk://") {
-        "/fairlock-demo-stock".into()
-    } else {
-        "fairlock-demo/stock".into()
-    }
-}
+/// A backend-neutral data key: the etcd key, ZooKeeper node or memory key of that name.
+const STOCK_KEY: &str = "fairlock-demo/stock";
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -137,16 +131,16 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 /// The coordinator: resets the stock, starts the buyer processes, adds up their sales.
 async fn coordinator(o: &Options) -> Result<(), Box<dyn std::error::Error>> {
-    let key = stock_key(&o.backend);
+    let key = STOCK_KEY;
     let client = Client::connect(&o.backend).await?;
-    client.put(&key, STOCK.to_string()).await?;
+    client.put(key, STOCK.to_string()).await?;
     let start_at = now_ms() + 1500; // every process connected by then
     let exe = std::env::current_exe()?;
     let children: Vec<_> = (0..o.processes)
         .map(|_| {
             let mut cmd = Command::new(&exe);
             cmd.args(["--backend", &o.backend, "--buyers", &o.buyers.to_string()])
-                .args(["--start-at", &start_at.to_string(), "--key", &key])
+                .args(["--start-at", &start_at.to_string(), "--key", key])
                 .stdout(Stdio::piped());
             if !o.locked {
                 cmd.arg("--no-lock");
@@ -166,7 +160,7 @@ async fn coordinator(o: &Options) -> Result<(), Box<dyn std::error::Error>> {
         sold += fields.next().ok_or("empty buyer output")?.parse::<u64>()?;
         latencies.extend(fields.map(|f| f.parse::<u64>().unwrap_or(0)));
     }
-    let left = read_stock(&client, &key).await?;
+    let left = read_stock(&client, key).await?;
     client.close().await?;
     latencies.sort_unstable();
     let (p50, p99) = if o.locked {

@@ -37,11 +37,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let id = args
         .next()
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));
-    let heartbeat_key = if url.starts_with("zk://") {
-        "/fairlock-example/report-heartbeat"
-    } else {
-        "fairlock-example/report-heartbeat"
-    };
+    // A backend-neutral data key, the same on etcd, ZooKeeper and memory.
+    let heartbeat_key = "fairlock-example/report-heartbeat";
 
     let client = Client::connect(&url).await?;
     let election = client.election("report-generator")?;

@@ -11,6 +11,7 @@ use crate::backend::{KeySpace, QueueEntry, QueueKind, QueueSession, SessionSourc
 use crate::config::{BackendKind, Config};
 use crate::election::Election;
 use crate::error::{Error, Result};
+use crate::key::KeyMap;
 use crate::lost::LostSignal;
 use crate::mutex::DistributedMutex;
 use crate::name::validate_name;
@@ -21,8 +22,13 @@ use crate::state::SessionState;
 /// key space.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
-    fn mutex(&self, name: String, holder: Arc<[u8]>) -> Arc<dyn DistributedMutex>;
-    fn election(&self, name: String) -> Arc<dyn Election>;
+    fn mutex(
+        &self,
+        name: String,
+        holder: Arc<[u8]>,
+        keys: Arc<KeyMap>,
+    ) -> Arc<dyn DistributedMutex>;
+    fn election(&self, name: String, keys: Arc<KeyMap>) -> Arc<dyn Election>;
     fn session_lost(&self) -> LostSignal;
     fn session_id(&self) -> String;
     async fn close(&self) -> Result<()>;
@@ -40,24 +46,29 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
 #[async_trait]
 impl<B: SessionSource + KeySpace> Backend for Arc<B> {
-    fn mutex(&self, name: String, holder: Arc<[u8]>) -> Arc<dyn DistributedMutex> {
-        Arc::new(QueueMutex::new(self.clone(), name, holder))
+    fn mutex(
+        &self,
+        name: String,
+        holder: Arc<[u8]>,
+        keys: Arc<KeyMap>,
+    ) -> Arc<dyn DistributedMutex> {
+        Arc::new(QueueMutex::new(self.clone(), name, holder, keys))
     }
 
-    fn election(&self, name: String) -> Arc<dyn Election> {
-        Arc::new(QueueElection::new(self.clone(), name))
+    fn election(&self, name: String, keys: Arc<KeyMap>) -> Arc<dyn Election> {
+        Arc::new(QueueElection::new(self.clone(), name, keys))
     }
 
     fn session_lost(&self) -> LostSignal {
-        self.slot().current().trigger().signal()
+        self.slot().lost()
     }
 
     fn session_id(&self) -> String {
-        self.slot().current().id()
+        self.slot().current().map_or_else(String::new, |s| s.id())
     }
 
     fn is_suspended(&self) -> bool {
-        self.slot().current().is_suspended()
+        self.slot().current().is_some_and(|s| s.is_suspended())
     }
 
     fn session_state(&self) -> SessionState {
@@ -126,6 +137,8 @@ pub struct Client {
     kind: BackendKind,
     /// The value of this client's lock entries; see [`Client::with_holder_value`].
     holder: Arc<[u8]>,
+    /// Maps data keys onto the backend's keys.
+    keys: Arc<KeyMap>,
 }
 
 impl Client {
@@ -142,11 +155,72 @@ impl Client {
 
     /// Connects as `config` says and opens a session. Errors as [`connect`](Self::connect).
     pub async fn from_config(config: &Config) -> Result<Client> {
+        Client::open(config, false).await
+    }
+
+    /// Connects to the backend named by `url` like [`connect`](Self::connect), but opens
+    /// no session until one is needed: for tools that mostly read.
+    ///
+    /// Reads ([`get`](Self::get), [`queue`](Self::queue), [`Election::leader`],
+    /// [`Election::observe`]) need no session. The first lock or campaign opens one, as a
+    /// lost session is replaced. Until then [`session_state`](Self::session_state) is
+    /// [`SessionState::Idle`], [`session_id`](Self::session_id) is empty,
+    /// [`is_suspended`](Self::is_suspended) is false, and [`session_lost`](Self::session_lost)
+    /// completes when the first session is lost (or with
+    /// [`SessionClosed`](crate::LostReason::SessionClosed) on [`close`](Self::close) before
+    /// any). Closing before the first session ends nothing on the backend.
+    ///
+    /// - **etcd**: connects and checks that the cluster answers; no lease is granted until
+    ///   the first lock or campaign (a TTL below the server's minimum shows there, as
+    ///   [`Error::InvalidConfig`]).
+    /// - **ZooKeeper**: the connection itself is a ZooKeeper session, which reads need, so
+    ///   one is opened as by [`connect`](Self::connect); it creates no node.
+    /// - **memory**: no session is registered with the store until needed.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect): [`Error::InvalidConfig`], [`Error::Unreachable`],
+    /// [`Error::Backend`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> fairlock::Result<()> {
+    /// let client = fairlock::Client::connect_lazy("memory://lazy-doc").await?;
+    /// assert_eq!(client.session_state(), fairlock::SessionState::Idle);
+    /// assert!(client.queue("jobs", fairlock::QueueKind::Lock).await?.is_empty());
+    /// let guard = client.mutex("jobs")?.lock().await?; // opens the session
+    /// assert_eq!(client.session_state(), fairlock::SessionState::Connected);
+    /// guard.release().await?;
+    /// client.close().await
+    /// # }
+    /// ```
+    pub async fn connect_lazy(url: &str) -> Result<Client> {
+        Client::from_config_lazy(&Config::from_url(url)?).await
+    }
+
+    /// Connects as `config` says, without a session until one is needed; see
+    /// [`connect_lazy`](Self::connect_lazy), whose errors it shares.
+    pub async fn from_config_lazy(config: &Config) -> Result<Client> {
+        Client::open(config, true).await
+    }
+
+    async fn open(config: &Config, lazy: bool) -> Result<Client> {
         config.validate()?;
+        // Never silently weaker than asked for.
+        if config.tls.is_some() && config.backend != BackendKind::Memory {
+            return Err(Error::config(format!(
+                "TLS is not supported by the {} backend yet",
+                config.backend
+            )));
+        }
+        if config.backend == BackendKind::Zookeeper && config.username.is_some() {
+            return Err(Error::config(
+                "ZooKeeper authentication is not supported yet",
+            ));
+        }
         let backend: Arc<dyn Backend> = match config.backend {
-            BackendKind::Memory => Arc::new(crate::memory::MemoryClient::connect(config)?),
+            BackendKind::Memory => Arc::new(crate::memory::MemoryClient::connect(config, lazy)?),
             #[cfg(feature = "etcd")]
-            BackendKind::Etcd => Arc::new(crate::etcd::EtcdClient::connect(config).await?),
+            BackendKind::Etcd => Arc::new(crate::etcd::EtcdClient::connect(config, lazy).await?),
             #[cfg(feature = "zookeeper")]
             BackendKind::Zookeeper => Arc::new(crate::zookeeper::ZkClient::connect(config).await?),
             #[allow(unreachable_patterns)]
@@ -156,11 +230,90 @@ impl Client {
                 )))
             }
         };
-        Ok(Client {
+        Ok(Client::wrap(backend, config))
+    }
+
+    fn wrap(backend: Arc<dyn Backend>, config: &Config) -> Client {
+        Client {
             backend,
             kind: config.backend,
             holder: Arc::from(&[][..]),
-        })
+            keys: Arc::new(KeyMap::new(config)),
+        }
+    }
+
+    /// A client on an etcd client you connected (your TLS, auth, interceptors, channel):
+    /// `config` gives the prefix, TTL and timeouts; its backend must be etcd, its endpoints
+    /// may be empty, and neither they nor its credentials are used (the client has its own).
+    ///
+    /// # Sessions
+    /// etcd leases do not depend on the connection: fairlock grants its own lease on
+    /// `client` now (within the connect timeout) and renews it, and a new one after a
+    /// loss, as for a client it connected itself. [`close`](Self::close) revokes only that
+    /// lease (fairlock's locks and queue entries go with it); your `client` and anything
+    /// else you do with it are untouched and stay usable.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`]: a bad setting, a backend other than etcd, or a TTL below
+    /// the server's minimum. [`Error::Unreachable`]: no answer to the lease grant within the
+    /// connect timeout. [`Error::Backend`]: the server refused.
+    #[cfg(feature = "etcd")]
+    pub async fn from_etcd_client(
+        client: crate::etcd::etcd_client::Client,
+        config: &Config,
+    ) -> Result<Client> {
+        Client::check_handed_in(config, BackendKind::Etcd)?;
+        let backend = crate::etcd::EtcdClient::with_client(client, config, false).await?;
+        Ok(Client::wrap(Arc::new(backend), config))
+    }
+
+    /// A client on a ZooKeeper client you connected (your auth, TLS, chroot: fairlock's
+    /// paths are then inside the chroot): `config` gives the base path, timeouts and the
+    /// TTL of sessions fairlock opens itself; its backend must be ZooKeeper.
+    ///
+    /// # Sessions
+    /// A ZooKeeper client *is* one session, with the timeout it negotiated, and fairlock's
+    /// locks are ephemeral nodes of it. fairlock never ends that session: it is yours.
+    /// - [`close`](Self::close) deletes the nodes fairlock created (held locks, queued
+    ///   waiters, candidacies) and leaves the session and your `client` open and usable. If
+    ///   it cannot within the request timeout it returns the error, and those nodes stay
+    ///   until the session ends.
+    /// - When fairlock counts the session lost (expired, or disconnected too long), guards
+    ///   report the loss as usual and fairlock deletes its nodes if the session turns out
+    ///   to live on. It cannot open a new session from the same client: later acquisitions
+    ///   open fairlock's own sessions through `config.endpoints` if it names any (as
+    ///   [`from_config`](Self::from_config) would), and fail with [`Error::SessionExpired`]
+    ///   if it is empty. Those sessions know no chroot: with a chrooted client, leave the
+    ///   endpoints empty.
+    /// - [`abandon`](Self::abandon) only lets go of the client: fairlock's nodes stay
+    ///   until the session ends.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`]: a bad setting, or a backend other than ZooKeeper.
+    /// [`Error::SessionExpired`]: `client`'s session has ended already.
+    #[cfg(feature = "zookeeper")]
+    pub async fn from_zookeeper_client(
+        client: crate::zookeeper::zookeeper_client::Client,
+        config: &Config,
+    ) -> Result<Client> {
+        Client::check_handed_in(config, BackendKind::Zookeeper)?;
+        let backend = crate::zookeeper::ZkClient::with_client(client, config)?;
+        Ok(Client::wrap(Arc::new(backend), config))
+    }
+
+    /// Checks a config for a client handed in: every setting, endpoints only if given.
+    #[cfg(any(feature = "etcd", feature = "zookeeper"))]
+    fn check_handed_in(config: &Config, kind: BackendKind) -> Result<()> {
+        if config.backend != kind {
+            return Err(Error::config(format!(
+                "a {kind} client needs a {kind} config, not {}",
+                config.backend
+            )));
+        }
+        match config.endpoints.is_empty() {
+            true => config.validate_settings(),
+            false => config.validate(),
+        }
     }
 
     /// The backend this client talks to.
@@ -175,7 +328,8 @@ impl Client {
     /// [`Error::InvalidName`]; see [`validate_name`].
     pub fn mutex(&self, name: &str) -> Result<Arc<dyn DistributedMutex>> {
         validate_name(name)?;
-        Ok(self.backend.mutex(name.to_owned(), self.holder.clone()))
+        let (holder, keys) = (self.holder.clone(), self.keys.clone());
+        Ok(self.backend.mutex(name.to_owned(), holder, keys))
     }
 
     /// A client sharing this one's session whose lock entries carry `value`: who holds or
@@ -209,17 +363,19 @@ impl Client {
     /// [`Error::InvalidName`]; see [`validate_name`].
     pub fn election(&self, name: &str) -> Result<Arc<dyn Election>> {
         validate_name(name)?;
-        Ok(self.backend.election(name.to_owned()))
+        Ok(self.backend.election(name.to_owned(), self.keys.clone()))
     }
 
     /// A signal that completes when the current session is lost (expired, revoked, or
     /// closed). Guards of that session complete their own [`lost`](crate::LockGuard::lost)
-    /// signals at the same time.
+    /// signals at the same time. Before a lazy client's first session, the signal follows
+    /// that first session (see [`connect_lazy`](Self::connect_lazy)).
     pub fn session_lost(&self) -> LostSignal {
         self.backend.session_lost()
     }
 
-    /// The current session's id (etcd lease id or ZooKeeper session id, hex).
+    /// The current session's id (etcd lease id or ZooKeeper session id, hex); empty before
+    /// a lazy client's first session.
     pub fn session_id(&self) -> String {
         self.backend.session_id()
     }
@@ -227,12 +383,14 @@ impl Client {
     /// Whether the session is *suspended*: the backend has not confirmed it lately (etcd
     /// keep-alives failing, ZooKeeper disconnected). Locks are not lost yet (their `lost()`
     /// signals complete when they are), but a holder cannot be sure it still holds them and
-    /// should not start new work that relies on the lock until this clears.
+    /// should not start new work that relies on the lock until this clears. False before a
+    /// lazy client's first session.
     pub fn is_suspended(&self) -> bool {
         self.backend.is_suspended()
     }
 
-    /// The session's state now; see [`SessionState`].
+    /// The session's state now; see [`SessionState`]. [`SessionState::Idle`] before a lazy
+    /// client's first session.
     pub fn session_state(&self) -> SessionState {
         self.backend.session_state()
     }
@@ -277,13 +435,16 @@ impl Client {
             .backend
             .as_any()
             .downcast_ref::<Arc<crate::zookeeper::ZkClient>>()?;
-        Some(zk.session_info())
+        zk.session_info()
     }
 
     /// Ends the session at once: revokes the etcd lease or closes the ZooKeeper session,
     /// which releases every lock and queue entry of this client. Guards report
     /// [`LostReason::SessionClosed`](crate::LostReason::SessionClosed); later calls fail with
-    /// [`Error::Closed`]. Closing twice is a no-op.
+    /// [`Error::Closed`]. Closing twice is a no-op. A lazy client that never opened a
+    /// session ends nothing. On a client built from yours, only fairlock's part ends: see
+    /// [`from_etcd_client`](Self::from_etcd_client) and
+    /// [`from_zookeeper_client`](Self::from_zookeeper_client).
     ///
     /// # Errors
     /// [`Error::Timeout`] or [`Error::Backend`] if the backend did not confirm; the session
@@ -299,23 +460,31 @@ impl Client {
         self.backend.abandon()
     }
 
-    /// Reads `key` from the backend's key space (etcd key, ZooKeeper node data, memory
-    /// store key), outside any lock. Pair it with
+    /// Reads the data key `key` outside any lock; `None` if it has no value. Pair it with
     /// [`LockGuard::guarded_write`](crate::LockGuard::guarded_write).
     ///
-    /// # Errors
-    /// [`Error::Timeout`], [`Error::Backend`].
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.backend.get(key).await
-    }
-
-    /// Writes `key` unconditionally (no lock, no fencing). For set-up and for comparisons
-    /// with guarded writes.
+    /// Data keys are backend-neutral (see [`validate_key`](crate::validate_key)): `shop/stock`
+    /// is the etcd key `shop/stock`, the ZooKeeper node `/shop/stock` and the memory store's
+    /// `shop/stock`, so a program reads the same data whichever backend its URL names.
     ///
     /// # Errors
-    /// [`Error::Timeout`], [`Error::Backend`].
+    /// - [`Error::InvalidKey`]: a malformed key, or one inside this client's lock prefix
+    ///   (`PREFIX` and below on etcd, `/PATH` and below on ZooKeeper, `fairlock` and below
+    ///   in a memory store), where the lock queues live.
+    /// - [`Error::Timeout`], [`Error::Backend`].
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.keys.path(key)?;
+        self.backend.get(&key).await
+    }
+
+    /// Writes the data key `key` unconditionally (no lock, no fencing), creating it (and on
+    /// ZooKeeper its parents) if needed. For set-up and for comparisons with guarded writes.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get); and [`Error::OutcomeUnknown`] when the write went unanswered.
     pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<()> {
-        self.backend.put(key, value.into()).await
+        let key = self.keys.path(key)?;
+        self.backend.put(&key, value.into()).await
     }
 
     /// The queue `name` of `kind`: the holder (or leader) first, then the waiters (or

@@ -12,6 +12,7 @@ use crate::mutex::Acquire;
 
 /// The leader of an election, as [`Election::leader`] and [`Election::observe`] see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Leader {
     /// The value the leader campaigned with, or last proclaimed.
     pub value: Vec<u8>,
@@ -30,6 +31,9 @@ pub struct Leader {
 /// VALUE` campaigns in the same election and `etcdctl elect -l PREFIX/NAME` observes it);
 /// on ZooKeeper, that of Curator's LeaderLatch (`_c_<uuid>-latch-<seq>` nodes holding the
 /// value).
+///
+/// Open for wrappers, as [`DistributedMutex`](crate::DistributedMutex) is: delegate to an
+/// inner election and pass on its [`Leadership`].
 #[async_trait]
 pub trait Election: Send + Sync + fmt::Debug {
     /// The election's name.

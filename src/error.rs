@@ -25,6 +25,15 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The data key is not acceptable; see [`validate_key`](crate::validate_key).
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key as given.
+        key: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
     /// The backend URL or configuration is malformed or not supported.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -67,6 +76,42 @@ pub enum Error {
         /// Which backend: `etcd`, `zookeeper` or `memory`.
         backend: &'static str,
         /// What cut the request short.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The server refused the credentials (wrong password, unknown user, no credentials
+    /// where the server requires them, a client certificate it does not accept), or they
+    /// could not be read. Not transient: retrying with the same credentials fails again.
+    #[error("{backend}: authentication failed: {source}")]
+    AuthenticationFailed {
+        /// Which backend: `etcd` or `zookeeper`.
+        backend: &'static str,
+        /// What the server or client library said.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The server knows who this client is and does not allow the operation (etcd RBAC
+    /// permission denied, ZooKeeper NoAuth from a node's ACL).
+    #[error("{backend}: permission denied: {source}")]
+    PermissionDenied {
+        /// Which backend: `etcd` or `zookeeper`.
+        backend: &'static str,
+        /// What the server or client library said.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The TLS handshake failed: a server certificate that the configured CA did not sign,
+    /// has expired or names another host; a client certificate the server refused; or a
+    /// certificate, key or CA file that could not be read. The cause is kept as the
+    /// source.
+    #[error("{backend}: TLS: {source}")]
+    Tls {
+        /// Which backend: `etcd` or `zookeeper`.
+        backend: &'static str,
+        /// The TLS library's or the client library's error.
         #[source]
         source: BoxError,
     },

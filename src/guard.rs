@@ -4,8 +4,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
+use tracing::Instrument;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lost::{LostReason, LostSignal};
 
 /// One write of a [`LockGuard::guarded_write`].
@@ -13,6 +14,7 @@ use crate::lost::{LostReason, LostSignal};
 /// Keys are the backend's own: an etcd key, a ZooKeeper path (absolute, parents must
 /// exist), or a key of the memory store.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WriteOp {
     /// Set `key` to `value`, creating it if needed.
     Put {
@@ -60,6 +62,9 @@ pub(crate) trait HeldLock: Send + Sync {
     async fn proclaim(&self, value: &[u8]) -> Result<()>;
     /// Starts watching the own entry for deletion by someone else (once; idempotent).
     fn watch_entry(&self);
+    /// The hold span: lives as long as the lock is held (and its release runs); the
+    /// guard's events are recorded inside it.
+    fn span(&self) -> &tracing::Span;
 }
 
 /// Proof that this process holds a lock, until [`release`](Self::release) or drop.
@@ -73,6 +78,9 @@ pub(crate) trait HeldLock: Send + Sync {
 /// Dropping the guard starts a best-effort release in the background; it never blocks and
 /// never panics, also outside a tokio runtime. Prefer [`release`](Self::release), which
 /// reports errors.
+///
+/// Tracing: the guard lives with a `hold` span (debug; fields `name`, `kind`, `key`,
+/// `token`, `backend`) in which its loss, refused writes and release are recorded.
 #[must_use = "the lock is released (in the background) as soon as the guard is dropped"]
 pub struct LockGuard {
     name: String,
@@ -158,7 +166,7 @@ impl LockGuard {
     /// tell that an earlier attempt was applied.
     ///
     /// # Errors
-    /// - [`Error::LockLost`](crate::Error::LockLost): the lock is no longer held; nothing
+    /// - [`Error::LockLost`](Error::LockLost): the lock is no longer held; nothing
     ///   was written.
     /// - [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown): the write was sent but no
     ///   definite answer came back (connection lost, request timeout): it may or may not
@@ -169,23 +177,57 @@ impl LockGuard {
     /// # Cancel safety
     /// Not cancel safe: dropping the future may or may not leave the write applied.
     pub async fn guarded_write(&self, ops: &[WriteOp]) -> Result<()> {
-        if let Some(reason) = self.lost.reason() {
-            return Err(crate::Error::LockLost(reason));
+        let result = match self.lost.reason() {
+            Some(reason) => Err(Error::LockLost(reason)),
+            None => {
+                let write = self.held.guarded_write(ops);
+                write.instrument(self.held.span().clone()).await
+            }
+        };
+        if let Err(e) = &result {
+            self.trace_write_error("guarded write", e);
         }
-        self.held.guarded_write(ops).await
+        result
     }
 
     pub(crate) async fn proclaim(&self, value: &[u8]) -> Result<()> {
-        if let Some(reason) = self.lost.reason() {
-            return Err(crate::Error::LockLost(reason));
+        let result = match self.lost.reason() {
+            Some(reason) => Err(Error::LockLost(reason)),
+            None => {
+                let write = self.held.proclaim(value);
+                write.instrument(self.held.span().clone()).await
+            }
+        };
+        if let Err(e) = &result {
+            self.trace_write_error("proclaim", e);
         }
-        self.held.proclaim(value).await
+        result
+    }
+
+    /// Records a write through the guard that failed, in the hold span.
+    fn trace_write_error(&self, write: &'static str, e: &Error) {
+        let _hold = self.held.span().enter();
+        let (name, key, token) = (&self.name, &self.key, self.token);
+        match e {
+            Error::LockLost(reason) => tracing::warn!(
+                name = %name, key = %key, token, write, %reason,
+                "write refused: the lock is lost"
+            ),
+            Error::OutcomeUnknown { .. } => tracing::warn!(
+                name = %name, key = %key, token, write, error = %e,
+                "write outcome unknown: it may or may not have been applied"
+            ),
+            _ => tracing::warn!(
+                name = %name, key = %key, token, write, error = %e,
+                "write failed; nothing was written"
+            ),
+        }
     }
 
     /// Releases the lock and waits for the backend to confirm.
     ///
     /// # Errors
-    /// - [`Error::LockLost`](crate::Error::LockLost): the lock had been lost before this
+    /// - [`Error::LockLost`](Error::LockLost): the lock had been lost before this
     ///   call; the critical section was not fully protected.
     /// - [`Error::Timeout`](crate::Error::Timeout), [`Error::Backend`](crate::Error::Backend):
     ///   the release could not be confirmed; it goes on in the background until it succeeds
@@ -205,6 +247,25 @@ impl LockGuard {
         if self.releasing.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        let span = tracing::debug_span!(parent: self.held.span(), "release");
+        let result = self.release_now().instrument(span.clone()).await;
+        let _release = span.enter();
+        let (name, key, token) = (&self.name, &self.key, self.token);
+        match &result {
+            Ok(()) => tracing::info!(name = %name, key = %key, token, "released"),
+            Err(Error::LockLost(reason)) => tracing::warn!(
+                name = %name, key = %key, token, %reason,
+                "released, but the lock had been lost before"
+            ),
+            Err(e) => tracing::warn!(
+                name = %name, key = %key, token, error = %e,
+                "release not confirmed; it goes on in the background"
+            ),
+        }
+        result
+    }
+
+    async fn release_now(&self) -> Result<()> {
         let lost_before = self.lost.reason();
         self.held.mark_released();
         // If this future is dropped mid-way, the release goes on in the background.
@@ -214,10 +275,10 @@ impl LockGuard {
         let lost_before = lost_before.filter(|reason| *reason != LostReason::Released);
         match result {
             Ok(None) => match lost_before {
-                Some(reason) => Err(crate::Error::LockLost(reason)),
+                Some(reason) => Err(Error::LockLost(reason)),
                 None => Ok(()),
             },
-            Ok(Some(gone)) => Err(crate::Error::LockLost(lost_before.unwrap_or(gone))),
+            Ok(Some(gone)) => Err(Error::LockLost(lost_before.unwrap_or(gone))),
             Err(err) => {
                 self.held.release_in_background();
                 Err(err)
@@ -228,6 +289,13 @@ impl LockGuard {
     /// Starts a release without waiting, unless one was started already.
     pub(crate) fn release_in_background(&self) {
         if !self.releasing.swap(true, Ordering::SeqCst) {
+            // The background removal runs in the span current here (see
+            // `remove_until_done`).
+            let _release = tracing::debug_span!(parent: self.held.span(), "release").entered();
+            tracing::info!(
+                name = %self.name, key = %self.key, token = self.token,
+                "released in the background (guard dropped)"
+            );
             self.held.release_in_background();
         }
     }

@@ -55,6 +55,7 @@ mod config;
 mod election;
 mod error;
 mod guard;
+mod key;
 mod lost;
 mod mutex;
 mod name;
@@ -71,12 +72,17 @@ pub mod memory;
 #[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub mod zookeeper;
 
+/// The attribute that implementations of [`DistributedMutex`] and [`Election`] use, the
+/// version fairlock's traits are written with.
+#[doc(no_inline)]
+pub use async_trait::async_trait;
 pub use backend::{QueueEntry, QueueKind};
 pub use client::Client;
-pub use config::{BackendKind, Config, TlsConfig};
+pub use config::{redact_url, AclPolicy, BackendKind, Config, TlsConfig};
 pub use election::{Election, Leader, Leadership};
 pub use error::{BoxError, Error, Result};
 pub use guard::{LockGuard, WriteOp};
+pub use key::{validate_key, MAX_KEY_LEN};
 pub use lost::{LostReason, LostSignal};
 pub use mutex::{Acquire, DistributedMutex};
 pub use name::{validate_name, MAX_NAME_LEN};
@@ -94,7 +100,7 @@ pub async fn connect(url: &str) -> Result<Client> {
     Client::connect(url).await
 }
 
-/// The README's Rust blocks, run as doctests (the first needs the etcd of the test suite).
-#[cfg(all(doctest, feature = "etcd"))]
+/// The README's Rust blocks, run as doctests (on `memory://`).
+#[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

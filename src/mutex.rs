@@ -10,6 +10,7 @@ use crate::guard::LockGuard;
 
 /// How long an acquisition may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Acquire {
     /// Wait in the queue until the lock is held.
     Wait,
@@ -26,6 +27,53 @@ pub enum Acquire {
 ///
 /// Not reentrant: a second `lock()` from the same process queues behind the first holder,
 /// like a waiter from any other process (each acquisition holds its own queue entry).
+///
+/// # Implementing it
+/// The trait is open, for wrappers that add metrics, tracing, retries or policies around
+/// any backend's mutex: implement [`acquire`](Self::acquire) (and [`name`](Self::name))
+/// by delegating, and pass on the guard the inner mutex returns. A [`LockGuard`] cannot be
+/// built from nothing, on purpose: it is the proof of holding, and its
+/// [`lost`](LockGuard::lost) signal and guarded writes are only as true as the backend
+/// behind it. For tests, use the `memory://` backend, which keeps every promise of the
+/// real ones in-process, rather than a mock. (The async methods are written with
+/// `async_trait`, so rustdoc shows them returning boxed futures.)
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use fairlock::{Acquire, DistributedMutex, LockGuard};
+///
+/// /// Counts the acquisitions that waited for the lock.
+/// #[derive(Debug)]
+/// struct Counted {
+///     inner: Arc<dyn DistributedMutex>,
+///     waited: AtomicU64,
+/// }
+///
+/// #[fairlock::async_trait]
+/// impl DistributedMutex for Counted {
+///     fn name(&self) -> &str {
+///         self.inner.name()
+///     }
+///
+///     async fn acquire(&self, mode: Acquire) -> fairlock::Result<Option<LockGuard>> {
+///         if mode != Acquire::Try {
+///             self.waited.fetch_add(1, Ordering::Relaxed);
+///         }
+///         self.inner.acquire(mode).await
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> fairlock::Result<()> {
+/// let client = fairlock::Client::connect("memory://wrapper-doc").await?;
+/// let counted = Counted { inner: client.mutex("jobs")?, waited: AtomicU64::new(0) };
+/// let mutex: Arc<dyn DistributedMutex> = Arc::new(counted);
+/// let guard = mutex.lock().await?; // the default methods go through `acquire`
+/// assert!(mutex.try_lock().await?.is_none());
+/// guard.release().await
+/// # }
+/// ```
 #[async_trait]
 pub trait DistributedMutex: Send + Sync + fmt::Debug {
     /// The lock's name.

@@ -21,23 +21,10 @@ pub const MAX_NAME_LEN: usize = 256;
 /// assert!(fairlock::validate_name("a/../b").is_err());
 /// ```
 pub fn validate_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        Some("empty")
-    } else if name.len() > MAX_NAME_LEN {
-        Some("longer than 256 bytes")
-    } else if name == "." || name == ".." {
-        Some("`.` and `..` are not names")
-    } else if name.contains('/') {
+    let reason = if name.contains('/') {
         Some("contains `/`")
-    } else if name.chars().any(char::is_control) {
-        Some("contains a control character")
-    } else if name
-        .chars()
-        .any(|c| ('\u{E000}'..='\u{F8FF}').contains(&c) || ('\u{FFF0}'..='\u{FFFF}').contains(&c))
-    {
-        Some("contains a character ZooKeeper refuses")
     } else {
-        None
+        segment_problem(name)
     };
     match reason {
         Some(reason) => Err(Error::InvalidName {
@@ -45,6 +32,27 @@ pub fn validate_name(name: &str) -> Result<()> {
             reason,
         }),
         None => Ok(()),
+    }
+}
+
+/// What makes `segment` unusable as one segment of an etcd key or ZooKeeper path, if
+/// anything (`/` aside).
+pub(crate) fn segment_problem(segment: &str) -> Option<&'static str> {
+    if segment.is_empty() {
+        Some("empty")
+    } else if segment.len() > MAX_NAME_LEN {
+        Some("longer than 256 bytes")
+    } else if segment == "." || segment == ".." {
+        Some("`.` and `..` are not names")
+    } else if segment.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else if segment
+        .chars()
+        .any(|c| ('\u{E000}'..='\u{F8FF}').contains(&c) || ('\u{FFF0}'..='\u{FFFF}').contains(&c))
+    {
+        Some("contains a character ZooKeeper refuses")
+    } else {
+        None
     }
 }
 

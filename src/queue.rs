@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use async_trait::async_trait;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
+use tracing::{field, Instrument, Span};
 
 use crate::backend::{
     session_error, Entry, KeySpace, QueueEntry, QueueKind, QueueSession, SessionSource,
@@ -22,16 +23,100 @@ use crate::backend::{
 use crate::election::{Election, Leader, Leadership};
 use crate::error::{Error, Result};
 use crate::guard::{HeldLock, LockGuard, WriteOp};
+use crate::key::KeyMap;
 use crate::lost::{LossTrigger, LostReason};
 use crate::mutex::{Acquire, DistributedMutex};
 
-/// Enqueues in the queue `name` and waits, as `mode` says, until the entry heads it.
+/// Enqueues in the queue `name` and waits, as `mode` says, until the entry heads it; in an
+/// `acquire` span (debug), with the outcome as an event.
 async fn acquire<S: SessionSource>(
     source: &S,
     name: &str,
     kind: QueueKind,
     value: &[u8],
     mode: Acquire,
+    keys: &Arc<KeyMap>,
+) -> Result<Option<LockGuard>> {
+    let backend = <S::Session as QueueSession>::BACKEND;
+    let kind_name = kind_name(kind);
+    // The hold span outlives this one: it becomes a sibling under the caller's span, not a
+    // child that would keep the acquire span open while the lock is held.
+    let caller = Span::current();
+    let span = tracing::debug_span!(
+        "acquire",
+        name,
+        kind = kind_name,
+        backend,
+        mode = mode_name(mode),
+        key = field::Empty,
+        token = field::Empty,
+    );
+    let spans = Spans {
+        acquire: &span,
+        caller: &caller,
+    };
+    let result = acquire_in(source, name, kind, value, mode, spans, keys)
+        .instrument(span.clone())
+        .await;
+    let _acquire = span.enter();
+    match &result {
+        Ok(Some(guard)) => tracing::info!(
+            name,
+            kind = kind_name,
+            backend,
+            key = guard.key(),
+            token = guard.fencing_token(),
+            "acquired"
+        ),
+        Ok(None) => tracing::debug!(
+            name,
+            kind = kind_name,
+            backend,
+            mode = mode_name(mode),
+            "not acquired"
+        ),
+        Err(e @ Error::Closed) => {
+            tracing::debug!(name, kind = kind_name, backend, error = %e, "acquisition failed")
+        }
+        Err(e) => {
+            tracing::warn!(name, kind = kind_name, backend, error = %e, "acquisition failed")
+        }
+    }
+    result
+}
+
+/// The spans an acquisition needs besides the current one.
+#[derive(Clone, Copy)]
+struct Spans<'a> {
+    /// Its own, to record the key and token in, and for the hold span to follow from.
+    acquire: &'a Span,
+    /// The one current when it was called: the hold span's parent.
+    caller: &'a Span,
+}
+
+fn kind_name(kind: QueueKind) -> &'static str {
+    match kind {
+        QueueKind::Lock => "lock",
+        QueueKind::Election => "election",
+    }
+}
+
+fn mode_name(mode: Acquire) -> &'static str {
+    match mode {
+        Acquire::Wait => "wait",
+        Acquire::Try => "try",
+        Acquire::Timeout(_) => "timeout",
+    }
+}
+
+async fn acquire_in<S: SessionSource>(
+    source: &S,
+    name: &str,
+    kind: QueueKind,
+    value: &[u8],
+    mode: Acquire,
+    spans: Spans<'_>,
+    keys: &Arc<KeyMap>,
 ) -> Result<Option<LockGuard>> {
     let deadline = match mode {
         Acquire::Timeout(timeout) => Some(Instant::now() + timeout),
@@ -56,16 +141,18 @@ async fn acquire<S: SessionSource>(
         };
         let outcome = match mode {
             Acquire::Try => try_head(name, &mut pending).await,
-            Acquire::Wait => wait_turn(name, &mut pending).await.map(|()| true),
+            Acquire::Wait => wait_turn(name, &mut pending, spans.acquire)
+                .await
+                .map(|()| true),
             Acquire::Timeout(_) => {
                 let deadline = deadline.unwrap_or_else(Instant::now);
-                tokio::time::timeout_at(deadline, wait_turn(name, &mut pending))
+                tokio::time::timeout_at(deadline, wait_turn(name, &mut pending, spans.acquire))
                     .await
                     .map_or(Ok(false), |r| r.map(|()| true))
             }
         };
         match outcome {
-            Ok(true) => return Ok(Some(pending.into_guard(name))),
+            Ok(true) => return Ok(Some(pending.into_guard(name, spans, keys))),
             Ok(false) if mode == Acquire::Try => {
                 pending.armed = false; // nothing was written
                 return Ok(None);
@@ -77,6 +164,7 @@ async fn acquire<S: SessionSource>(
             // Only if the entry was never created: a waiter whose session ended while it
             // was queued has lost its place, and says so.
             Err(Error::SessionExpired) if pending.entry.order == 0 && !fresh_session_tried => {
+                tracing::debug!("session found ended before the entry was written; retrying");
                 // Its entries went with the session: nothing to remove.
                 pending.armed = false;
                 fresh_session_tried = true;
@@ -101,7 +189,11 @@ async fn try_head<S: QueueSession>(name: &str, pending: &mut Pending<S>) -> Resu
 
 /// Enqueues and waits until the entry heads the queue. Cancel safe: `pending` keeps the
 /// entry and removes it when dropped unarmed.
-async fn wait_turn<S: QueueSession>(name: &str, pending: &mut Pending<S>) -> Result<()> {
+async fn wait_turn<S: QueueSession>(
+    name: &str,
+    pending: &mut Pending<S>,
+    span: &Span,
+) -> Result<()> {
     let session = pending.session.clone();
     let lost = session.trigger().signal();
     // A lost session ends the waiter at every await, the enqueue included.
@@ -109,7 +201,9 @@ async fn wait_turn<S: QueueSession>(name: &str, pending: &mut Pending<S>) -> Res
         enqueued = session.enqueue(name, &mut pending.entry) => enqueued?,
         reason = lost.wait() => return Err(session_error(reason)),
     };
+    span.record("key", pending.entry.key.as_str());
     while let Some(p) = pred {
+        tracing::debug!(key = %pending.entry.key, ahead = %p.key, "waiting for the entry ahead");
         crate::stats::waiting();
         tokio::select! {
             deleted = session.deleted(&p) => deleted?,
@@ -129,14 +223,16 @@ pub(crate) struct QueueMutex<S: SessionSource> {
     name: String,
     /// The value each entry carries (who holds or waits).
     holder: Arc<[u8]>,
+    keys: Arc<KeyMap>,
 }
 
 impl<S: SessionSource> QueueMutex<S> {
-    pub(crate) fn new(source: Arc<S>, name: String, holder: Arc<[u8]>) -> Self {
+    pub(crate) fn new(source: Arc<S>, name: String, holder: Arc<[u8]>, keys: Arc<KeyMap>) -> Self {
         QueueMutex {
             source,
             name,
             holder,
+            keys,
         }
     }
 }
@@ -156,12 +252,14 @@ impl<S: SessionSource> DistributedMutex for QueueMutex<S> {
     }
 
     async fn acquire(&self, mode: Acquire) -> Result<Option<LockGuard>> {
+        let (name, holder) = (&self.name, &self.holder);
         acquire(
             &*self.source,
-            &self.name,
+            name,
             QueueKind::Lock,
-            &self.holder,
+            holder,
             mode,
+            &self.keys,
         )
         .await
     }
@@ -171,11 +269,12 @@ impl<S: SessionSource> DistributedMutex for QueueMutex<S> {
 pub(crate) struct QueueElection<S: SessionSource + KeySpace> {
     source: Arc<S>,
     name: String,
+    keys: Arc<KeyMap>,
 }
 
 impl<S: SessionSource + KeySpace> QueueElection<S> {
-    pub(crate) fn new(source: Arc<S>, name: String) -> Self {
-        QueueElection { source, name }
+    pub(crate) fn new(source: Arc<S>, name: String, keys: Arc<KeyMap>) -> Self {
+        QueueElection { source, name, keys }
     }
 }
 
@@ -202,7 +301,8 @@ impl<S: SessionSource + KeySpace> Election for QueueElection<S> {
     }
 
     async fn campaign_with(&self, value: &[u8], mode: Acquire) -> Result<Option<Leadership>> {
-        let guard = acquire(&*self.source, &self.name, QueueKind::Election, value, mode).await?;
+        let kind = QueueKind::Election;
+        let guard = acquire(&*self.source, &self.name, kind, value, mode, &self.keys).await?;
         Ok(guard.map(|guard| Leadership::new(guard, value.to_vec())))
     }
 
@@ -269,16 +369,34 @@ impl<S: QueueSession> Pending<S> {
         }
     }
 
-    fn into_guard(mut self, name: &str) -> LockGuard {
+    fn into_guard(mut self, name: &str, spans: Spans<'_>, keys: &Arc<KeyMap>) -> LockGuard {
         self.armed = false;
         crate::stats::acquired();
+        let (key, token) = (self.entry.key.as_str(), self.entry.token);
+        spans.acquire.record("key", key);
+        spans.acquire.record("token", token);
+        let span = tracing::debug_span!(
+            parent: spans.caller,
+            "hold",
+            name,
+            kind = kind_name(self.entry.kind),
+            key,
+            token,
+            backend = S::BACKEND,
+        );
+        span.follows_from(spans.acquire);
         let trigger = self.session.trigger().child();
+        if tracing::enabled!(tracing::Level::WARN) {
+            trace_loss(trigger.signal(), name, key, token, &span);
+        }
         let held = Held {
             session: self.session.clone(),
             entry: self.entry.clone(),
             trigger: trigger.clone(),
             watch: StdMutex::new(None),
             armed: AtomicBool::new(false),
+            keys: keys.clone(),
+            span,
         };
         LockGuard::new(
             name.to_owned(),
@@ -288,6 +406,24 @@ impl<S: QueueSession> Pending<S> {
             Box::new(held),
         )
     }
+}
+
+/// Reports the loss of a held lock when it happens (whether or not anyone asks the guard),
+/// in the hold span. Only while someone listens: it costs a task per guard. The task ends
+/// with the guard's release, which fires its signal too.
+fn trace_loss(signal: crate::lost::LostSignal, name: &str, key: &str, token: u64, span: &Span) {
+    let (name, key) = (name.to_owned(), key.to_owned());
+    let report = async move {
+        match signal.await {
+            LostReason::Released => {}
+            // Closing the client is deliberate; any other loss is a failure.
+            reason @ LostReason::SessionClosed => {
+                tracing::info!(name, key, token, %reason, "lost")
+            }
+            reason => tracing::warn!(name, key, token, %reason, "lost"),
+        }
+    };
+    tokio::spawn(report.instrument(span.clone()));
 }
 
 impl<S: QueueSession> Drop for Pending<S> {
@@ -306,6 +442,10 @@ struct Held<S: QueueSession> {
     /// The watch on the own entry, armed on first demand (see `LockGuard::lost`).
     watch: StdMutex<Option<S::OwnWatch>>,
     armed: AtomicBool,
+    /// Maps the data keys of guarded writes onto the backend's.
+    keys: Arc<KeyMap>,
+    /// The hold span.
+    span: Span,
 }
 
 impl<S: QueueSession> Held<S> {
@@ -340,7 +480,8 @@ impl<S: QueueSession> HeldLock for Held<S> {
     }
 
     async fn guarded_write(&self, ops: &[WriteOp]) -> Result<()> {
-        self.as_lost(self.session.guarded_write(&self.entry, ops).await)
+        let ops = self.keys.ops(ops)?;
+        self.as_lost(self.session.guarded_write(&self.entry, &ops).await)
     }
 
     fn mark_released(&self) {
@@ -359,5 +500,9 @@ impl<S: QueueSession> HeldLock for Held<S> {
 
     async fn proclaim(&self, value: &[u8]) -> Result<()> {
         self.as_lost(self.session.proclaim(&self.entry, value).await)
+    }
+
+    fn span(&self) -> &Span {
+        &self.span
     }
 }

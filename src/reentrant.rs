@@ -133,7 +133,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    use crate::{Client, Error};
+    use crate::client::Client;
+    use crate::error::Error;
 
     /// Two final holds released at the same instant on two threads: exactly one of them is
     /// the final release and reports the real outcome (here: the lock was lost before).

@@ -21,6 +21,11 @@ use crate::lost::{LostReason, LostSignal};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SessionState {
+    /// No session yet: a client from [`Client::connect_lazy`](crate::Client::connect_lazy)
+    /// before its first lock or campaign (reads need none). Followed by
+    /// [`Connected`](Self::Connected) when that opens one, or by
+    /// [`Lost`](Self::Lost)`(`[`SessionClosed`](LostReason::SessionClosed)`)` on `close()`.
+    Idle,
     /// A session is open and confirmed: the client's first, or a new one after a loss.
     Connected,
     /// The backend has not confirmed the session lately (etcd keep-alives failing,
@@ -49,18 +54,41 @@ impl StateChannel {
     }
 
     /// A new session is current: reports it connected, and lost when `lost` completes.
-    pub(crate) fn follow(self: &Arc<Self>, lost: LostSignal) {
+    /// `backend` and `session` (its id) name it in traces.
+    pub(crate) fn follow(
+        self: &Arc<Self>,
+        lost: LostSignal,
+        backend: &'static str,
+        session: String,
+    ) {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.tx.send_replace(SessionState::Connected);
         let states = Arc::downgrade(self);
         tokio::spawn(async move {
             let reason = lost.await;
+            // Closing the client is deliberate; any other end of a session is a failure.
+            if reason == LostReason::SessionClosed {
+                tracing::info!(backend, %session, %reason, "session lost");
+            } else {
+                tracing::warn!(backend, %session, %reason, "session lost");
+            }
             if let Some(states) = states.upgrade() {
                 if states.generation.load(Ordering::SeqCst) == generation {
                     states.tx.send_replace(SessionState::Lost(reason));
                 }
             }
         });
+    }
+
+    /// No session yet (a lazy client).
+    pub(crate) fn idle(&self) {
+        self.tx.send_replace(SessionState::Idle);
+    }
+
+    /// Ended without a session to follow (a lazy client closed before its first).
+    pub(crate) fn lost(&self, reason: LostReason) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.tx.send_replace(SessionState::Lost(reason));
     }
 
     pub(crate) fn current(&self) -> SessionState {
@@ -79,19 +107,28 @@ impl StateChannel {
     }
 }
 
-/// One session's suspended flag, reporting its changes to the client's channel.
+/// One session's suspended flag, reporting its changes to the client's channel (and to
+/// traces, as the session `session` of `backend`).
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 pub(crate) struct Suspension {
     suspended: AtomicBool,
     states: Arc<StateChannel>,
+    backend: &'static str,
+    session: String,
 }
 
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 impl Suspension {
-    pub(crate) fn new(states: &Arc<StateChannel>) -> Arc<Self> {
+    pub(crate) fn new(
+        states: &Arc<StateChannel>,
+        backend: &'static str,
+        session: String,
+    ) -> Arc<Self> {
         Arc::new(Suspension {
             suspended: AtomicBool::new(false),
             states: states.clone(),
+            backend,
+            session,
         })
     }
 
@@ -102,6 +139,12 @@ impl Suspension {
     /// Sets the flag; a change is reported as `Suspended` or `Reconnected`.
     pub(crate) fn set(&self, suspended: bool) {
         if self.suspended.swap(suspended, Ordering::SeqCst) != suspended {
+            let (backend, session) = (self.backend, &self.session);
+            if suspended {
+                tracing::info!(backend, %session, "session suspended: the backend has not confirmed it lately");
+            } else {
+                tracing::info!(backend, %session, "session resumed: confirmed again, nothing lost");
+            }
             self.states.tx.send_modify(|state| {
                 if !matches!(state, SessionState::Lost(_)) {
                     *state = if suspended {

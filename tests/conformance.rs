@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{eventually, soon, unique, Harness};
-use fairlock::{Error, Leader, LostReason, SessionState, WriteOp};
+use fairlock::{Error, Leader, LostReason, QueueKind, SessionState, WriteOp};
 use futures::StreamExt;
 
 /// 16 contenders on separate sessions increment a counter with a deliberate
@@ -376,12 +376,37 @@ pub async fn close_releases_everything(h: Arc<dyn Harness>) {
 pub async fn bad_names_refused(h: Arc<dyn Harness>) {
     let client = h.client().await;
     let long = "n".repeat(300);
-    for name in ["", "a/b", "..", "x/../y", "nul\0", long.as_str()] {
+    for name in [
+        "",
+        "a/b",
+        "/a",
+        "a/",
+        "..",
+        ".",
+        "x/../y",
+        "nul\0",
+        "\n",
+        long.as_str(),
+    ] {
         assert!(
             matches!(client.mutex(name), Err(Error::InvalidName { .. })),
             "{name:?} accepted"
         );
+        assert!(
+            matches!(client.election(name), Err(Error::InvalidName { .. })),
+            "{name:?} accepted as an election"
+        );
     }
+    // Percent escapes are not decoded: such a name is itself, one segment inside the prefix.
+    let name = format!("%2e%2e%2f{}", unique("escaped"));
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    assert!(
+        h.entries_prefix_of(&name, guard.key()),
+        "{} is outside",
+        guard.key()
+    );
+    assert_eq!(h.entries(&name).await, [guard.key().to_owned()]);
+    guard.release().await.unwrap();
 }
 
 /// Leadership passes in FIFO order, when the leader resigns and when it crashes.
@@ -650,6 +675,65 @@ pub async fn session_states_follow_the_session(h: Arc<dyn Harness>) {
     );
 }
 
+/// One program, every backend: the same neutral data keys read and write the same data
+/// through `put`, `get` and guarded writes (nested keys too: ZooKeeper parents are made),
+/// and bad keys get the same typed error everywhere.
+pub async fn data_keys_are_backend_neutral(h: Arc<dyn Harness>) {
+    let name = unique("neutral");
+    let base = format!("apps/{name}");
+    let client = h.client().await.with_holder_value("neutral test");
+    client.put(&format!("{base}/stock"), "3").await.unwrap();
+    let stock = client.get(&format!("{base}/stock")).await.unwrap();
+    assert_eq!(stock.as_deref(), Some(&b"3"[..]));
+    assert_eq!(client.get(&format!("{base}/none")).await.unwrap(), None);
+
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    let order = format!("{base}/orders/1");
+    guard
+        .guarded_write(&[
+            WriteOp::put(format!("{base}/stock"), "2"),
+            WriteOp::put(&order, "paid"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get(&order).await.unwrap().as_deref(),
+        Some(&b"paid"[..])
+    );
+    guard
+        .guarded_write(&[
+            WriteOp::delete(&order),
+            WriteOp::delete(format!("{base}/gone")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(client.get(&order).await.unwrap(), None);
+    let stock = client.get(&format!("{base}/stock")).await.unwrap();
+    assert_eq!(stock.as_deref(), Some(&b"2"[..]));
+
+    // The entry carries the client's holder value on every backend.
+    let queue = client.queue(&name, QueueKind::Lock).await.unwrap();
+    assert_eq!(queue[0].value, b"neutral test");
+
+    // The lock's own entry, named as a data key, is inside the lock prefix: refused, as are
+    // malformed keys, before anything is sent.
+    let own = guard.key().trim_start_matches('/').to_owned();
+    for bad in [own.as_str(), "/abs/key", "a//b", "a/../b", ""] {
+        let read = client.get(bad).await;
+        assert!(
+            matches!(read, Err(Error::InvalidKey { .. })),
+            "get {bad:?}: {read:?}"
+        );
+        let write = guard.guarded_write(&[WriteOp::put(bad, "x")]).await;
+        assert!(
+            matches!(write, Err(Error::InvalidKey { .. })),
+            "write {bad:?}: {write:?}"
+        );
+    }
+    assert!(!guard.is_lost());
+    guard.release().await.unwrap();
+}
+
 macro_rules! conformance {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -671,7 +755,7 @@ macro_rules! conformance {
                 proclaim_after_loss_fails, reentrant_holds_are_counted,
                 own_release_is_reported_as_released,
                 acquire_right_after_the_session_ended_from_outside,
-                session_states_follow_the_session);
+                session_states_follow_the_session, data_keys_are_backend_neutral);
         }
     };
     (@tests $($test:ident),*) => {

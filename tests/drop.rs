@@ -39,6 +39,33 @@ fn drop_after_runtime_shutdown(make: fn() -> Arc<dyn Harness>) {
     drop(client);
 }
 
+/// `observe()` called where no runtime is (a plain thread) does not panic; the stream
+/// works once polled inside one.
+async fn observe_created_outside_a_runtime(h: Arc<dyn Harness>) {
+    use futures::StreamExt;
+
+    let name = unique("observe-thread");
+    let client = h.client().await;
+    let election = client.election(&name).unwrap();
+    let observer = election.clone();
+    let mut stream = std::thread::spawn(move || observer.observe())
+        .join()
+        .expect("observe() panicked outside a runtime");
+    let leadership = election.campaign(b"one").await.unwrap();
+    let seen = common::soon("a leader", async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Some(leader))) => break leader,
+                Some(_) => continue,
+                None => panic!("the stream ended"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(seen.value, b"one");
+    leadership.resign().await.unwrap();
+}
+
 macro_rules! drop_tests {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -47,6 +74,11 @@ macro_rules! drop_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn drop_on_a_thread_without_runtime() {
                 super::drop_on_a_thread_without_runtime(Arc::new($harness)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn observe_created_outside_a_runtime() {
+                super::observe_created_outside_a_runtime(Arc::new($harness)).await;
             }
 
             #[test]

@@ -353,7 +353,7 @@ async fn write_of_a_holder_cut_off_past_its_session_reports_lock_lost() {
         matches!(result, Err(Error::LockLost(_))),
         "expected LockLost, got {result:?}"
     );
-    let stored = h.raw().get_data(&key).await;
+    let stored = h.raw().get_data(&format!("/{key}")).await;
     assert!(
         matches!(stored, Err(zookeeper_client::Error::NoNode)),
         "a write reported lost was applied: {stored:?}"
@@ -383,7 +383,7 @@ async fn guarded_write_cut_in_flight_is_resolved_exactly_once() {
     let result = soon("write", guard.guarded_write(&[WriteOp::put(&key, "1")])).await;
     assert!(trap.sprung(), "the trap did not catch the write");
     assert!(result.is_ok(), "applied, then cut: {result:?}");
-    assert_eq!(h.raw().get_data(&key).await.unwrap().0, b"1");
+    assert_eq!(h.raw().get_data(&format!("/{key}")).await.unwrap().0, b"1");
     assert_eq!(own_version(&h, &guard).await, before + 1, "applied once");
 
     // The connection closes before the multi-op reaches the server: sent again.
@@ -394,7 +394,7 @@ async fn guarded_write_cut_in_flight_is_resolved_exactly_once() {
         result.is_ok(),
         "lost before the server, then sent again: {result:?}"
     );
-    assert_eq!(h.raw().get_data(&key).await.unwrap().0, b"2");
+    assert_eq!(h.raw().get_data(&format!("/{key}")).await.unwrap().0, b"2");
     assert_eq!(own_version(&h, &guard).await, before + 2, "applied once");
 
     assert!(!guard.is_lost());
@@ -424,7 +424,7 @@ async fn guarded_write_without_an_answer_has_unknown_outcome() {
     );
     trap.thaw();
     eventually("the unconfirmed write is applied", || async {
-        matches!(h.raw().get_data(&key).await, Ok((value, _)) if value == b"1")
+        matches!(h.raw().get_data(&format!("/{key}")).await, Ok((value, _)) if value == b"1")
     })
     .await;
 
@@ -441,7 +441,7 @@ async fn guarded_write_without_an_answer_has_unknown_outcome() {
         "no answer in time: expected OutcomeUnknown, got {result:?}"
     );
     eventually("the unconfirmed write is applied", || async {
-        matches!(h.raw().get_data(&key).await, Ok((value, _)) if value == b"2")
+        matches!(h.raw().get_data(&format!("/{key}")).await, Ok((value, _)) if value == b"2")
     })
     .await;
     trap.thaw();

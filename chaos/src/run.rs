@@ -202,16 +202,11 @@ pub async fn run_backend(args: &RunArgs, backend: &str) -> Result<PathBuf, Strin
     let endpoints = services(&args.services, &["endpoints", system])?;
 
     let run_id = format!("{:x}", now_us());
-    let (prefix, counter_key) = match system {
-        "etcd" => (
-            "fairlock-chaos".to_owned(),
-            format!("fairlock-chaos-data/{run_id}/counter"),
-        ),
-        _ => (
-            "fairlock-chaos".to_owned(),
-            format!("/fairlock-chaos-data/{run_id}/counter"),
-        ),
-    };
+    // A data key is the same on every backend.
+    let (prefix, counter_key) = (
+        "fairlock-chaos".to_owned(),
+        format!("fairlock-chaos-data/{run_id}/counter"),
+    );
     let lock = format!("chaos-{run_id}");
     let query = format!("{ttl_param}={}ms", ttl.as_millis());
     let direct_url = format!("{scheme}://{endpoints}/{prefix}?{query}");

@@ -79,19 +79,21 @@ impl Signals {
     }
 }
 
-/// Checks the URL, TTL and name, installs signal handlers and connects; or returns the exit
-/// code for why not.
-pub async fn connect(url: &str, ttl: Option<u64>, name: &str) -> Result<(Client, Signals), u8> {
+/// Checks the URL, TTL and name, installs signal handlers and connects, opening a session;
+/// or returns the exit code for why not. `ttl` overrides the URL's.
+pub async fn connect(
+    url: &str,
+    ttl: Option<Duration>,
+    name: &str,
+) -> Result<(Client, Signals), u8> {
     let mut config = Config::from_url(url).map_err(|e| exit::report(&e))?;
     if let Some(ttl) = ttl {
-        config.ttl = Duration::from_secs(ttl);
+        config.ttl = ttl;
     }
     config.validate().map_err(|e| exit::report(&e))?;
     fairlock::validate_name(name).map_err(|e| exit::report(&e))?;
-    let mut signals = Signals::register().map_err(|e| {
-        eprintln!("fairlock: cannot install signal handlers: {e}");
-        exit::SOFTWARE
-    })?;
+    let mut signals = register_signals()?;
+    tracing::debug!(backend = %exit::redact_url(url), ttl = ?config.ttl, "connecting");
     tokio::select! {
         client = Client::from_config(&config) => match client {
             Ok(client) => Ok((client, signals)),
@@ -99,6 +101,38 @@ pub async fn connect(url: &str, ttl: Option<u64>, name: &str) -> Result<(Client,
         },
         code = signals.next_exit_code() => Err(code),
     }
+}
+
+/// Like [`connect`], for commands that only read (`status`, `leader`, `observe`): the one
+/// place they connect, so that they need no session of their own.
+pub async fn connect_reader(url: &str, name: &str) -> Result<(Client, Signals), u8> {
+    fairlock::validate_name(name).map_err(|e| exit::report(&e))?;
+    let mut signals = register_signals()?;
+    tracing::debug!(backend = %exit::redact_url(url), "connecting to read");
+    tokio::select! {
+        // Reading needs no session: on etcd no lease is granted.
+        client = Client::connect_lazy(url) => match client {
+            Ok(client) => Ok((client, signals)),
+            Err(e) => Err(exit::report(&e)),
+        },
+        code = signals.next_exit_code() => Err(code),
+    }
+}
+
+fn register_signals() -> Result<Signals, u8> {
+    Signals::register().map_err(|e| {
+        eprintln!("fairlock: cannot install signal handlers: {e}");
+        exit::SOFTWARE
+    })
+}
+
+/// Writes `line` and a newline to stdout, flushed; an error (a closed pipe) is returned,
+/// where `println!` would panic.
+pub fn print_line(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
 }
 
 /// What is held while the command runs: a lock or leadership.

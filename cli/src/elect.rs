@@ -6,7 +6,7 @@ use crate::common::{self, Held, Signals};
 use crate::{exit, ElectArgs};
 
 pub async fn run(url: &str, args: ElectArgs) -> u8 {
-    let (client, mut signals) = match common::connect(url, args.ttl, &args.name).await {
+    let (client, mut signals) = match common::connect(url, args.hold.ttl, &args.name).await {
         Ok(connected) => connected,
         Err(code) => return code,
     };
@@ -29,6 +29,14 @@ async fn lead_and_run(client: &Client, args: &ElectArgs, signals: &mut Signals) 
         Ok(leadership) => leadership,
         Err(e) => return exit::report(&e),
     };
+    tracing::info!(
+        name = %args.name,
+        key = leadership.key(),
+        token = leadership.fencing_token(),
+        "leading"
+    );
+    // Required by the command line: COMMAND or -c.
+    let command = args.hold.command_line(&args.command).unwrap_or_default();
     let held = Held {
         name: &args.name,
         token: leadership.fencing_token(),
@@ -37,8 +45,8 @@ async fn lead_and_run(client: &Client, args: &ElectArgs, signals: &mut Signals) 
     };
     common::run_while_held(
         held,
-        &args.command,
-        args.grace,
+        &command,
+        args.hold.grace,
         signals,
         leadership.resign(),
     )

@@ -3,14 +3,11 @@
 use fairlock::{QueueEntry, QueueKind};
 use futures::StreamExt;
 
-use crate::common;
+use crate::{common, holder};
 use crate::{exit, StatusArgs};
 
-/// Exit code of `leader` when nobody leads.
-const NO_LEADER: u8 = 3;
-
 pub async fn leader(url: &str, name: &str) -> u8 {
-    let (client, _signals) = match common::connect(url, None, name).await {
+    let (client, _signals) = match common::connect_reader(url, name).await {
         Ok(connected) => connected,
         Err(code) => return code,
     };
@@ -21,16 +18,17 @@ pub async fn leader(url: &str, name: &str) -> u8 {
     let _ = client.close().await;
     match result {
         Ok(Some(leader)) => {
-            println!("{}", String::from_utf8_lossy(&leader.value));
+            // A closed stdout (`| head`) is not worth a message.
+            let _ = common::print_line(&String::from_utf8_lossy(&leader.value));
             0
         }
-        Ok(None) => NO_LEADER,
+        Ok(None) => exit::NO_LEADER,
         Err(e) => exit::report(&e),
     }
 }
 
 pub async fn observe(url: &str, name: &str) -> u8 {
-    let (client, mut signals) = match common::connect(url, None, name).await {
+    let (client, mut signals) = match common::connect_reader(url, name).await {
         Ok(connected) => connected,
         Err(code) => return code,
     };
@@ -41,7 +39,12 @@ pub async fn observe(url: &str, name: &str) -> u8 {
     let code = loop {
         tokio::select! {
             change = changes.next() => match change {
-                Some(Ok(Some(leader))) => println!("{}", String::from_utf8_lossy(&leader.value)),
+                Some(Ok(Some(leader))) => {
+                    // Nobody reads any more (`| head -1`): done.
+                    if common::print_line(&String::from_utf8_lossy(&leader.value)).is_err() {
+                        break 0;
+                    }
+                }
                 Some(Ok(None)) => {} // nobody leads: nothing to print
                 Some(Err(e)) => eprintln!("fairlock: {}", exit::one_line(&e)), // goes on
                 None => break exit::SOFTWARE,
@@ -54,7 +57,7 @@ pub async fn observe(url: &str, name: &str) -> u8 {
 }
 
 pub async fn status(url: &str, args: StatusArgs) -> u8 {
-    let (client, _signals) = match common::connect(url, None, &args.name).await {
+    let (client, _signals) = match common::connect_reader(url, &args.name).await {
         Ok(connected) => connected,
         Err(code) => return code,
     };
@@ -86,12 +89,13 @@ pub async fn status(url: &str, args: StatusArgs) -> u8 {
                     "session": e.session,
                     "key": e.key,
                     "value": String::from_utf8_lossy(&e.value),
+                    "holder": holder::parse(&e.value),
                 })
             })
             .collect();
         let kind = if args.election { "election" } else { "lock" };
         let doc = serde_json::json!({ "name": args.name, "kind": kind, "entries": entries });
-        println!("{doc}");
+        let _ = common::print_line(&doc.to_string());
     } else {
         print_table(&entries, role);
     }
@@ -126,6 +130,8 @@ fn print_table(entries: &[QueueEntry], role: impl Fn(usize) -> &'static str) {
             .zip(widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        if common::print_line(cells.join("  ").trim_end()).is_err() {
+            return; // stdout closed
+        }
     }
 }

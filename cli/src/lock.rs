@@ -1,16 +1,24 @@
-//! `fairlock lock`: acquire, run the command, release.
+//! `fairlock lock`: acquire, run the command (or wait for a signal), release.
 
-use fairlock::{Acquire, Client};
+use std::time::{Duration, SystemTime};
+
+use fairlock::{Acquire, Client, LockGuard};
 
 use crate::common::{self, Held, Signals};
-use crate::{exit, LockArgs};
+use crate::{exit, holder, LockArgs};
 
 pub async fn run(url: &str, args: LockArgs) -> u8 {
-    let (client, mut signals) = match common::connect(url, args.ttl, &args.name).await {
+    let started = SystemTime::now();
+    let (client, mut signals) = match common::connect(url, args.hold.ttl, &args.name).await {
         Ok(connected) => connected,
         Err(code) => return code,
     };
-    let code = hold_and_run(&client, &args, &mut signals).await;
+    let code = hold_and_run(
+        &client.with_holder_value(holder::value(started)),
+        &args,
+        &mut signals,
+    )
+    .await;
     // Ends the session: also removes anything a cancelled wait left behind.
     let _ = client.close().await;
     code
@@ -18,7 +26,8 @@ pub async fn run(url: &str, args: LockArgs) -> u8 {
 
 async fn hold_and_run(client: &Client, args: &LockArgs, signals: &mut Signals) -> u8 {
     let mode = match (args.try_, args.timeout) {
-        (true, _) => Acquire::Try,
+        // flock -w 0: one attempt, no waiting.
+        (true, _) | (false, Some(Duration::ZERO)) => Acquire::Try,
         (false, Some(timeout)) => Acquire::Timeout(timeout),
         (false, None) => Acquire::Wait,
     };
@@ -26,6 +35,7 @@ async fn hold_and_run(client: &Client, args: &LockArgs, signals: &mut Signals) -
         Ok(mutex) => mutex,
         Err(e) => return exit::report(&e),
     };
+    tracing::debug!(name = %args.name, ?mode, "acquiring");
     let acquired = tokio::select! {
         acquired = mutex.acquire(mode) => acquired,
         // Dropping the acquisition removes the queue entry.
@@ -35,9 +45,18 @@ async fn hold_and_run(client: &Client, args: &LockArgs, signals: &mut Signals) -
         Ok(Some(guard)) => guard,
         Ok(None) => {
             eprintln!("fairlock: lock {:?} not acquired", args.name);
-            return exit::NOT_ACQUIRED;
+            return args.conflict_exit_code;
         }
         Err(e) => return exit::report(&e),
+    };
+    tracing::info!(
+        name = %args.name,
+        key = guard.key(),
+        token = guard.fencing_token(),
+        "lock acquired"
+    );
+    let Some(command) = args.hold.command_line(&args.command) else {
+        return hold_until_signalled(guard, &args.name, signals).await;
     };
     let held = Held {
         name: &args.name,
@@ -45,5 +64,32 @@ async fn hold_and_run(client: &Client, args: &LockArgs, signals: &mut Signals) -
         key: guard.key().to_owned(),
         lost: guard.lost(),
     };
-    common::run_while_held(held, &args.command, args.grace, signals, guard.release()).await
+    common::run_while_held(held, &command, args.hold.grace, signals, guard.release()).await
+}
+
+/// `fairlock lock NAME` without a command: prints the key and the fencing token, holds the
+/// lock until a signal, then releases it (exit 0); exit 74 if it is lost meanwhile.
+async fn hold_until_signalled(guard: LockGuard, name: &str, signals: &mut Signals) -> u8 {
+    // A signal that came in with the acquisition: as before a command starts.
+    if let Some(received) = signals.pending() {
+        let _ = guard.release().await;
+        return received.exit_code();
+    }
+    // Like `etcdctl lock NAME`: the key first. A closed stdout does not end the hold.
+    let _ = common::print_line(&format!("{}\n{}", guard.key(), guard.fencing_token()));
+    let mut lost = guard.lost();
+    tokio::select! {
+        reason = &mut lost => {
+            eprintln!("fairlock: {name:?} lost: {reason}");
+            let _ = guard.release().await;
+            return exit::LOST;
+        }
+        received = signals.next() => {
+            tracing::info!(name, signal = ?received.signal(), "releasing");
+        }
+    }
+    match guard.release().await {
+        Ok(()) => 0,
+        Err(e) => exit::report(&e),
+    }
 }

@@ -194,18 +194,8 @@ async fn bad_input_exits_2_with_one_line(h: &dyn Harness) {
         (url.clone(), vec!["lock", &long, "--", "true"]),
         (url.clone(), vec!["lock", "--ttl", "0", "x", "--", "true"]),
         (url.clone(), vec!["lock", "--ttl", "1", "x", "--", "true"]),
-        (url.clone(), vec!["lock", "--ttl", "-5", "x", "--", "true"]),
-        (
-            url.clone(),
-            vec!["lock", "--timeout", "soon", "x", "--", "true"],
-        ),
-        (
-            url.clone(),
-            vec!["lock", "--try", "--timeout", "1s", "x", "--", "true"],
-        ),
-        (url.clone(), vec!["lock", "x"]),
-        (url.clone(), vec!["lock"]),
-        (url.clone(), vec!["unlock", "x"]),
+        (url.clone(), vec!["status", "a/b"]),
+        (url.clone(), vec!["leader", ""]),
         (
             "redis://127.0.0.1:6379".into(),
             vec!["lock", "x", "--", "true"],
@@ -216,6 +206,7 @@ async fn bad_input_exits_2_with_one_line(h: &dyn Harness) {
             vec!["lock", "x", "--", "true"],
         ),
         ("not a url".into(), vec!["lock", "x", "--", "true"]),
+        ("not a url".into(), vec!["status", "x"]),
     ];
     for (backend, args) in cases {
         let mut cmd = fairlock(&backend);
@@ -225,6 +216,150 @@ async fn bad_input_exits_2_with_one_line(h: &dyn Harness) {
         assert_eq!(out.status.code(), Some(2), "{backend} {args:?}: {err}");
         assert_one_line_failure(&out, 2);
     }
+}
+
+/// Exit 2 with clap's own message: the error, its tips, the usage.
+fn assert_clap_error(out: &Output, expected: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains("try '--help'"), "{err}");
+    assert!(err.contains(expected), "{expected:?} not in {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Bad arguments get clap's whole message (with its tips), not a line cut out of it.
+#[tokio::test]
+async fn bad_arguments_get_clap_messages_with_tips() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["lock", "x", "true"],
+            "tip: to run 'true' as COMMAND, put '--' before it: '-- true'",
+        ),
+        (
+            &["lock", "x", "-x"],
+            "tip: to pass '-x' as a value, use '-- -x'",
+        ),
+        (&["lock", "--ttl", "-5", "x", "--", "true"], "-5"),
+        (&["lock", "--timeout", "soon", "x", "--", "true"], "soon"),
+        (&["lock", "--ttl", "NaN", "x", "--", "true"], "NaN"),
+        (
+            &["lock", "--try", "--timeout", "1s", "x", "--", "true"],
+            "'--try' cannot be used with '--timeout <DURATION>'",
+        ),
+        (
+            &["lock", "-c", "true", "x", "--", "true"],
+            "cannot be used with",
+        ),
+        (&["elect", "--value", "v", "x"], "required"),
+        (&["lock"], "<NAME>"),
+        (&["unlock", "x"], "unrecognized subcommand 'unlock'"),
+        (&["lock", "-E", "300", "x", "--", "true"], "300"),
+    ];
+    for (args, expected) in cases {
+        let mut cmd = fairlock("memory://");
+        cmd.args(*args);
+        assert_clap_error(&output(cmd).await, expected);
+    }
+}
+
+/// The write end of a pipe whose read end is closed.
+fn closed_pipe() -> std::os::fd::OwnedFd {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    write
+}
+
+/// Bare `fairlock` shows the usage (exit 2); `--help` lists the exit codes and where each
+/// option's environment variable is, but not the backend URL from the environment (it may
+/// carry a password).
+#[tokio::test]
+async fn bare_fairlock_prints_usage_and_help_lists_exit_codes() {
+    let out = output(fairlock("memory://")).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for expected in [
+        "Usage: fairlock",
+        "Commands:",
+        "lock",
+        "status",
+        "Exit codes:",
+    ] {
+        assert!(err.contains(expected), "{expected:?} not in {err}");
+    }
+
+    let mut cmd = fairlock("etcd://root:hunter2secret@127.0.0.1:2379/x");
+    cmd.args(["lock", "--help"]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "Exit codes:",
+        "70 ",
+        "74 ",
+        "75 ",
+        "[env: FAIRLOCK_BACKEND]",
+        "[env: FAIRLOCK_TTL=]",
+        "[env: FAIRLOCK_TIMEOUT=]",
+        "[env: FAIRLOCK_GRACE=]",
+        "[env: FAIRLOCK_CONFLICT_EXIT_CODE=]",
+    ] {
+        assert!(help.contains(expected), "{expected:?} not in {help}");
+    }
+    assert!(!help.contains("hunter2secret"), "{help}");
+}
+
+/// `completions SHELL` prints a script that knows the subcommands; `man` prints roff pages
+/// with the exit status and environment.
+#[tokio::test]
+async fn completions_and_man_pages() {
+    for (shell, marker) in [
+        ("bash", "_fairlock()"),
+        ("zsh", "#compdef fairlock"),
+        ("fish", "complete -c fairlock"),
+    ] {
+        let mut cmd = fairlock("memory://");
+        cmd.args(["completions", shell]);
+        let out = output(cmd).await;
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("conflict-exit-code"), "{shell}: {script}");
+        assert!(
+            !script.contains("__watch-group"),
+            "{shell}: hidden command listed"
+        );
+    }
+    for (page, title) in [
+        (None, ".TH fairlock 1"),
+        (Some("lock"), ".TH fairlock-lock 1"),
+    ] {
+        let mut cmd = fairlock("memory://");
+        cmd.arg("man").args(page);
+        let out = output(cmd).await;
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let roff = String::from_utf8_lossy(&out.stdout);
+        assert!(roff.contains(title), "{roff}");
+        for section in [
+            ".SH SYNOPSIS",
+            ".SH OPTIONS",
+            ".SH \"EXIT STATUS\"",
+            ".SH \"ENVIRONMENT\"",
+        ] {
+            assert!(roff.contains(section), "{section} not in {roff}");
+        }
+        assert!(roff.contains("FAIRLOCK_TTL"), "{roff}");
+    }
+    // A closed stdout (`| head -1`) is no panic.
+    for args in [&["completions", "bash"][..], &["man"]] {
+        let mut cmd = fairlock("memory://");
+        cmd.args(args).stdout(Stdio::from(closed_pipe()));
+        let out = output(cmd).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+    let mut cmd = fairlock("memory://");
+    cmd.args(["man", "nope"]);
+    assert_one_line_failure(&output(cmd).await, 2);
 }
 
 #[tokio::test]
@@ -758,6 +893,401 @@ async fn terminal_ctrl_c_reaches_the_command_once(h: &dyn Harness) {
     let _ = std::fs::remove_file(&count_file);
 }
 
+/// `--timeout 0` (`-w 0`) is `--try`: a free lock is taken and COMMAND runs (flock -w 0);
+/// a taken one is refused at once. Bare numbers are seconds, fractions too.
+async fn timeout_zero_means_try(h: &dyn Harness) {
+    let name = unique("cli-w0");
+    for timeout in ["0", "0s", "0.0"] {
+        let out = run_cli(
+            h,
+            &[
+                "lock",
+                "--timeout",
+                timeout,
+                &name,
+                "--",
+                "sh",
+                "-c",
+                "exit 4",
+            ],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(4), "-w {timeout}: {}", stderr(&out));
+    }
+    let (mut holder, _) = hold(h, &name, "echo started; sleep 60").await;
+    for args in [
+        &["-w", "0"][..],
+        &["--timeout", "0.25"],
+        &["--timeout", "0.3s"],
+    ] {
+        let mut cmd = fairlock(&h.url(10));
+        cmd.arg("lock").args(args).args([&name, "--", "true"]);
+        assert_one_line_failure(&output(cmd).await, 75);
+    }
+    assert_eq!(
+        h.entries(&name).await.len(),
+        1,
+        "a refused attempt left an entry"
+    );
+    holder.kill().await.unwrap();
+}
+
+/// `--ttl` takes durations (`4.5s`) and bare seconds (`5.5`) on every backend.
+async fn ttl_takes_durations(h: &dyn Harness) {
+    let name = unique("cli-ttl");
+    for ttl in ["4.5s", "5.5", "6", "1m"] {
+        let out = run_cli(h, &["lock", "--ttl", ttl, &name, "--", "true"]).await;
+        assert_eq!(out.status.code(), Some(0), "--ttl {ttl}: {}", stderr(&out));
+    }
+    let mut cmd = fairlock(&h.url(10));
+    cmd.env("FAIRLOCK_TTL", "4.5s")
+        .args(["lock", &name, "--", "true"]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "FAIRLOCK_TTL: {}", stderr(&out));
+}
+
+/// The etcd lease of a `lock` gets the TTL from `--ttl` (rounded up to seconds), else from
+/// `FAIRLOCK_TTL`, over the URL's.
+#[tokio::test]
+async fn etcd_lease_ttl_comes_from_the_flag_or_the_environment() {
+    let h = common::EtcdHarness::new().await;
+    for (flag, env, expected) in [
+        (Some("6.5s"), None, 7),
+        (Some("8"), Some("30"), 8),
+        (None, Some("9"), 9),
+        (None, None, 10), // the URL's
+    ] {
+        let name = unique("cli-lease-ttl");
+        let mut cmd = fairlock(&h.url(10));
+        if let Some(env) = env {
+            cmd.env("FAIRLOCK_TTL", env);
+        }
+        cmd.arg("lock")
+            .args(flag.map(|ttl| ["--ttl", ttl]).into_iter().flatten());
+        cmd.args([&name, "--", "sh", "-c", "echo started; exec sleep 60"]);
+        let mut holder = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+        let line = soon("holder starts", lines.next_line()).await.unwrap();
+        assert_eq!(line.as_deref(), Some("started"));
+        let key = h.entries(&name).await.remove(0);
+        let raw = h.raw();
+        let got = raw.kv_client().get(key, None).await.unwrap();
+        let lease = got.kvs()[0].lease();
+        let ttl = raw.lease_client().time_to_live(lease, None).await.unwrap();
+        assert_eq!(
+            ttl.granted_ttl(),
+            expected,
+            "--ttl {flag:?}, FAIRLOCK_TTL {env:?}"
+        );
+        holder.kill().await.unwrap();
+    }
+}
+
+/// Options from the environment: FAIRLOCK_TIMEOUT and FAIRLOCK_CONFLICT_EXIT_CODE (a flag
+/// wins over each), and --try over FAIRLOCK_TIMEOUT; a bad value is clap's error.
+async fn options_come_from_the_environment(h: &dyn Harness) {
+    let name = unique("cli-env-opts");
+    let (mut holder, _) = hold(h, &name, "echo started; sleep 60").await;
+    let attempt = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = fairlock(&h.url(10));
+        cmd.envs(env.iter().copied())
+            .arg("lock")
+            .args(args)
+            .args([&name, "--", "true"]);
+        cmd
+    };
+    // Without FAIRLOCK_TIMEOUT these would wait for the holder's 60 s (beyond `SOON`).
+    let out = output(attempt(&[("FAIRLOCK_TIMEOUT", "300ms")], &[])).await;
+    assert_one_line_failure(&out, 75);
+    let out = output(attempt(&[("FAIRLOCK_TIMEOUT", "600s")], &["--try"])).await;
+    assert_one_line_failure(&out, 75);
+    let out = output(attempt(&[("FAIRLOCK_TIMEOUT", "600s")], &["-w", "0.2"])).await;
+    assert_one_line_failure(&out, 75);
+
+    let code = [("FAIRLOCK_CONFLICT_EXIT_CODE", "9")];
+    assert_one_line_failure(&output(attempt(&code, &["--try"])).await, 9);
+    assert_one_line_failure(&output(attempt(&code, &["-n", "-E", "0"])).await, 0);
+    assert_one_line_failure(
+        &output(attempt(&[], &["-n", "--conflict-exit-code", "1"])).await,
+        1,
+    );
+
+    for (var, value) in [
+        ("FAIRLOCK_TIMEOUT", "soon"),
+        ("FAIRLOCK_TTL", "-1"),
+        ("FAIRLOCK_GRACE", "never"),
+        ("FAIRLOCK_CONFLICT_EXIT_CODE", "256"),
+    ] {
+        let out = output(attempt(&[(var, value)], &["--try"])).await;
+        assert_clap_error(&out, value);
+    }
+    assert_eq!(
+        h.entries(&name).await.len(),
+        1,
+        "a refused attempt left an entry"
+    );
+    holder.kill().await.unwrap();
+}
+
+/// `-c SHELL_COMMAND` runs through `sh -c` with the FAIRLOCK_* variables, for lock and elect.
+async fn shell_command_runs_through_sh(h: &dyn Harness) {
+    let name = unique("cli-c");
+    for sub in [&["lock"][..], &["elect", "--value", "v"]] {
+        let mut cmd = fairlock(&h.url(10));
+        cmd.args(sub).args([
+            &name,
+            "-c",
+            "echo \"$FAIRLOCK_NAME\" $FAIRLOCK_TOKEN | tr a-z A-Z; exit 6",
+        ]);
+        let out = output(cmd).await;
+        assert_eq!(out.status.code(), Some(6), "{sub:?}: {}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let fields: Vec<&str> = stdout.split_whitespace().collect();
+        assert_eq!(fields[0], name.to_uppercase(), "{sub:?}");
+        assert!(fields[1].parse::<u64>().unwrap() > 0, "{sub:?}");
+        assert!(h.entries(&name).await.is_empty(), "{sub:?}: not released");
+    }
+}
+
+/// The holder's identity (host, pid, user, start time) is the lock entry's value, and
+/// `status` shows it (`--json` also parsed).
+async fn status_shows_who_holds(h: &dyn Harness) {
+    let name = unique("cli-who");
+    let (mut holder, _) = hold(h, &name, "echo started; sleep 60").await;
+    let pid = holder.id().unwrap();
+    let out = run_cli(h, &["status", "--json", &name]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = &doc["entries"][0];
+    let who = &entry["holder"];
+    assert_eq!(who["pid"], pid, "{doc}");
+    let host = nix::unistd::gethostname().unwrap();
+    assert_eq!(who["host"], host.to_string_lossy().as_ref(), "{doc}");
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap();
+    assert_eq!(who["user"], user.name, "{doc}");
+    let started = humantime::parse_rfc3339(who["started"].as_str().unwrap()).unwrap();
+    let age = std::time::SystemTime::now()
+        .duration_since(started)
+        .unwrap();
+    assert!(age < Duration::from_secs(3600), "{doc}");
+    let value = entry["value"].as_str().unwrap();
+    assert!(
+        value.starts_with("host=") && value.contains(&format!(" pid={pid} ")),
+        "{doc}"
+    );
+
+    let out = run_cli(h, &["status", &name]).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().nth(1).unwrap().ends_with(value), "{table}");
+    holder.kill().await.unwrap();
+}
+
+/// Starts `fairlock lock NAME` without a command; returns it with the key and token it
+/// printed.
+async fn hold_without_command(h: &dyn Harness, name: &str) -> (Child, String, u64, Lines) {
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(["lock", name]);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let key = soon("key printed", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let token = soon("token printed", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    (child, key, token.parse().unwrap(), lines)
+}
+
+/// `fairlock lock NAME` holds the lock until SIGINT, SIGTERM or SIGHUP, printing the key and
+/// the fencing token first; then releases it and exits 0.
+async fn lock_without_command_holds_until_signalled(h: &dyn Harness) {
+    let name = unique("cli-hold");
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        let (holder, key, token, mut lines) = hold_without_command(h, &name).await;
+        assert_eq!(h.entries(&name).await, std::slice::from_ref(&key), "{sig}");
+        assert!(h.entries_prefix_of(&name, &key), "{key}");
+        assert!(token > 0);
+        let out = run_cli(h, &["lock", "--try", &name, "--", "true"]).await;
+        assert_one_line_failure(&out, 75);
+        let out = run_cli(h, &["status", "--json", &name]).await;
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["entries"][0]["fencing_token"], token, "{doc}");
+        assert_eq!(doc["entries"][0]["key"], key.as_str(), "{doc}");
+
+        signal(&holder, sig);
+        assert_eq!(lines.next_line().await.unwrap(), None, "{sig}: more output");
+        let out = soon("holder exits", holder.wait_with_output())
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{sig}: {}", stderr(&out));
+        assert!(stderr(&out).is_empty(), "{sig}: {}", stderr(&out));
+        assert!(h.entries(&name).await.is_empty(), "{sig}: not released");
+    }
+}
+
+/// Without a command, a lost lock ends the hold with exit 74 and one line.
+async fn lock_without_command_exits_74_when_lost(h: &dyn Harness) {
+    let name = unique("cli-hold-lost");
+    let (holder, key, _, _) = hold_without_command(h, &name).await;
+    h.delete_entry(&key).await;
+    let out = soon("holder exits", holder.wait_with_output())
+        .await
+        .unwrap();
+    assert_one_line_failure(&out, 74);
+}
+
+/// Diagnostics: nothing by default, info with -v, debug with -vv; RUST_LOG decides when set.
+#[tokio::test]
+async fn verbosity_and_rust_log() {
+    let run = |args: &[&str], rust_log: Option<&str>| {
+        let mut cmd = fairlock("memory://");
+        cmd.env_remove("RUST_LOG");
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        cmd.args(args).args(["lock", "x", "--", "true"]);
+        output(cmd)
+    };
+    let quiet = run(&[], None).await;
+    assert_eq!(quiet.status.code(), Some(0));
+    assert_eq!(stderr(&quiet), "");
+    let info = stderr(&run(&["-v"], None).await);
+    assert!(
+        info.contains("INFO") && info.contains("lock acquired"),
+        "{info}"
+    );
+    assert!(!info.contains("DEBUG"), "{info}");
+    let debug = stderr(&run(&["-vv"], None).await);
+    assert!(
+        debug.contains("DEBUG") && debug.contains("connecting"),
+        "{debug}"
+    );
+    let from_env = stderr(&run(&[], Some("fairlock=debug")).await);
+    assert!(from_env.contains("DEBUG"), "{from_env}");
+    let off = run(&["-vv"], Some("off")).await;
+    assert_eq!(off.status.code(), Some(0));
+    assert_eq!(stderr(&off), "");
+}
+
+/// The backend password never reaches stderr: not in diagnostics (-vv, RUST_LOG=trace), not
+/// in error messages, not even for a malformed URL.
+#[tokio::test]
+async fn the_backend_password_is_never_printed() {
+    let secret = "hunter2secret";
+    for (url, args, rust_log) in [
+        (
+            format!("etcd://root:{secret}@{}/x", common::etcd_endpoint()),
+            &["-vv", "status", "x"][..],
+            None,
+        ),
+        (
+            format!("etcd://root:{secret}@{}/x", common::etcd_endpoint()),
+            &["lock", "x", "--", "true"],
+            Some("trace"),
+        ),
+        (
+            format!("etcd://root:{secret}@127.0.0.1:notaport/x"),
+            &["-vv", "lock", "x", "--", "true"],
+            None,
+        ),
+        (
+            format!("etcd//root:{secret}@127.0.0.1:2379/x"),
+            &["-vv", "lock", "x", "--", "true"],
+            None,
+        ),
+        (
+            format!("etcd://root:{secret}@127.0.0.1:2379/x?ttl=zz"),
+            &["leader", "x"],
+            None,
+        ),
+    ] {
+        let mut cmd = fairlock(&url);
+        cmd.env_remove("RUST_LOG");
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        cmd.args(args);
+        let out = output(cmd).await;
+        let err = stderr(&out);
+        assert_ne!(out.status.code(), Some(0), "{url} {args:?}: {err}"); // auth is not enabled
+        assert!(!err.contains(secret), "{url} {args:?}: {err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+    }
+}
+
+/// `observe | head -1`: once nobody reads its output, `observe` ends (exit 0) at the next
+/// leader instead of panicking on the closed pipe.
+async fn observe_ends_when_its_reader_goes(h: &dyn Harness) {
+    let name = unique("cli-observe-pipe");
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(["observe", &name]);
+    let mut observer = cmd.spawn().unwrap();
+    let mut seen = BufReader::new(observer.stdout.take().unwrap()).lines();
+    let (alpha, _) = lead(h, &name, "alpha", "echo started; exec sleep 60").await;
+    let line = soon("alpha observed", seen.next_line()).await.unwrap();
+    assert_eq!(line.as_deref(), Some("alpha"));
+    drop(seen); // the reader goes, like `head -1`
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(["elect", "--value", "beta", &name, "--", "sleep", "60"]);
+    let mut beta = cmd.spawn().unwrap();
+    eventually("beta queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    signal(&alpha, Signal::SIGTERM);
+    let out = soon("observer exits", observer.wait_with_output())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    soon("alpha exits", alpha.wait_with_output()).await.unwrap();
+    signal(&beta, Signal::SIGTERM);
+    soon("beta exits", beta.wait()).await.unwrap();
+}
+
+/// `status`, `leader` and `observe` read without a session: no etcd lease while `observe`
+/// runs (its URL asks for a TTL no other test uses, to tell its lease from others').
+#[tokio::test]
+async fn etcd_readers_open_no_lease() {
+    let h = common::EtcdHarness::new().await;
+    let name = unique("cli-lazy");
+    let url = h.url(10).replace("ttl=10", "ttl=3671");
+    for args in [&["status", &name][..], &["leader", &name]] {
+        let mut cmd = fairlock(&url);
+        cmd.args(args);
+        let out = output(cmd).await;
+        assert!(
+            matches!(out.status.code(), Some(0 | 3)),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let mut cmd = fairlock(&url);
+    cmd.args(["observe", &name]);
+    let mut observer = cmd.spawn().unwrap();
+    let mut seen = BufReader::new(observer.stdout.take().unwrap()).lines();
+    let (mut leader, _) = lead(&h, &name, "alpha", "echo started; exec sleep 60").await;
+    let line = soon("alpha observed", seen.next_line()).await.unwrap();
+    assert_eq!(line.as_deref(), Some("alpha"));
+    let raw = h.raw();
+    let leases = raw.lease_client().leases().await.unwrap();
+    let mut ours = 0;
+    for lease in leases.leases() {
+        if let Ok(ttl) = raw.lease_client().time_to_live(lease.id(), None).await {
+            ours += usize::from(ttl.granted_ttl() == 3671);
+        }
+    }
+    signal(&observer, Signal::SIGINT);
+    let status = soon("observer exits", observer.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(130));
+    leader.kill().await.unwrap();
+    assert_eq!(ours, 0, "the observer opened a lease");
+}
+
 macro_rules! cli_tests {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -776,7 +1306,11 @@ macro_rules! cli_tests {
                 killed_fairlock_ends_the_command_by_pdeathsig,
                 sighup_while_holding_reaches_the_command, signal_during_grace_is_honoured,
                 terminal_ctrl_c_reaches_the_command_once,
-                lost_lock_kills_a_group_member_that_ignores_sigterm);
+                lost_lock_kills_a_group_member_that_ignores_sigterm, timeout_zero_means_try,
+                ttl_takes_durations, options_come_from_the_environment,
+                shell_command_runs_through_sh, status_shows_who_holds,
+                lock_without_command_holds_until_signalled,
+                lock_without_command_exits_74_when_lost, observe_ends_when_its_reader_goes);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {

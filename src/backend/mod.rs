@@ -20,6 +20,7 @@ pub(crate) use slot::{SessionSlot, SessionSource};
 /// etcd's own tools); on ZooKeeper, lock nodes (`…lock-<seq>`, kazoo's `…__lock__<seq>`)
 /// and election nodes (`…latch-<seq>`) are told apart by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum QueueKind {
     /// A [`DistributedMutex`](crate::DistributedMutex)'s holder and waiters.
     Lock,
@@ -29,6 +30,7 @@ pub enum QueueKind {
 
 /// One entry of a queue, as [`Client::queue`](crate::Client::queue) lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QueueEntry {
     /// The backend key or node path.
     pub key: String,
@@ -132,6 +134,9 @@ pub(crate) struct Predecessor {
 /// request timeout) and must clean up after itself when its future is dropped.
 #[async_trait]
 pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
+    /// The backend's name in errors and traces: `etcd`, `zookeeper` or `memory`.
+    const BACKEND: &'static str;
+
     /// Keeps the guard's own entry watched for deletion while it lives.
     type OwnWatch: Send + Sync + 'static;
 
@@ -192,27 +197,54 @@ pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
 }
 
 /// Retries removing `own` until done, or until the session ends (its entries then go with
-/// the session). The body of every backend's `remove_in_background`.
+/// the session). The body of every backend's `remove_in_background`; it runs in the span
+/// current when it is called (the guard's hold span), although it is spawned.
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
-pub(crate) async fn remove_until_done<S: QueueSession>(session: Arc<S>, own: Entry) {
+pub(crate) fn remove_until_done<S: QueueSession>(
+    session: Arc<S>,
+    own: Entry,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     use backon::{ExponentialBuilder, Retryable};
+    use tracing::Instrument;
 
-    let lost = session.trigger().signal();
-    let attempt = || async { session.remove(&own).await };
-    let retries = attempt
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(std::time::Duration::from_millis(100))
-                .with_max_delay(std::time::Duration::from_secs(2))
-                .without_max_times(),
-        )
-        .when(|e: &Error| e.is_transient());
-    tokio::select! {
-        result = retries => if let Err(e) = result {
-            tracing::warn!("could not remove queue entry {}: {e}", own.key);
-        },
-        _ = lost => {}
-    }
+    let removal = async move {
+        let lost = session.trigger().signal();
+        let attempt = || async { session.remove(&own).await };
+        let retries = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(std::time::Duration::from_millis(100))
+                    .with_max_delay(std::time::Duration::from_secs(2))
+                    .without_max_times(),
+            )
+            .when(|e: &Error| e.is_transient())
+            .notify(|e: &Error, after| {
+                tracing::debug!(
+                    backend = S::BACKEND,
+                    key = %own.key,
+                    error = %e,
+                    retry_in = ?after,
+                    "queue entry removal failed; retrying"
+                );
+            });
+        tokio::select! {
+            result = retries => if let Err(e) = result {
+                tracing::warn!(
+                    backend = S::BACKEND,
+                    key = %own.key,
+                    error = %e,
+                    "could not remove queue entry; giving up"
+                );
+            },
+            reason = lost => tracing::debug!(
+                backend = S::BACKEND,
+                key = %own.key,
+                %reason,
+                "queue entry removal stopped: the session ended, and the entry with it"
+            ),
+        }
+    };
+    removal.instrument(tracing::Span::current())
 }
 
 /// Maps the end of a session to the error a waiter reports.

@@ -1,4 +1,5 @@
-//! A client's current session, replaced by a new one once it is lost.
+//! A client's current session, replaced by a new one once it is lost. A lazy client's slot
+//! starts empty and opens its first session the way it renews a lost one.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -7,6 +8,7 @@ use async_trait::async_trait;
 
 use super::QueueSession;
 use crate::error::{Error, Result};
+use crate::lost::{LossTrigger, LostReason, LostSignal};
 use crate::state::StateChannel;
 
 /// The current session of a client; replaced by a new one once it is lost.
@@ -17,24 +19,45 @@ pub(crate) struct SessionSlot<S> {
     renewing: tokio::sync::Mutex<()>,
     /// Where the client's session states are reported.
     states: Arc<StateChannel>,
+    /// What [`lost`](Self::lost) hands out while the slot is empty: it fires when the first
+    /// session is lost, or on `close()` before any session was opened.
+    first_lost: LossTrigger,
 }
 
 struct SlotState<S> {
-    current: Arc<S>,
+    /// `None` until a lazy client's first session.
+    current: Option<Arc<S>>,
     closed: bool,
 }
 
 impl<S: QueueSession> SessionSlot<S> {
     /// A slot holding `first`; `states` is the channel its sessions report to.
     pub(crate) fn new(first: Arc<S>, states: Arc<StateChannel>) -> Self {
-        states.follow(first.trigger().signal());
+        tracing::debug!(backend = S::BACKEND, session = %first.id(), "session opened");
+        states.follow(first.trigger().signal(), S::BACKEND, first.id());
         SessionSlot {
             state: StdMutex::new(SlotState {
-                current: first,
+                current: Some(first),
                 closed: false,
             }),
             renewing: tokio::sync::Mutex::new(()),
             states,
+            first_lost: LossTrigger::new(),
+        }
+    }
+
+    /// An empty slot (a lazy client): the first [`live`](Self::live) opens a session.
+    /// `states` reports [`SessionState::Idle`](crate::SessionState::Idle) until then.
+    pub(crate) fn empty(states: Arc<StateChannel>) -> Self {
+        states.idle();
+        SessionSlot {
+            state: StdMutex::new(SlotState {
+                current: None,
+                closed: false,
+            }),
+            renewing: tokio::sync::Mutex::new(()),
+            states,
+            first_lost: LossTrigger::new(),
         }
     }
 
@@ -47,9 +70,18 @@ impl<S: QueueSession> SessionSlot<S> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The session in use now, lost or not.
-    pub(crate) fn current(&self) -> Arc<S> {
+    /// The session in use now, lost or not; `None` before a lazy client's first session.
+    pub(crate) fn current(&self) -> Option<Arc<S>> {
         self.state().current.clone()
+    }
+
+    /// The current session's loss signal; before the first session, one that completes
+    /// when the first session is lost (or the slot is closed without one).
+    pub(crate) fn lost(&self) -> LostSignal {
+        match self.current() {
+            Some(session) => session.trigger().signal(),
+            None => self.first_lost.signal(),
+        }
     }
 
     /// The current session if the slot is open and the session not lost.
@@ -58,10 +90,15 @@ impl<S: QueueSession> SessionSlot<S> {
         if state.closed {
             return Err(Error::Closed);
         }
-        Ok((!state.current.trigger().signal().is_lost()).then(|| state.current.clone()))
+        Ok(state
+            .current
+            .as_ref()
+            .filter(|s| !s.trigger().signal().is_lost())
+            .cloned())
     }
 
-    /// A live session: the current one, or a new one from `open` if it was lost.
+    /// A live session: the current one, or a new one from `open` if it was lost (or if
+    /// there is none yet).
     ///
     /// # Errors
     /// [`Error::Closed`] after [`close`](Self::close); whatever `open` returns.
@@ -80,8 +117,22 @@ impl<S: QueueSession> SessionSlot<S> {
         {
             let mut state = self.state();
             if !state.closed {
-                state.current = fresh.clone();
-                self.states.follow(fresh.trigger().signal());
+                let previous = state.current.replace(fresh.clone());
+                match &previous {
+                    // The first session: the signal handed out before it follows it.
+                    None => {
+                        let (first, lost) = (self.first_lost.clone(), fresh.trigger().signal());
+                        tokio::spawn(async move { first.fire(lost.await) });
+                    }
+                    Some(previous) => tracing::info!(
+                        backend = S::BACKEND,
+                        session = %fresh.id(),
+                        previous = %previous.id(),
+                        "session replaced by a new one"
+                    ),
+                }
+                self.states
+                    .follow(fresh.trigger().signal(), S::BACKEND, fresh.id());
                 return Ok(fresh);
             }
         }
@@ -90,14 +141,18 @@ impl<S: QueueSession> SessionSlot<S> {
         Err(Error::Closed)
     }
 
-    /// Marks the slot closed; returns the session to end, unless closed already.
+    /// Marks the slot closed; returns the session to end, unless closed already or none
+    /// was ever opened.
     pub(crate) fn close(&self) -> Option<Arc<S>> {
         let mut state = self.state();
         if std::mem::replace(&mut state.closed, true) {
-            None
-        } else {
-            Some(state.current.clone())
+            return None;
         }
+        if state.current.is_none() {
+            self.first_lost.fire(LostReason::SessionClosed);
+            self.states.lost(LostReason::SessionClosed);
+        }
+        state.current.clone()
     }
 }
 
@@ -134,7 +189,7 @@ mod tests {
         let store = MemoryStore::named("slot-close-during-renewal");
         let ttl = Duration::from_secs(10);
         let slot = SessionSlot::new(MemorySession::open(&store, ttl), StateChannel::new());
-        assert!(store.expire_session(&slot.current().id()));
+        assert!(store.expire_session(&slot.current().unwrap().id()));
 
         let fresh = MemorySession::open(&store, ttl);
         let (opened, gate) = tokio::sync::oneshot::channel::<()>();

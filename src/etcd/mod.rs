@@ -44,7 +44,7 @@ use watch::WatchHub;
 pub use etcd_client;
 
 /// The key prefix used when the URL names none.
-pub const DEFAULT_PREFIX: &str = "fairlock";
+pub const DEFAULT_PREFIX: &str = crate::key::ETCD_DEFAULT_PREFIX;
 
 /// The etcd comparison that holds exactly while the lock with this key and fencing token is
 /// held: `create_revision(key) == token`. Put it in the `when` of your own `Txn` to make any
@@ -88,14 +88,10 @@ pub(crate) struct EtcdClient {
 }
 
 impl EtcdClient {
-    pub(crate) async fn connect(config: &Config) -> Result<Arc<Self>> {
-        let settings = Arc::new(Settings {
-            prefix: config.prefix_or(DEFAULT_PREFIX).to_owned(),
-            ttl_secs: config.ttl.as_secs_f64().ceil() as i64,
-            request_timeout: config.request_timeout,
-            safety_margin: config.effective_safety_margin(),
-            states: StateChannel::new(),
-        });
+    /// Connects to `config.endpoints`. Eager: grants the first lease (within the connect
+    /// timeout). Lazy: only checks that the cluster answers; the first lease is granted
+    /// when a lock or campaign needs it.
+    pub(crate) async fn connect(config: &Config, lazy: bool) -> Result<Arc<Self>> {
         let endpoints: Vec<String> = config
             .endpoints
             .iter()
@@ -108,13 +104,12 @@ impl EtcdClient {
             .with_keep_alive_while_idle(true);
         if let Some(user) = &config.username {
             options = options
-                .with_user(user.clone(), config.password.clone().unwrap_or_default())
+                .with_user(
+                    user.clone(),
+                    config.resolved_password()?.unwrap_or_default(),
+                )
                 .with_auto_token_refresh(true);
         }
-        let unreachable = |source: crate::error::BoxError| Error::Unreachable {
-            endpoints: config.endpoints.join(","),
-            source,
-        };
         let connected = tokio::time::timeout(
             config.connect_timeout,
             etcd_client::Client::connect(&endpoints, Some(options)),
@@ -123,31 +118,68 @@ impl EtcdClient {
         let client = match connected {
             Ok(Ok(client)) => client,
             Ok(Err(e @ etcd_client::Error::GRpcStatus(_))) => return Err(etcd_error(e)),
-            Ok(Err(e)) => return Err(unreachable(Box::new(e))),
-            Err(_) => return Err(unreachable("connect timed out".into())),
+            Ok(Err(e)) => return Err(unreachable(config, Box::new(e))),
+            Err(_) => return Err(unreachable(config, "connect timed out".into())),
         };
+        Self::with_client(client, config, lazy).await
+    }
+
+    /// A client on top of a connected `client` (the user's, or fairlock's own), with
+    /// sessions as `config` says.
+    pub(crate) async fn with_client(
+        client: etcd_client::Client,
+        config: &Config,
+        lazy: bool,
+    ) -> Result<Arc<Self>> {
+        let settings = Arc::new(Settings {
+            prefix: config.prefix_or(DEFAULT_PREFIX),
+            ttl_secs: config.ttl.as_secs_f64().ceil() as i64,
+            request_timeout: config.request_timeout,
+            safety_margin: config.effective_safety_margin(),
+            states: StateChannel::new(),
+        });
         let hub = WatchHub::start(client.clone(), config.request_timeout);
-        // The first lease grant proves the cluster answers, so it may take the connect
-        // timeout; the session's own requests later use the request timeout.
-        let opened = EtcdSession::open(&client, &hub, &settings, config.connect_timeout).await;
-        let first = match opened {
-            Ok(session) => session,
-            Err(Error::Timeout(_)) => {
-                return Err(unreachable(
-                    format!("no answer within {:?}", config.connect_timeout).into(),
-                ))
-            }
-            Err(Error::Backend { source, .. }) if is_transport(&*source) => {
-                return Err(unreachable(source))
-            }
-            Err(e) => return Err(e),
+        // The first request proves the cluster answers, so it may take the connect timeout;
+        // the session's own requests later use the request timeout.
+        let slot = if lazy {
+            let status = request(config.connect_timeout, Retry::Idempotent, || {
+                let mut maintenance = client.maintenance_client();
+                async move { maintenance.status().await }
+            })
+            .await;
+            status.map_err(|e| connect_error(config, e))?;
+            SessionSlot::empty(settings.states.clone())
+        } else {
+            let first = EtcdSession::open(&client, &hub, &settings, config.connect_timeout)
+                .await
+                .map_err(|e| connect_error(config, e))?;
+            SessionSlot::new(first, settings.states.clone())
         };
         Ok(Arc::new(EtcdClient {
             client,
             hub,
-            slot: SessionSlot::new(first, settings.states.clone()),
+            slot,
             settings,
         }))
+    }
+}
+
+fn unreachable(config: &Config, source: crate::error::BoxError) -> Error {
+    Error::Unreachable {
+        endpoints: config.endpoints.join(","),
+        source,
+    }
+}
+
+/// The error of a client's first request: no answer means unreachable.
+fn connect_error(config: &Config, e: Error) -> Error {
+    match e {
+        Error::Timeout(_) => unreachable(
+            config,
+            format!("no answer within {:?}", config.connect_timeout).into(),
+        ),
+        Error::Backend { source, .. } if is_transport(&*source) => unreachable(config, source),
+        e => e,
     }
 }
 

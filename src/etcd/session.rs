@@ -86,7 +86,7 @@ impl EtcdSession {
             trigger: LossTrigger::with_deadline(deadline.clone()),
             stop: CancellationToken::new(),
             abandoned: AtomicBool::new(false),
-            suspended: Suspension::new(&settings.states),
+            suspended: Suspension::new(&settings.states, "etcd", format!("{:x}", grant.id())),
             next_entry: AtomicU64::new(0),
             runtime: Handle::current(),
         });
@@ -275,6 +275,11 @@ async fn keep_alive(
         if reopened.is_some() {
             stream = reopened;
         }
+        // Closed or abandoned while the round was answered (select! picks a ready branch at
+        // random): the session was ended on purpose, nothing to report.
+        if stop.is_cancelled() {
+            return;
+        }
         let retry = match outcome {
             Some(Ok(Some(remaining))) if remaining > 0 => {
                 deadline.set(
@@ -412,6 +417,7 @@ pub(crate) struct OwnWatch(#[allow(dead_code)] DeleteWatch);
 
 #[async_trait]
 impl QueueSession for EtcdSession {
+    const BACKEND: &'static str = "etcd";
     type OwnWatch = OwnWatch;
 
     fn trigger(&self) -> &LossTrigger {

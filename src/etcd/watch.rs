@@ -475,6 +475,11 @@ impl HubTask {
             return;
         };
         let (server, delay) = (watch.server.take(), watch.next_delay());
+        tracing::debug!(
+            key = %String::from_utf8_lossy(&watch.key),
+            retry_in = ?delay,
+            "etcd watch resynchronised: reading its key, then watching again"
+        );
         self.retire(server);
         self.read(id, true, delay);
     }
@@ -630,6 +635,12 @@ impl HubTask {
             .filter(|(_, w)| w.wants_creation())
             .map(|(&id, _)| id)
             .collect();
+        // Plus the one whose creation opened the stream; after a failure, all are re-created.
+        tracing::debug!(
+            watches = due.len() + 1,
+            reopened = self.failures > 0,
+            "etcd watch stream opened; (re-)creating its watches"
+        );
         for id in due {
             self.create(id);
         }

@@ -27,7 +27,7 @@ use crate::lost::{LossTrigger, LostReason};
 use crate::state::StateChannel;
 use store::{Notify, WatchHandle};
 
-const LOCK_ROOT: &str = "fairlock";
+const LOCK_ROOT: &str = crate::key::MEMORY_LOCK_ROOT;
 
 fn queue_prefix(name: &str) -> String {
     format!("{LOCK_ROOT}/{name}/")
@@ -40,13 +40,18 @@ pub(crate) struct MemoryClient {
 }
 
 impl MemoryClient {
-    pub(crate) fn connect(config: &Config) -> Result<Arc<Self>> {
+    /// Connects to the store named by the prefix; opens a session unless `lazy`.
+    pub(crate) fn connect(config: &Config, lazy: bool) -> Result<Arc<Self>> {
         let store = MemoryStore::named(&config.prefix);
-        let first = MemorySession::open(&store, config.ttl);
+        let slot = if lazy {
+            SessionSlot::empty(StateChannel::new())
+        } else {
+            SessionSlot::new(MemorySession::open(&store, config.ttl), StateChannel::new())
+        };
         Ok(Arc::new(MemoryClient {
             store,
             ttl: config.ttl,
-            slot: SessionSlot::new(first, StateChannel::new()),
+            slot,
         }))
     }
 }
@@ -165,6 +170,7 @@ pub(crate) struct OwnWatch(#[allow(dead_code)] Option<WatchHandle>);
 
 #[async_trait]
 impl QueueSession for MemorySession {
+    const BACKEND: &'static str = "memory";
     type OwnWatch = OwnWatch;
 
     fn trigger(&self) -> &LossTrigger {

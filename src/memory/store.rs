@@ -132,6 +132,12 @@ impl MemoryStore {
         self.state().delete(key)
     }
 
+    /// How many sessions are open on this store (for tests: a lazy client opens none until
+    /// it locks).
+    pub fn sessions(&self) -> usize {
+        self.state().sessions.len()
+    }
+
     /// Ends session `id` (hex, as [`Client::session_id`](crate::Client::session_id) gives
     /// it) as an expiry would: its keys go, its guards report
     /// [`LostReason::SessionExpired`]. Returns whether the session existed.

@@ -65,7 +65,7 @@ use session::{is_no_node, retrying, ZkSession};
 pub use zookeeper_client;
 
 /// The base path used when the URL names none.
-pub const DEFAULT_PATH: &str = "/fairlock";
+pub const DEFAULT_PATH: &str = crate::key::ZOOKEEPER_DEFAULT_PATH;
 
 pub(crate) fn zk_error(e: zk::Error) -> Error {
     Error::Backend {
@@ -94,26 +94,28 @@ pub(crate) struct ZkClient {
 impl ZkClient {
     /// The id and password of the current session.
     #[cfg(feature = "test-util")]
-    pub(crate) fn session_info(&self) -> zk::SessionInfo {
-        self.slot.current().info().clone()
+    pub(crate) fn session_info(&self) -> Option<zk::SessionInfo> {
+        Some(self.slot.current()?.info().clone())
     }
 }
 
+fn settings(config: &Config) -> Arc<Settings> {
+    Arc::new(Settings {
+        cluster: config.endpoints.join(","),
+        base: config.prefix_or(DEFAULT_PATH),
+        ttl: config.ttl,
+        connect_timeout: config.connect_timeout,
+        request_timeout: config.request_timeout,
+        safety_margin: config.effective_safety_margin(),
+        states: StateChannel::new(),
+    })
+}
+
 impl ZkClient {
+    /// Connects a session. Also for lazy clients: the connection *is* a session, which
+    /// reads need; it creates no node.
     pub(crate) async fn connect(config: &Config) -> Result<Arc<Self>> {
-        let base = config
-            .prefix_or(DEFAULT_PATH)
-            .trim_end_matches('/')
-            .to_owned();
-        let settings = Arc::new(Settings {
-            cluster: config.endpoints.join(","),
-            base,
-            ttl: config.ttl,
-            connect_timeout: config.connect_timeout,
-            request_timeout: config.request_timeout,
-            safety_margin: config.effective_safety_margin(),
-            states: StateChannel::new(),
-        });
+        let settings = settings(config);
         let unreachable = |source: crate::error::BoxError| Error::Unreachable {
             endpoints: settings.cluster.clone(),
             source,
@@ -126,6 +128,17 @@ impl ZkClient {
             Err(Error::Backend { source, .. }) => return Err(unreachable(source)),
             Err(e) => return Err(e),
         };
+        Ok(Arc::new(ZkClient {
+            slot: SessionSlot::new(first, settings.states.clone()),
+            settings,
+        }))
+    }
+
+    /// A client whose first session is `client`'s (borrowed: fairlock never ends it);
+    /// later ones are opened through `config.endpoints`, if any.
+    pub(crate) fn with_client(client: zk::Client, config: &Config) -> Result<Arc<Self>> {
+        let settings = settings(config);
+        let first = ZkSession::borrow(client, &settings)?;
         Ok(Arc::new(ZkClient {
             slot: SessionSlot::new(first, settings.states.clone()),
             settings,
@@ -155,6 +168,10 @@ impl SessionSource for ZkClient {
     }
 
     async fn open(&self) -> Result<Arc<ZkSession>> {
+        if self.settings.cluster.is_empty() {
+            // A handed-in client's session ended, and no endpoints to open another.
+            return Err(Error::SessionExpired);
+        }
         ZkSession::open(&self.settings).await
     }
 }

@@ -16,8 +16,13 @@
 //! Sessions are connected *detached*: dropping the connection does not close the session,
 //! so [`abandon`](ZkSession::abandon) behaves like a crash. Closing is explicit: a second,
 //! short connection to the same session sends ZooKeeper's CloseSession.
+//!
+//! A *borrowed* session is that of a client the user handed in
+//! ([`Client::from_zookeeper_client`](crate::Client::from_zookeeper_client)): fairlock never
+//! ends it. It remembers the attempt markers of the nodes it creates instead, and on close or
+//! loss deletes whichever of them still exist ([`sweep`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
@@ -65,6 +70,22 @@ pub(crate) struct ZkSession {
     listings: StdMutex<HashMap<String, NextListing>>,
     /// This session, for the tasks it spawns.
     me: Weak<ZkSession>,
+    /// The timeout the server granted.
+    session_timeout: Duration,
+    /// For a borrowed session: the nodes it may have created and not removed yet, as
+    /// (parent path, attempt marker); `None` once swept. `None` for fairlock's own sessions.
+    borrowed: Option<StdMutex<Option<Tracked>>>,
+}
+
+/// A borrowed session's nodes, as (parent path, attempt marker).
+type Tracked = HashSet<(String, String)>;
+
+/// Where a node of `key` (provisional or confirmed) lives and the marker of its attempt
+/// (`_c_<uuid>-`), as a borrowed session tracks it.
+fn tracked(key: &str) -> (String, String) {
+    let (parent, child) = key.rsplit_once('/').unwrap_or(("", key));
+    let marker = child.get(..40).unwrap_or(child); // "_c_" + 36-character uuid + "-"
+    (parent.to_owned(), marker.to_owned())
 }
 
 impl ZkSession {
@@ -92,17 +113,40 @@ impl ZkSession {
                 settings.ttl
             )));
         }
+        Ok(Self::start(client, settings, false))
+    }
+
+    /// A session on a client the user connected: fairlock never ends it (see [`sweep`]).
+    ///
+    /// # Errors
+    /// [`Error::SessionExpired`] if the client's session has ended already.
+    pub(super) fn borrow(client: zk::Client, settings: &Arc<Settings>) -> Result<Arc<Self>> {
+        if client.state().is_terminated() {
+            return Err(Error::SessionExpired);
+        }
+        Ok(Self::start(client, settings, true))
+    }
+
+    fn start(client: zk::Client, settings: &Arc<Settings>, borrowed: bool) -> Arc<Self> {
+        let info = client.session().clone();
+        let negotiated = client.session_timeout();
         let session = Arc::new_cyclic(|me| ZkSession {
             listings: StdMutex::new(HashMap::new()),
             me: me.clone(),
             id: client.session_id().0,
             info,
             trigger: LossTrigger::new(),
-            suspended: Suspension::new(&settings.states),
+            suspended: Suspension::new(
+                &settings.states,
+                "zookeeper",
+                format!("{:x}", client.session_id().0),
+            ),
             ended: AtomicBool::new(false),
             settings: settings.clone(),
             runtime: Handle::current(),
             client: Arc::new(StdMutex::new(None)),
+            borrowed: borrowed.then(|| StdMutex::new(Some(HashSet::new()))),
+            session_timeout: negotiated,
         });
         tokio::spawn(watch_state(
             client.state_watcher(),
@@ -111,7 +155,7 @@ impl ZkSession {
             Arc::downgrade(&session),
         ));
         *session.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client);
-        Ok(session)
+        session
     }
 
     #[cfg(feature = "test-util")]
@@ -140,11 +184,76 @@ impl ZkSession {
     /// knows it must drop its nodes.
     fn lost(&self, reason: LostReason) {
         self.trigger.fire(reason);
+        if self.borrowed.is_some() {
+            // Not ours to end: delete our nodes if the session still lives. It cannot outlive
+            // its timeout without the client reconnecting, so neither does the sweep.
+            if let Some(sweep) = self.end_borrowed() {
+                let bound = self.session_timeout + self.settings.request_timeout;
+                self.runtime.spawn(async move {
+                    if let Err(e) = sweep.run(bound).await {
+                        tracing::warn!(
+                            "could not remove the nodes of a lost borrowed session: {e}"
+                        );
+                    }
+                });
+            }
+            return;
+        }
         if self.connection().is_some() && !self.ended.swap(true, Ordering::SeqCst) {
             self.disconnect();
             let (cluster, info, timeout) = self.close_args();
             self.runtime
                 .spawn(async move { close_session(&cluster, info, timeout).await });
+        }
+    }
+
+    /// Ends fairlock's use of a borrowed session, once: lets go of the connection and
+    /// returns the sweep of the nodes left. `None` if ended already (or not borrowed).
+    fn end_borrowed(&self) -> Option<Sweep> {
+        let nodes = self.borrowed.as_ref()?;
+        if self.ended.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let client = self
+            .client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        let nodes = nodes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Some(Sweep {
+            client,
+            nodes: nodes.unwrap_or_default(),
+        })
+    }
+
+    /// Sends the create of `entry`'s node. A borrowed session records the attempt first,
+    /// under the same lock as [`end_borrowed`](Self::end_borrowed) takes the records: every
+    /// create is either refused or sent before the sweep's listings.
+    fn send_create<'a>(
+        &self,
+        client: &'a zk::Client,
+        entry: &'a Entry,
+    ) -> Result<
+        impl std::future::Future<Output = Result<(zk::Stat, zk::CreateSequence), zk::Error>> + 'a,
+    > {
+        let Some(nodes) = &self.borrowed else {
+            return Ok(client.create(&entry.key, &entry.value, &ephemeral_sequential()));
+        };
+        let mut nodes = nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(nodes) = nodes.as_mut() else {
+            return Err(self.gone_session());
+        };
+        nodes.insert(tracked(&entry.key));
+        // The request is queued on the connection by this call, not when awaited.
+        Ok(client.create(&entry.key, &entry.value, &ephemeral_sequential()))
+    }
+
+    /// A borrowed session's node is gone (removed, or never created): stop tracking it.
+    fn untrack(&self, key: &str) {
+        if let Some(nodes) = &self.borrowed {
+            if let Some(nodes) = nodes.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                nodes.remove(&tracked(key));
+            }
         }
     }
 
@@ -277,13 +386,8 @@ impl ZkSession {
     async fn create(&self, name: &str, entry: &mut Entry) -> Result<()> {
         let client = self.client()?;
         for _ in 0..3 {
-            let created = self
-                .bounded(async {
-                    Ok(client
-                        .create(&entry.key, &entry.value, &ephemeral_sequential())
-                        .await)
-                })
-                .await?;
+            let sending = self.send_create(&client, entry)?;
+            let created = self.bounded(async { Ok(sending.await) }).await?;
             let (path, stat) = match created {
                 Ok((stat, sequence)) => (format!("{}{sequence}", entry.key), stat),
                 Err(zk::Error::NoNode) => {
@@ -634,11 +738,63 @@ where
 
 impl Drop for ZkSession {
     fn drop(&mut self) {
+        if self.borrowed.is_some() {
+            // Nobody uses it any more; guards removed their nodes as they went.
+            if let Some(sweep) = self.end_borrowed().filter(|s| !s.nodes.is_empty()) {
+                let timeout = self.settings.request_timeout;
+                self.runtime.spawn(async move { sweep.run(timeout).await });
+            }
+            return;
+        }
         if !self.ended.swap(true, Ordering::SeqCst) {
             self.disconnect();
             let (cluster, info, timeout) = self.close_args();
             self.runtime
                 .spawn(async move { close_session(&cluster, info, timeout).await });
+        }
+    }
+}
+
+/// The nodes a borrowed session may have left, with its connection.
+struct Sweep {
+    client: zk::Client,
+    nodes: Tracked,
+}
+
+impl Sweep {
+    /// Deletes every node of the recorded attempts, within `timeout`. ZooKeeper applies a
+    /// session's requests in order, so a listing sent after a create sees its node.
+    async fn run(self, timeout: Duration) -> Result<()> {
+        let client = &self.client;
+        let swept = within(timeout, async {
+            for (parent, marker) in &self.nodes {
+                let children = match retrying(|| client.list_children(parent)).await {
+                    Ok(children) => children,
+                    Err(zk::Error::NoNode) => continue,
+                    Err(e) => return Err(zk_error(e)),
+                };
+                for child in children.iter().filter(|c| c.starts_with(marker.as_str())) {
+                    let path = format!("{parent}/{child}");
+                    match retrying(|| client.delete(&path, None)).await {
+                        Ok(()) | Err(zk::Error::NoNode) => {}
+                        Err(e) => return Err(zk_error(e)),
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match swept {
+            // An ended session's nodes went with it.
+            Err(Error::Backend { source, .. })
+                if matches!(
+                    source.downcast_ref::<zk::Error>(),
+                    Some(zk::Error::SessionExpired | zk::Error::ClientClosed)
+                ) =>
+            {
+                Ok(())
+            }
+            other => other,
         }
     }
 }
@@ -679,7 +835,10 @@ async fn watch_state(
             state = states.changed() => state,
             _ = sleep_until(deadline) => {
                 if let Some(session) = session.upgrade() {
-                    tracing::warn!("zookeeper disconnected for 2/5 of the session timeout: session lost");
+                    tracing::warn!(
+                        session = %format_args!("{:x}", session.id),
+                        "zookeeper disconnected for 2/5 of the session timeout: session lost"
+                    );
                     session.lost(LostReason::SessionExpired);
                 }
                 return;
@@ -688,6 +847,11 @@ async fn watch_state(
         let Some(session) = session.upgrade() else {
             return;
         };
+        tracing::debug!(
+            session = %format_args!("{:x}", session.id),
+            ?state,
+            "zookeeper connection state changed"
+        );
         match state {
             zk::SessionState::Disconnected => {
                 session.suspended.set(true);
@@ -734,6 +898,7 @@ impl Drop for OwnWatch {
 
 #[async_trait]
 impl QueueSession for ZkSession {
+    const BACKEND: &'static str = "zookeeper";
     type OwnWatch = OwnWatch;
 
     fn trigger(&self) -> &LossTrigger {
@@ -846,7 +1011,10 @@ impl QueueSession for ZkSession {
         let path = if own.order == 0 {
             match self.find_own(own).await? {
                 Some((path, _)) => path,
-                None => return Ok(false),
+                None => {
+                    self.untrack(&own.key);
+                    return Ok(false);
+                }
             }
         } else {
             own.key.clone()
@@ -868,13 +1036,17 @@ impl QueueSession for ZkSession {
                 result
             }
         };
-        match self.request(delete).await {
+        let removed = match self.request(delete).await {
             Ok(()) => Ok(true),
             Err(Error::Backend { source, .. }) if is_no_node(&*source) => {
                 Ok(cut.load(Ordering::SeqCst))
             }
             Err(e) => Err(e),
+        };
+        if removed.is_ok() {
+            self.untrack(&path);
         }
+        removed
     }
 
     fn remove_in_background(self: &Arc<Self>, own: Entry) {
@@ -941,10 +1113,17 @@ impl QueueSession for ZkSession {
         self.suspended.get()
     }
 
-    /// Closes the session: its nodes go at once.
+    /// Closes the session: its nodes go at once. A borrowed session stays open, without
+    /// fairlock's nodes.
     async fn close(&self) -> Result<()> {
-        self.ended.store(true, Ordering::SeqCst);
         self.trigger.fire(LostReason::SessionClosed);
+        if self.borrowed.is_some() {
+            return match self.end_borrowed() {
+                Some(sweep) => sweep.run(self.settings.request_timeout).await,
+                None => Ok(()),
+            };
+        }
+        self.ended.store(true, Ordering::SeqCst);
         self.disconnect();
         close_session(
             &self.settings.cluster,

@@ -314,7 +314,7 @@ impl Harness for ZkHarness {
     }
 
     fn data_key(&self, tag: &str) -> String {
-        format!("{}-data/{tag}", self.base)
+        format!("{}-data/{tag}", self.base.trim_start_matches('/'))
     }
 
     fn entries_prefix_of(&self, name: &str, key: &str) -> bool {
