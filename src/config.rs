@@ -602,7 +602,6 @@ impl Config {
 
     /// The prefix, or `default` when none was configured, normalised (fields set by hand
     /// are not).
-    #[cfg(any(feature = "etcd", feature = "zookeeper", test))]
     pub(crate) fn prefix_or(&self, default: &str) -> String {
         if self.prefix.is_empty() {
             default.to_owned()

@@ -3,10 +3,13 @@
 
 mod common;
 
+#[cfg(feature = "zookeeper")]
 use std::time::Duration;
 
 use common::{soon, unique, Harness, MemoryHarness};
-use fairlock::{Client, Error, LostReason, QueueKind, SessionState, WriteOp};
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+use fairlock::WriteOp;
+use fairlock::{Client, Error, LostReason, QueueKind, SessionState};
 
 /// A lazy memory client reads without a session, opens one at the first lock, and keeps
 /// its accessors' promises before that.

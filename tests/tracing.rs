@@ -76,6 +76,7 @@ impl Capture {
     }
 
     /// Everything captured, as text (to look for what must never be there).
+    #[cfg(feature = "etcd")]
     fn text(&self) -> String {
         let captured = self.0.lock().unwrap();
         format!("{:?}{:?}", captured.closed, captured.events)

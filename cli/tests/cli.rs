@@ -362,6 +362,7 @@ async fn completions_and_man_pages() {
     assert_one_line_failure(&output(cmd).await, 2);
 }
 
+#[cfg(all(feature = "etcd", feature = "zookeeper"))]
 #[tokio::test]
 async fn unreachable_backend_exits_69_with_one_line() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -948,6 +949,7 @@ async fn ttl_takes_durations(h: &dyn Harness) {
 
 /// The etcd lease of a `lock` gets the TTL from `--ttl` (rounded up to seconds), else from
 /// `FAIRLOCK_TTL`, over the URL's.
+#[cfg(feature = "etcd")]
 #[tokio::test]
 async fn etcd_lease_ttl_comes_from_the_flag_or_the_environment() {
     let h = common::EtcdHarness::new().await;
@@ -1175,6 +1177,7 @@ async fn verbosity_and_rust_log() {
 
 /// The backend password never reaches stderr: not in diagnostics (-vv, RUST_LOG=trace), not
 /// in error messages, not even for a malformed URL.
+#[cfg(feature = "etcd")]
 #[tokio::test]
 async fn the_backend_password_is_never_printed() {
     let secret = "hunter2secret";
@@ -1251,6 +1254,7 @@ async fn observe_ends_when_its_reader_goes(h: &dyn Harness) {
 
 /// `status`, `leader` and `observe` read without a session: no etcd lease while `observe`
 /// runs (its URL asks for a TTL no other test uses, to tell its lease from others').
+#[cfg(feature = "etcd")]
 #[tokio::test]
 async fn etcd_readers_open_no_lease() {
     let h = common::EtcdHarness::new().await;
