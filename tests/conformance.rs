@@ -746,3 +746,4 @@ macro_rules! conformance {
 conformance!(memory, common::MemoryHarness::new());
 conformance!(etcd, common::EtcdHarness::new().await);
 conformance!(zookeeper, common::ZkHarness::new().await);
+conformance!(zookeeper_secure, common::ZkSecureHarness::new().await);

@@ -35,21 +35,29 @@ static CREATOR_ALL_WORLD_READ: [zk::Acl; 2] = [
 
 /// The ACL of the nodes fairlock creates under `config`.
 ///
+/// The connection is authenticated if it has digest credentials or presents a client
+/// certificate (ZooKeeper makes the certificate's subject the identity `x509:CN=…` on its
+/// secure port); the creator ACL grants every identity of the creating connection.
+///
 /// # Errors
-/// [`Error::InvalidConfig`] for a creator ACL without credentials (ZooKeeper would refuse
-/// every create with InvalidACL).
+/// [`Error::InvalidConfig`] for a creator ACL without either (ZooKeeper would refuse every
+/// create with InvalidACL).
 pub(super) fn acls(config: &Config) -> Result<zk::Acls<'static>> {
-    let authenticated = config.username.is_some();
-    let creator = match config.acl {
+    let authenticated = config.username.is_some()
+        || config
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.cert_file.is_some());
+    let policy = match config.acl {
         AclPolicy::Default if authenticated => AclPolicy::CreatorAll,
         AclPolicy::Default => AclPolicy::Open,
         other => other,
     };
-    match creator {
+    match policy {
         AclPolicy::CreatorAll | AclPolicy::CreatorAllWorldRead if !authenticated => {
             Err(Error::config(format!(
-                "acl={} needs credentials (a user name and password)",
-                creator.as_str()
+                "acl={} needs an identity: a user name and password, or a client certificate",
+                policy.as_str()
             )))
         }
         AclPolicy::CreatorAll => Ok(zk::Acls::creator_all()),
