@@ -88,7 +88,10 @@ async fn every_feature(url: &str) {
     let first = soon("observe", observed.next()).await.unwrap().unwrap();
     assert!(first.is_none(), "{first:?}");
     let leading = a.election(&name).unwrap().campaign(b"a").await.unwrap();
-    let seen = soon("observe leader", observed.next()).await.unwrap().unwrap();
+    let seen = soon("observe leader", observed.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(seen.map(|l| l.value), Some(b"a".to_vec()));
     leading.resign().await.unwrap();
     a.close().await.unwrap();
@@ -404,7 +407,11 @@ async fn bad_tls_settings_are_refused_before_connecting() {
     for options in [
         "tls=true".to_owned(),
         format!("{}&server_name=zk.example", zk_tls_options("ca", None)),
-        format!("ca_file={}&cert_file={}", cert_file("ca.pem"), cert_file("client.pem")),
+        format!(
+            "ca_file={}&cert_file={}",
+            cert_file("ca.pem"),
+            cert_file("client.pem")
+        ),
     ] {
         let refused = Client::connect(&url(&options)).await;
         assert!(
@@ -413,7 +420,11 @@ async fn bad_tls_settings_are_refused_before_connecting() {
         );
     }
     // A user without a password.
-    let url = format!("zk://{ZK_USER}@{}{}", zk_secure_plain_endpoint(), new_base());
+    let url = format!(
+        "zk://{ZK_USER}@{}{}",
+        zk_secure_plain_endpoint(),
+        new_base()
+    );
     let refused = Client::connect(&url).await;
     assert!(
         matches!(refused, Err(Error::InvalidConfig(_))),
@@ -469,7 +480,10 @@ fn repo() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kazoo_with_the_same_credentials_shares_the_lock() {
     let python = repo().join(".services/venv/bin/python");
-    assert!(python.exists(), "the kazoo peer is missing: run scripts/peers");
+    assert!(
+        python.exists(),
+        "the kazoo peer is missing: run scripts/peers"
+    );
     let h = Arc::new(ZkSecureHarness::new().await);
     let url = plain_url(Some(&creds()), h.base(), "");
     let client = Client::connect(&url).await.unwrap();
@@ -594,7 +608,10 @@ public class AuthPeer {
     let said = soon("curator releases", lines.next_line()).await.unwrap();
     assert_eq!(said.as_deref(), Some("released"));
     soon("curator exits", peer.wait()).await.unwrap();
-    eventually("queue empty", || async { h.entries(&name).await.is_empty() }).await;
+    eventually("queue empty", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
     client.close().await.unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -609,7 +626,14 @@ async fn the_client_certificate_alone_is_an_identity() {
     let mutex = same_cert.mutex(&name).unwrap();
     assert!(mutex.try_lock().await.unwrap().is_none());
     guard.release().await.unwrap();
-    mutex.try_lock().await.unwrap().unwrap().release().await.unwrap();
+    mutex
+        .try_lock()
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
     same_cert.close().await.unwrap();
     client.close().await.unwrap();
 }

@@ -253,9 +253,7 @@ impl KeySpace for ZkClient {
         let session = self.session().await?;
         let client = session.client()?;
         let acls = &self.settings.acls;
-        session
-            .write(|| put_once(&client, acls, key, &value))
-            .await
+        session.write(|| put_once(&client, acls, key, &value)).await
     }
 
     async fn queue(

@@ -96,7 +96,8 @@ fn tls_error(source: impl Into<BoxError>) -> Error {
 }
 
 fn read(what: &str, path: &str) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| tls_error(format!("cannot read the {what} {path:?}: {e}")))
+    std::fs::read_to_string(path)
+        .map_err(|e| tls_error(format!("cannot read the {what} {path:?}: {e}")))
 }
 
 /// The client library's TLS options for `tls`.
@@ -122,7 +123,9 @@ pub(super) fn tls_options(tls: &TlsConfig) -> Result<zk::TlsOptions> {
         (Some(cert), Some(key)) => {
             options = options
                 .with_pem_identity(&read("certificate file", cert)?, &read("key file", key)?)
-                .map_err(|e| tls_error(format!("client certificate {cert:?} or key {key:?}: {e}")))?;
+                .map_err(|e| {
+                    tls_error(format!("client certificate {cert:?} or key {key:?}: {e}"))
+                })?;
         }
         (None, None) => {}
         _ => {
