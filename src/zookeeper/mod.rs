@@ -252,7 +252,7 @@ impl KeySpace for ZkClient {
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
         let session = self.session().await?;
         let client = session.client()?;
-        let acls = &self.settings.acls;
+        let acls = self.settings.acls;
         session.write(|| put_once(&client, acls, key, &value)).await
     }
 
@@ -333,13 +333,13 @@ impl KeySpace for ZkClient {
 /// with the configured ACL.
 async fn put_once(
     c: &zk::Client,
-    acls: &zk::Acls<'static>,
+    acls: zk::Acls<'static>,
     key: &str,
     value: &[u8],
 ) -> Result<(), zk::Error> {
     match c.set_data(key, value, None).await {
         Err(zk::Error::NoNode) => {
-            let options = zk::CreateMode::Persistent.with_acls(acls.clone());
+            let options = zk::CreateMode::Persistent.with_acls(acls);
             if let Some((parent, _)) = key.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
                 c.mkdir(parent, &options).await?;
             }
