@@ -10,9 +10,12 @@
 #   authentication without TLS, and the readiness check (ruok).
 # - Key and trust stores are PEM (ssl.keyStore.type=PEM): the keystore is server-key.pem
 #   and server.pem concatenated into .services/secure-zk/keystore.pem.
-# - Digest authentication (`addauth digest user:password`) needs no server configuration:
-#   the server accepts any user:password and makes it the identity digest:user:HASH, which
-#   node ACLs then grant or refuse. No super user is configured.
+# - Authentication is enforced (zookeeper.enforce.auth.enabled, schemes digest and x509):
+#   a session with neither digest credentials nor a client certificate is refused with
+#   AuthFailed at its first request. Digest needs no server set-up: the server accepts any
+#   user:password and makes it the identity digest:user:HASH, which node ACLs then grant or
+#   refuse. A client certificate is the identity x509:CN=… (the X509 provider, registered
+#   explicitly). No super user is configured.
 
 sz_dir="$state/secure-zk"
 sz_port=${FAIRLOCK_SECURE_ZK_PORT:-21811}
@@ -64,6 +67,8 @@ CFG
     -Dzookeeper.ssl.keyStore.location="$sz_dir/keystore.pem" -Dzookeeper.ssl.keyStore.type=PEM \
     -Dzookeeper.ssl.trustStore.location="$certs/ca.pem" -Dzookeeper.ssl.trustStore.type=PEM \
     -Dzookeeper.ssl.clientAuth=need \
+    -Dzookeeper.authProvider.x509=org.apache.zookeeper.server.auth.X509AuthenticationProvider \
+    -Dzookeeper.enforce.auth.enabled=true -Dzookeeper.enforce.auth.schemes=digest,x509 \
     -cp "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:/usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar:/usr/share/java/netty-transport-native-unix-common.jar" \
     org.apache.zookeeper.server.quorum.QuorumPeerMain "$sz_dir/zoo.cfg" \
     >"$sz_dir/log" 2>&1 </dev/null &

@@ -138,6 +138,12 @@ async fn password_from_a_file() {
 /// What `getAcl` shows on the nodes fairlock created: the lock node, its parent (the lock
 /// path), the base path, a data node and its parent.
 async fn acls_of_created_nodes(url: &str, base: &str) -> Vec<(String, Vec<zk::Acl>)> {
+    let raw = zk_secure_raw("client", Some(&creds())).await;
+    acls_seen_by(&raw, url, base).await
+}
+
+/// As [`acls_of_created_nodes`], read by `raw`.
+async fn acls_seen_by(raw: &zk::Client, url: &str, base: &str) -> Vec<(String, Vec<zk::Acl>)> {
     let client = Client::connect(url).await.unwrap();
     let name = unique("acl");
     let guard = client.mutex(&name).unwrap().lock().await.unwrap();
@@ -148,7 +154,6 @@ async fn acls_of_created_nodes(url: &str, base: &str) -> Vec<(String, Vec<zk::Ac
         .unwrap();
     let key2 = format!("{}-data/put/{}", base.trim_start_matches('/'), unique("k"));
     client.put(&key2, "v").await.unwrap();
-    let raw = zk_secure_raw("client", Some(&creds())).await;
     let mut out = Vec::new();
     for path in [
         guard.key().to_owned(),
@@ -215,18 +220,19 @@ async fn every_created_node_carries_the_policy_acl() {
             "{path}: {acls:?}"
         );
     }
-    // Open, asked for with credentials, and the default without any identity.
-    let (base1, base2) = (new_base(), new_base());
-    for (url, base) in [
-        (tls_url(Some(&creds()), &base1, "acl=open"), base1),
-        (plain_url(None, &base2, ""), base2),
-    ] {
-        for (path, acls) in acls_of_created_nodes(&url, &base).await {
-            assert!(
-                acls.len() == 1 && is_world(&acls[0], zk::Permission::ALL),
-                "{url} {path}: {acls:?}"
-            );
-        }
+    // Open, asked for with credentials; and the default without any identity, on the
+    // plain server (the secure one refuses sessions without one).
+    let base = new_base();
+    let url = tls_url(Some(&creds()), &base, "acl=open");
+    let open = acls_of_created_nodes(&url, &base).await;
+    let plain = common::ZkHarness::new().await;
+    let url = format!("zk://{}{}", common::zk_endpoint(), plain.base());
+    let default = acls_seen_by(plain.raw(), &url, plain.base()).await;
+    for (path, acls) in open.into_iter().chain(default) {
+        assert!(
+            acls.len() == 1 && is_world(&acls[0], zk::Permission::ALL),
+            "{path}: {acls:?}"
+        );
     }
     // The default with a client certificate alone: creator-all, for the certificate's name.
     let base = new_base();
@@ -262,7 +268,9 @@ async fn unauthenticated_clients_cannot_touch_a_lock() {
     let base = new_base();
     let (client, guard, name) = held(&base, "").await;
     let lock_path = format!("{base}/{name}");
-    // The raw client without credentials: no delete, no create under the lock node.
+    // A raw client without the holder's identities (certificate CN=other, no password; the
+    // server lets no session without any identity in): no delete, no create under the
+    // lock node.
     let stranger = zk_secure_raw("other", None).await;
     let delete = stranger.delete(guard.key(), None).await;
     assert!(matches!(delete, Err(zk::Error::NoAuth)), "{delete:?}");
@@ -362,6 +370,22 @@ async fn data_nodes_are_protected() {
     );
     stranger.close().await.unwrap();
     owner.close().await.unwrap();
+}
+
+/// The secure server enforces authentication: a session without credentials (on its plain
+/// port) is refused, as AuthenticationFailed, never as "unreachable".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credentials_where_the_server_requires_them() {
+    let url = plain_url(None, &new_base(), "");
+    for refused in [
+        Client::connect(&url).await,
+        Client::connect_lazy(&url).await,
+    ] {
+        assert!(
+            matches!(refused, Err(Error::AuthenticationFailed { .. })),
+            "{refused:?}"
+        );
+    }
 }
 
 /// A connection that fails for a TLS reason reports it as such, with the cause.
