@@ -376,12 +376,37 @@ pub async fn close_releases_everything(h: Arc<dyn Harness>) {
 pub async fn bad_names_refused(h: Arc<dyn Harness>) {
     let client = h.client().await;
     let long = "n".repeat(300);
-    for name in ["", "a/b", "..", "x/../y", "nul\0", long.as_str()] {
+    for name in [
+        "",
+        "a/b",
+        "/a",
+        "a/",
+        "..",
+        ".",
+        "x/../y",
+        "nul\0",
+        "\n",
+        long.as_str(),
+    ] {
         assert!(
             matches!(client.mutex(name), Err(Error::InvalidName { .. })),
             "{name:?} accepted"
         );
+        assert!(
+            matches!(client.election(name), Err(Error::InvalidName { .. })),
+            "{name:?} accepted as an election"
+        );
     }
+    // Percent escapes are not decoded: such a name is itself, one segment inside the prefix.
+    let name = format!("%2e%2e%2f{}", unique("escaped"));
+    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    assert!(
+        h.entries_prefix_of(&name, guard.key()),
+        "{} is outside",
+        guard.key()
+    );
+    assert_eq!(h.entries(&name).await, [guard.key().to_owned()]);
+    guard.release().await.unwrap();
 }
 
 /// Leadership passes in FIFO order, when the leader resigns and when it crashes.
