@@ -619,10 +619,15 @@ public class AuthPeer {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(peer.stdout.take().unwrap()).lines();
-    eventually("curator queued", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
+    // Compiling the source and starting the JVM may take a while on a loaded machine.
+    let queued = async {
+        while h.entries(&name).await.len() != 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(90), queued)
+        .await
+        .expect("curator queued within 90 s");
     guard.release().await.unwrap();
     let said = soon("curator acquires", lines.next_line()).await.unwrap();
     assert_eq!(said.as_deref(), Some("acquired"));
