@@ -206,16 +206,13 @@ impl Client {
     async fn open(config: &Config, lazy: bool) -> Result<Client> {
         config.validate()?;
         // Never silently weaker than asked for.
-        if config.tls.is_some() && config.backend != BackendKind::Memory {
+        if config.tls.is_some()
+            && !matches!(config.backend, BackendKind::Memory | BackendKind::Zookeeper)
+        {
             return Err(Error::config(format!(
                 "TLS is not supported by the {} backend yet",
                 config.backend
             )));
-        }
-        if config.backend == BackendKind::Zookeeper && config.username.is_some() {
-            return Err(Error::config(
-                "ZooKeeper authentication is not supported yet",
-            ));
         }
         let backend: Arc<dyn Backend> = match config.backend {
             BackendKind::Memory => Arc::new(crate::memory::MemoryClient::connect(config, lazy)?),

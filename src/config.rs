@@ -234,7 +234,9 @@ pub fn redact_url(url: &str) -> String {
 ///
 /// Query options: `ttl` (session TTL; `session_timeout` is an alias for ZooKeeper users),
 /// `connect_timeout`, `request_timeout`, `safety_margin` (see the field). Values are
-/// seconds (`10`) or durations (`10s`, `1500ms`). `user:password@` before the hosts sets credentials (etcd only).
+/// seconds (`10`) or durations (`10s`, `1500ms`). `user:password@` before the hosts sets credentials
+/// (etcd user, ZooKeeper digest identity); security options: see [`TlsConfig`], [`AclPolicy`]
+/// and the `password_file` field.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "ConfigFields")]
 #[non_exhaustive]
@@ -262,10 +264,10 @@ pub struct Config {
     /// and the server's. `None`: a tenth of the TTL.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub safety_margin: Option<Duration>,
-    /// User name for authentication (etcd).
+    /// User name for authentication (etcd user; ZooKeeper digest identity).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// Password for authentication (etcd). Prefer `password_file` or the environment
+    /// Password for authentication (etcd; ZooKeeper digest). Prefer `password_file` or the environment
     /// (the CLI reads `FAIRLOCK_PASSWORD`) over a password in a URL, which other users of
     /// the machine may see in process listings. Never shown by `Debug` or
     /// [`to_url`](Config::to_url).
@@ -360,7 +362,7 @@ impl Config {
         self
     }
 
-    /// Sets the user name and password (etcd authentication).
+    /// Sets the user name and password (etcd authentication, ZooKeeper digest).
     pub fn with_credentials(
         mut self,
         user: impl Into<String>,

@@ -773,3 +773,4 @@ conformance!(memory, common::MemoryHarness::new());
 conformance!(etcd, common::EtcdHarness::new().await);
 #[cfg(feature = "zookeeper")]
 conformance!(zookeeper, common::ZkHarness::new().await);
+conformance!(zookeeper_secure, common::ZkSecureHarness::new().await);

@@ -46,6 +46,7 @@
 //!   it last heard from the server, before the server can free the lock for the next waiter.
 
 mod names;
+mod security;
 mod session;
 
 use std::sync::Arc;
@@ -67,16 +68,36 @@ pub use zookeeper_client;
 /// The base path used when the URL names none.
 pub const DEFAULT_PATH: &str = crate::key::ZOOKEEPER_DEFAULT_PATH;
 
+/// Maps a client library error: refusals by ACL and of credentials get their own variants.
 pub(crate) fn zk_error(e: zk::Error) -> Error {
-    Error::Backend {
-        backend: "zookeeper",
-        source: Box::new(e),
+    let backend = "zookeeper";
+    match e {
+        zk::Error::NoAuth => Error::PermissionDenied {
+            backend,
+            source: Box::new(e),
+        },
+        zk::Error::AuthFailed => Error::AuthenticationFailed {
+            backend,
+            source: Box::new(e),
+        },
+        e => Error::Backend {
+            backend,
+            source: Box::new(e),
+        },
     }
 }
 
 /// What sessions need from the configuration.
 pub(crate) struct Settings {
+    /// The endpoints, comma-separated (ZooKeeper's connect string, without a chroot).
     cluster: String,
+    endpoints: Vec<String>,
+    /// TLS: the client library's options and the settings they came from.
+    tls: Option<(zk::TlsOptions, crate::config::TlsConfig)>,
+    /// Digest credentials, `user:password`.
+    auth: Option<Vec<u8>>,
+    /// The ACL of every node fairlock creates.
+    pub(crate) acls: zk::Acls<'static>,
     base: String,
     ttl: Duration,
     connect_timeout: Duration,
@@ -99,23 +120,63 @@ impl ZkClient {
     }
 }
 
-fn settings(config: &Config) -> Arc<Settings> {
-    Arc::new(Settings {
+fn settings(config: &Config) -> Result<Arc<Settings>> {
+    let tls = match &config.tls {
+        Some(tls) => Some((security::tls_options(tls)?, tls.clone())),
+        None => None,
+    };
+    Ok(Arc::new(Settings {
         cluster: config.endpoints.join(","),
+        endpoints: config.endpoints.clone(),
+        tls,
+        auth: security::digest(config)?,
+        acls: security::acls(config)?,
         base: config.prefix_or(DEFAULT_PATH),
         ttl: config.ttl,
         connect_timeout: config.connect_timeout,
         request_timeout: config.request_timeout,
         safety_margin: config.effective_safety_margin(),
         states: StateChannel::new(),
-    })
+    }))
+}
+
+impl Settings {
+    /// Connects a session as configured (TLS, credentials), `with` adding its own options.
+    pub(crate) async fn connect(
+        &self,
+        with: impl FnOnce(zk::Connector) -> zk::Connector,
+    ) -> Result<zk::Client, zk::Error> {
+        let mut connector = zk::Client::connector();
+        if let Some(auth) = &self.auth {
+            connector = connector.with_auth("digest", auth);
+        }
+        match &self.tls {
+            Some((options, _)) => {
+                with(connector.with_tls(options.clone()))
+                    .secure_connect(&self.cluster)
+                    .await
+            }
+            None => with(connector).connect(&self.cluster).await,
+        }
+    }
+
+    /// Why a TLS connection failed, if a handshake of fairlock's own names a TLS problem.
+    pub(crate) async fn diagnose(&self) -> Option<Error> {
+        let (_, tls) = self.tls.as_ref()?;
+        let (endpoints, tls) = (self.endpoints.clone(), tls.clone());
+        let timeout = self.connect_timeout;
+        tokio::task::spawn_blocking(move || security::diagnose(&endpoints, &tls, timeout))
+            .await
+            .ok()
+            .flatten()
+    }
 }
 
 impl ZkClient {
     /// Connects a session. Also for lazy clients: the connection *is* a session, which
     /// reads need; it creates no node.
     pub(crate) async fn connect(config: &Config) -> Result<Arc<Self>> {
-        let settings = settings(config);
+        let settings = settings(config)?;
         let unreachable = |source: crate::error::BoxError| Error::Unreachable {
             endpoints: settings.cluster.clone(),
             source,
@@ -137,7 +198,7 @@ impl ZkClient {
     /// A client whose first session is `client`'s (borrowed: fairlock never ends it);
     /// later ones are opened through `config.endpoints`, if any.
     pub(crate) fn with_client(client: zk::Client, config: &Config) -> Result<Arc<Self>> {
-        let settings = settings(config);
+        let settings = settings(config)?;
         let first = ZkSession::borrow(client, &settings)?;
         Ok(Arc::new(ZkClient {
             slot: SessionSlot::new(first, settings.states.clone()),
@@ -191,7 +252,8 @@ impl KeySpace for ZkClient {
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
         let session = self.session().await?;
         let client = session.client()?;
-        session.write(|| put_once(&client, key, &value)).await
+        let acls = self.settings.acls;
+        session.write(|| put_once(&client, acls, key, &value)).await
     }
 
     async fn queue(
@@ -267,15 +329,20 @@ impl KeySpace for ZkClient {
     }
 }
 
-/// One attempt of [`KeySpace::put`]: set the data, or create the node (and its parents).
-async fn put_once(c: &zk::Client, key: &str, value: &[u8]) -> Result<(), zk::Error> {
+/// One attempt of [`KeySpace::put`]: set the data, or create the node (and its parents)
+/// with the configured ACL.
+async fn put_once(
+    c: &zk::Client,
+    acls: zk::Acls<'static>,
+    key: &str,
+    value: &[u8],
+) -> Result<(), zk::Error> {
     match c.set_data(key, value, None).await {
         Err(zk::Error::NoNode) => {
+            let options = zk::CreateMode::Persistent.with_acls(acls);
             if let Some((parent, _)) = key.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
-                let dirs = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-                c.mkdir(parent, &dirs).await?;
+                c.mkdir(parent, &options).await?;
             }
-            let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
             match c.create(key, value, &options).await {
                 Err(zk::Error::NodeExists) => c.set_data(key, value, None).await.map(drop),
                 other => other.map(drop),

@@ -45,12 +45,19 @@ use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
 use crate::state::Suspension;
 
-fn ephemeral_sequential() -> zk::CreateOptions<'static> {
-    zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all())
+/// Options of the queue nodes, with the configured ACL.
+fn ephemeral_sequential(settings: &Settings) -> zk::CreateOptions<'static> {
+    zk::CreateMode::EphemeralSequential.with_acls(settings.acls)
 }
 
-pub(crate) fn containers() -> zk::CreateOptions<'static> {
-    zk::CreateMode::Container.with_acls(zk::Acls::anyone_all())
+/// Options of the lock and election nodes (parents of the queue nodes).
+fn containers(settings: &Settings) -> zk::CreateOptions<'static> {
+    zk::CreateMode::Container.with_acls(settings.acls)
+}
+
+/// Options of data nodes and their parents.
+fn persistent(settings: &Settings) -> zk::CreateOptions<'static> {
+    zk::CreateMode::Persistent.with_acls(settings.acls)
 }
 
 pub(crate) struct ZkSession {
@@ -95,19 +102,24 @@ impl ZkSession {
     /// [`Error::Timeout`] if no server answered in the connect timeout;
     /// [`Error::InvalidConfig`] if the server raised the session timeout above the TTL.
     pub(super) async fn open(settings: &Arc<Settings>) -> Result<Arc<Self>> {
-        let connecting = zk::Client::connector()
-            .with_session_timeout(settings.ttl)
-            .with_detached()
-            .connect(&settings.cluster);
-        let client = within(settings.connect_timeout, async {
+        let connecting = settings.connect(|c| c.with_session_timeout(settings.ttl).with_detached());
+        let connected = within(settings.connect_timeout, async {
             connecting.await.map_err(zk_error)
         })
-        .await?;
+        .await;
+        let client = match connected {
+            Ok(client) => client,
+            // A failed TLS handshake looks like a server that does not answer: ask why.
+            Err(e @ (Error::Timeout(_) | Error::Backend { .. })) => {
+                return Err(settings.diagnose().await.unwrap_or(e))
+            }
+            Err(e) => return Err(e),
+        };
         let info = client.session().clone();
         let negotiated = client.session_timeout();
         if negotiated > settings.ttl + Duration::from_millis(1) {
             drop(client);
-            close_session(&settings.cluster, info, settings.request_timeout).await;
+            close_session(settings, info).await;
             return Err(Error::config(format!(
                 "ttl {:?} is below the ZooKeeper server's minimum session timeout of {negotiated:?}",
                 settings.ttl
@@ -201,9 +213,9 @@ impl ZkSession {
         }
         if self.connection().is_some() && !self.ended.swap(true, Ordering::SeqCst) {
             self.disconnect();
-            let (cluster, info, timeout) = self.close_args();
+            let (settings, info) = (self.settings.clone(), self.info.clone());
             self.runtime
-                .spawn(async move { close_session(&cluster, info, timeout).await });
+                .spawn(async move { close_session(&settings, info).await });
         }
     }
 
@@ -237,7 +249,8 @@ impl ZkSession {
         impl std::future::Future<Output = Result<(zk::Stat, zk::CreateSequence), zk::Error>> + 'a,
     > {
         let Some(nodes) = &self.borrowed else {
-            return Ok(client.create(&entry.key, &entry.value, &ephemeral_sequential()));
+            let options = ephemeral_sequential(&self.settings);
+            return Ok(client.create(&entry.key, &entry.value, &options));
         };
         let mut nodes = nodes.lock().unwrap_or_else(|e| e.into_inner());
         let Some(nodes) = nodes.as_mut() else {
@@ -245,7 +258,8 @@ impl ZkSession {
         };
         nodes.insert(tracked(&entry.key));
         // The request is queued on the connection by this call, not when awaited.
-        Ok(client.create(&entry.key, &entry.value, &ephemeral_sequential()))
+        let options = ephemeral_sequential(&self.settings);
+        Ok(client.create(&entry.key, &entry.value, &options))
     }
 
     /// A borrowed session's node is gone (removed, or never created): stop tracking it.
@@ -255,14 +269,6 @@ impl ZkSession {
                 nodes.remove(&tracked(key));
             }
         }
-    }
-
-    fn close_args(&self) -> (String, zk::SessionInfo, Duration) {
-        (
-            self.settings.cluster.clone(),
-            self.info.clone(),
-            self.settings.request_timeout,
-        )
     }
 
     fn lock_path(&self, name: &str) -> String {
@@ -391,7 +397,7 @@ impl ZkSession {
             let (path, stat) = match created {
                 Ok((stat, sequence)) => (format!("{}{sequence}", entry.key), stat),
                 Err(zk::Error::NoNode) => {
-                    let (lock_path, dirs) = (self.lock_path(name), containers());
+                    let (lock_path, dirs) = (self.lock_path(name), containers(&self.settings));
                     self.request(|| client.mkdir(&lock_path, &dirs)).await?;
                     continue;
                 }
@@ -478,7 +484,7 @@ impl ZkSession {
             if let (WriteOp::Put { .. }, false) = (op, found) {
                 // Parents are plain directories: creating them needs no fence.
                 if let Some((parent, _)) = key.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
-                    let dirs = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                    let dirs = persistent(&self.settings);
                     self.request(|| client.mkdir(parent, &dirs))
                         .await
                         .map_err(unknown)?;
@@ -495,11 +501,9 @@ impl ZkSession {
         for (op, exists) in ops.iter().zip(exists) {
             match (op, exists) {
                 (WriteOp::Put { key, value }, true) => writer.add_set_data(key, value, None),
-                (WriteOp::Put { key, value }, false) => writer.add_create(
-                    key,
-                    value,
-                    &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
-                ),
+                (WriteOp::Put { key, value }, false) => {
+                    writer.add_create(key, value, &persistent(&self.settings))
+                }
                 (WriteOp::Delete { key }, true) => writer.add_delete(key, None),
                 (WriteOp::Delete { .. }, false) => Ok(()),
             }
@@ -748,9 +752,9 @@ impl Drop for ZkSession {
         }
         if !self.ended.swap(true, Ordering::SeqCst) {
             self.disconnect();
-            let (cluster, info, timeout) = self.close_args();
+            let (settings, info) = (self.settings.clone(), self.info.clone());
             self.runtime
-                .spawn(async move { close_session(&cluster, info, timeout).await });
+                .spawn(async move { close_session(&settings, info).await });
         }
     }
 }
@@ -801,8 +805,9 @@ impl Sweep {
 
 /// Closes a session through a second connection: ZooKeeper's CloseSession, which the
 /// client library sends when its last handle of a non-detached connection goes.
-pub(super) async fn close_session(cluster: &str, info: zk::SessionInfo, timeout: Duration) {
-    let connecting = zk::Client::connector().with_session(info).connect(cluster);
+pub(super) async fn close_session(settings: &Settings, info: zk::SessionInfo) {
+    let timeout = settings.request_timeout;
+    let connecting = settings.connect(|c| c.with_session(info));
     if let Ok(Ok(client)) = tokio::time::timeout(timeout, connecting).await {
         let mut states = client.state_watcher();
         drop(client);
@@ -1125,12 +1130,7 @@ impl QueueSession for ZkSession {
         }
         self.ended.store(true, Ordering::SeqCst);
         self.disconnect();
-        close_session(
-            &self.settings.cluster,
-            self.info.clone(),
-            self.settings.request_timeout,
-        )
-        .await;
+        close_session(&self.settings, self.info.clone()).await;
         Ok(())
     }
 

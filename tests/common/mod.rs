@@ -321,3 +321,184 @@ impl Harness for ZkHarness {
         key.starts_with(&format!("{}/{name}/", self.base))
     }
 }
+
+// ---- The secure ZooKeeper (`scripts/services secure start zookeeper`) -------------------
+
+/// A certificate file of scripts/certs, as a path string.
+pub fn cert_file(name: &str) -> String {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The library's tests run from the workspace root, the CLI's from cli/.
+    let root = match workspace.join(".services").exists() {
+        true => workspace.to_path_buf(),
+        false => workspace.join(".."),
+    };
+    root.join(".services/certs")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The secure ZooKeeper's mutual-TLS port.
+pub fn zk_secure_endpoint() -> String {
+    std::env::var("FAIRLOCK_TEST_SECURE_ZK").unwrap_or_else(|_| "127.0.0.1:21811".into())
+}
+
+/// The secure ZooKeeper's plain port (digest authentication without TLS).
+pub fn zk_secure_plain_endpoint() -> String {
+    std::env::var("FAIRLOCK_TEST_SECURE_ZK_PLAIN").unwrap_or_else(|_| "127.0.0.1:21812".into())
+}
+
+/// The digest identity the secure suites use.
+pub const ZK_USER: &str = "fairlock";
+/// Its password.
+pub const ZK_PASSWORD: &str = "fairlock-secret";
+
+/// URL options for TLS with the test CA and the client certificate `cert` (`client`,
+/// `other`, `expired`, `rogue`; `None`: no client certificate).
+pub fn zk_tls_options(ca: &str, cert: Option<&str>) -> String {
+    let mut query = format!("ca_file={}", cert_file(&format!("{ca}.pem")));
+    if let Some(cert) = cert {
+        query += &format!(
+            "&cert_file={}&key_file={}",
+            cert_file(&format!("{cert}.pem")),
+            cert_file(&format!("{cert}-key.pem"))
+        );
+    }
+    query
+}
+
+/// A raw client (not fairlock) of the secure ZooKeeper over mutual TLS with the client
+/// certificate `cert` (`client`: CN=fairlock, `other`: CN=other; the server makes it the
+/// identity `x509:CN=…`), authenticated as `auth` (`user:password`) if given.
+///
+/// rustls needs a process-wide crypto provider, which fairlock installs on its first TLS
+/// connection: a fairlock client connects first.
+pub async fn zk_secure_raw(cert: &str, auth: Option<&str>) -> zookeeper_client::Client {
+    let url = format!(
+        "zk://{}/fairlock-provider?{}",
+        zk_secure_endpoint(),
+        zk_tls_options("ca", Some("client"))
+    );
+    Client::connect(&url)
+        .await
+        .expect("secure zookeeper (scripts/services secure start zookeeper)")
+        .close()
+        .await
+        .unwrap();
+    let tls = zookeeper_client::TlsOptions::new()
+        .with_pem_ca(&std::fs::read_to_string(cert_file("ca.pem")).unwrap())
+        .unwrap()
+        .with_pem_identity(
+            &std::fs::read_to_string(cert_file(&format!("{cert}.pem"))).unwrap(),
+            &std::fs::read_to_string(cert_file(&format!("{cert}-key.pem"))).unwrap(),
+        )
+        .unwrap();
+    let mut connector = zookeeper_client::Client::connector().with_tls(tls);
+    if let Some(auth) = auth {
+        connector = connector.with_auth("digest", auth.as_bytes());
+    }
+    connector
+        .secure_connect(&zk_secure_endpoint())
+        .await
+        .expect("raw secure zookeeper client")
+}
+
+/// The ZooKeeper harness over mutual TLS with digest credentials and creator-all ACLs.
+pub struct ZkSecureHarness {
+    base: String,
+    raw: zookeeper_client::Client,
+}
+
+impl ZkSecureHarness {
+    pub async fn new() -> Self {
+        ZkSecureHarness {
+            base: format!("/{}", unique("fairlock-secure")),
+            raw: zk_secure_raw("client", Some(&format!("{ZK_USER}:{ZK_PASSWORD}"))).await,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn raw(&self) -> &zookeeper_client::Client {
+        &self.raw
+    }
+}
+
+#[async_trait]
+impl Harness for ZkSecureHarness {
+    fn url(&self, ttl_secs: u64) -> String {
+        format!(
+            "zk://{ZK_USER}:{ZK_PASSWORD}@{}{}?ttl={ttl_secs}&acl=creator-all&{}",
+            zk_secure_endpoint(),
+            self.base,
+            zk_tls_options("ca", Some("client"))
+        )
+    }
+
+    fn endpoint(&self) -> String {
+        zk_secure_endpoint()
+    }
+
+    async fn entries(&self, name: &str) -> Vec<String> {
+        let path = format!("{}/{name}", self.base);
+        match self.raw.list_children(&path).await {
+            Ok(mut children) => {
+                children.sort();
+                children
+                    .into_iter()
+                    .map(|c| format!("{path}/{c}"))
+                    .collect()
+            }
+            Err(zookeeper_client::Error::NoNode) => Vec::new(),
+            Err(e) => panic!("list {path}: {e}"),
+        }
+    }
+
+    async fn expire_session(&self, client: &Client) {
+        // As ZkHarness does, over TLS.
+        let info = client.zookeeper_session_info().expect("a zookeeper client");
+        let tls = zookeeper_client::TlsOptions::new()
+            .with_pem_ca(&std::fs::read_to_string(cert_file("ca.pem")).unwrap())
+            .unwrap()
+            .with_pem_identity(
+                &std::fs::read_to_string(cert_file("client.pem")).unwrap(),
+                &std::fs::read_to_string(cert_file("client-key.pem")).unwrap(),
+            )
+            .unwrap();
+        for _ in 0..10 {
+            let connected = zookeeper_client::Client::connector()
+                .with_tls(tls.clone())
+                .with_session(info.clone())
+                .secure_connect(&zk_secure_endpoint())
+                .await;
+            if let Ok(other) = connected {
+                let mut states = other.state_watcher();
+                drop(other);
+                while !states.changed().await.is_terminated() {}
+            }
+            let lost = client.session_lost();
+            if tokio::time::timeout(Duration::from_secs(2), lost)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        panic!("could not expire the session from outside");
+    }
+
+    async fn delete_entry(&self, key: &str) {
+        self.raw.delete(key, None).await.expect("delete");
+    }
+
+    fn data_key(&self, tag: &str) -> String {
+        format!("{}-data/{tag}", self.base.trim_start_matches('/'))
+    }
+
+    fn entries_prefix_of(&self, name: &str, key: &str) -> bool {
+        key.starts_with(&format!("{}/{name}/", self.base))
+    }
+}
