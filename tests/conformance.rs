@@ -773,4 +773,5 @@ conformance!(memory, common::MemoryHarness::new());
 conformance!(etcd, common::EtcdHarness::new().await);
 #[cfg(feature = "zookeeper")]
 conformance!(zookeeper, common::ZkHarness::new().await);
+#[cfg(feature = "zookeeper")]
 conformance!(zookeeper_secure, common::ZkSecureHarness::new().await);

@@ -374,6 +374,7 @@ pub fn zk_tls_options(ca: &str, cert: Option<&str>) -> String {
 ///
 /// rustls needs a process-wide crypto provider, which fairlock installs on its first TLS
 /// connection: a fairlock client connects first.
+#[cfg(feature = "zookeeper")]
 pub async fn zk_secure_raw(cert: &str, auth: Option<&str>) -> zookeeper_client::Client {
     let url = format!(
         "zk://{}/fairlock-provider?{}",
@@ -405,11 +406,13 @@ pub async fn zk_secure_raw(cert: &str, auth: Option<&str>) -> zookeeper_client::
 }
 
 /// The ZooKeeper harness over mutual TLS with digest credentials and creator-all ACLs.
+#[cfg(feature = "zookeeper")]
 pub struct ZkSecureHarness {
     base: String,
     raw: zookeeper_client::Client,
 }
 
+#[cfg(feature = "zookeeper")]
 impl ZkSecureHarness {
     pub async fn new() -> Self {
         ZkSecureHarness {
@@ -427,6 +430,7 @@ impl ZkSecureHarness {
     }
 }
 
+#[cfg(feature = "zookeeper")]
 #[async_trait]
 impl Harness for ZkSecureHarness {
     fn url(&self, ttl_secs: u64) -> String {
