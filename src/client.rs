@@ -204,7 +204,7 @@ impl Client {
     async fn open(config: &Config, lazy: bool) -> Result<Client> {
         config.validate()?;
         // Never silently weaker than asked for.
-        if config.tls.is_some() && config.backend != BackendKind::Memory {
+        if config.tls.is_some() && config.backend == BackendKind::Zookeeper {
             return Err(Error::config(format!(
                 "TLS is not supported by the {} backend yet",
                 config.backend
