@@ -746,3 +746,5 @@ macro_rules! conformance {
 conformance!(memory, common::MemoryHarness::new());
 conformance!(etcd, common::EtcdHarness::new().await);
 conformance!(zookeeper, common::ZkHarness::new().await);
+// Once more over mutual TLS with user/password and RBAC (scripts/secure-etcd.sh).
+conformance!(etcd_tls_auth, common::SecureEtcdHarness::new().await);

@@ -320,11 +320,61 @@ async fn writes_outside_the_grant_are_denied() {
     client.close().await.unwrap();
 }
 
+/// Counts the debug events whose message contains a given text (the watch hub's "refused
+/// watch"), on the thread it is set as default for.
+struct Counter {
+    needle: &'static str,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Counter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        if message.0.contains(self.needle) {
+            self.count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// The server's tokens expire after 3 s of disuse; a client keeps working long after: its
-/// requests authenticate again, its lease stays alive, and watches created on a stream
-/// whose token expired are renewed (a waiter still wakes on release).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_running_clients_survive_token_expiry() {
+/// requests authenticate again, its lease stays alive, and a watch stream whose token
+/// expired is renewed at its first refused creation, so waiters and holders keep being
+/// told of deletions by the server rather than by re-reading their keys over and over.
+///
+/// On one thread (a current-thread runtime), so that the counting subscriber sees every
+/// task of the test.
+#[test]
+fn long_running_clients_survive_token_expiry() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let refusals = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let subscriber = tracing_subscriber::registry().with(Counter {
+        needle: "refused watch",
+        count: refusals.clone(),
+    });
+    let _default = tracing::subscriber::set_default(subscriber);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(survive_token_expiry());
+    // With the renewal, the first refusal (or two, while it is under way) on a stale stream
+    // and no more. Without it, every creation on that stream is refused and retried
+    // (after a read) at least every 2 s for as long as the watch lives: 8 and more here.
+    let refusals = refusals.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refusals <= 4, "{refusals} watch creations refused");
+}
+
+async fn survive_token_expiry() {
     let h = SecureEtcdHarness::new().await;
     let a = h.client_ttl(5).await;
     let b = h.client_ttl(5).await;
@@ -341,7 +391,7 @@ async fn long_running_clients_survive_token_expiry() {
             tokio::spawn(async move { m.lock().await })
         };
         common::eventually("b queued", || async { h.entries(&name).await.len() == 2 }).await;
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
         let key = h.data_key(&format!("expiry-{round}"));
         guard
             .guarded_write(&[WriteOp::put(&key, "x")])

@@ -35,8 +35,8 @@
 //!
 //! With user/password authentication, etcd 3.4 checks a watch's permission against the
 //! token the *stream* was opened with, and simple tokens expire (`--auth-token-ttl`) while
-//! the stream lives on: every later creation on it is refused as "permission denied". A
-//! refusal like that makes the hub authenticate again and reopen the stream (at most once
+//! the stream lives on: every later creation on it is refused ("invalid auth token"; some
+//! versions say "permission denied"). A refusal like that makes the hub authenticate again and reopen the stream (at most once
 //! per [`TOKEN_RENEWAL_PAUSE`], so that a user who truly lacks the permission is not
 //! re-authenticated in a loop; its reads are refused too and report the typed error).
 //!
@@ -478,7 +478,8 @@ impl HubTask {
         };
         if refused {
             tracing::debug!("etcd refused watch {server}: {}", response.cancel_reason());
-            if response.cancel_reason().contains("permission denied") {
+            let reason = response.cancel_reason();
+            if reason.contains("invalid auth token") || reason.contains("permission denied") {
                 self.renew_token();
             }
             self.resync(id);
