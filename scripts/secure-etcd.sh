@@ -10,7 +10,8 @@
 # - RBAC (auth enabled), set up idempotently:
 #     root                 password in .services/secure-etcd/root.password
 #     fairlock             password in .services/secure-etcd/fairlock.password, role
-#                          fairlock-rw: readwrite on the key prefix "fairlock-secure/" only
+#                          fairlock-rw: readwrite on the key prefix "fairlock-secure/" only,
+#                          and on "apps/" (the neutral data keys of the conformance suite)
 #     other                password in .services/secure-etcd/other.password, no role
 # - Simple tokens that expire after 3 s of disuse (--auth-token-ttl 3; etcd 3.4 extends a
 #   simple token on every use), so the tests see a long-running client outlive its token.
@@ -74,6 +75,7 @@ secure_etcd_rbac() {
   "${ctl[@]}" user passwd other --interactive=false <<<"$other_pw" >/dev/null
   "${ctl[@]}" role get fairlock-rw >/dev/null 2>&1 || "${ctl[@]}" role add fairlock-rw >/dev/null
   "${ctl[@]}" role grant-permission fairlock-rw --prefix=true readwrite "$secure_etcd_prefix" >/dev/null
+  "${ctl[@]}" role grant-permission fairlock-rw --prefix=true readwrite apps/ >/dev/null
   "${ctl[@]}" user grant-role fairlock fairlock-rw >/dev/null
   [ ${#as_root[@]} -gt 0 ] || secure_etcdctl auth enable >/dev/null
   log "secure etcd: RBAC ready (users root, fairlock, other; role fairlock-rw on $secure_etcd_prefix)"
