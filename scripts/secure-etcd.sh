@@ -78,7 +78,7 @@ secure_etcd_rbac() {
   "${ctl[@]}" role grant-permission fairlock-rw --prefix=true readwrite apps/ >/dev/null
   "${ctl[@]}" user grant-role fairlock fairlock-rw >/dev/null
   [ ${#as_root[@]} -gt 0 ] || secure_etcdctl auth enable >/dev/null
-  log "secure etcd: RBAC ready (users root, fairlock, other; role fairlock-rw on $secure_etcd_prefix)"
+  log "secure etcd: RBAC ready (users root, fairlock, other; role fairlock-rw on $secure_etcd_prefix and apps/)"
 }
 
 secure_start_etcd() {

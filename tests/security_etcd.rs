@@ -36,9 +36,15 @@ fn url_with(user: &str, tls_query: &str) -> String {
 fn assert_tls(result: Result<(), Error>, case: &str) {
     match result {
         Err(Error::Tls { ref source, .. }) => {
-            // The cause is kept: the TLS library's words, not just "TLS".
-            let chain = format!("{:?}", source);
-            assert!(!chain.is_empty(), "{case}: {result:?}");
+            // The cause is kept and shown: the TLS library's words (or the file's), not
+            // just "transport error".
+            let shown = source.to_string();
+            assert!(
+                ["certificate", "alert", "cannot read"]
+                    .iter()
+                    .any(|w| shown.contains(w)),
+                "{case}: {shown:?}"
+            );
         }
         other => panic!("{case}: expected Error::Tls, got {other:?}"),
     }
@@ -167,6 +173,13 @@ async fn wrong_ca_is_a_tls_error() {
     // Also with a password (the first request is then the authentication).
     let user = format!("fairlock:{}@", secure_etcd_password("fairlock"));
     assert_tls(outcome(&url_with(&user, &query)).await, "wrong CA, user");
+    // No CA file: the system's roots, which do not know the test CA.
+    let query = format!(
+        "tls=true&cert_file={}&key_file={}",
+        cert("client.pem"),
+        cert("client-key.pem")
+    );
+    assert_tls(outcome(&url_with("", &query)).await, "system roots");
 }
 
 #[tokio::test]

@@ -141,15 +141,36 @@ const TLS_WORDS: [&str; 4] = [
 #[derive(Debug)]
 struct WithSource(etcd_client::Error);
 
+/// Shows the TLS library's words (e.g. "invalid peer certificate: UnknownIssuer",
+/// "received fatal alert: BadCertificate"), which etcd-client's message ("transport
+/// error") leaves out.
 impl std::fmt::Display for WithSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut next = inner_error(&self.0);
+        while let Some(e) = next {
+            if e.is::<rustls::Error>() {
+                return std::fmt::Display::fmt(e, f);
+            }
+            if let Some(inner) = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                return std::fmt::Display::fmt(inner, f);
+            }
+            next = e.source();
+        }
         self.0.fmt(f)
     }
 }
 
 impl std::error::Error for WithSource {
+    /// The transport's error under a gRPC status (whose own text repeats the message with
+    /// debug output), else the error inside etcd-client's.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        inner_error(&self.0)
+        match &self.0 {
+            etcd_client::Error::GRpcStatus(status) if status.source().is_some() => status.source(),
+            e => inner_error(e),
+        }
     }
 }
 
