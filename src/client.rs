@@ -203,15 +203,6 @@ impl Client {
 
     async fn open(config: &Config, lazy: bool) -> Result<Client> {
         config.validate()?;
-        // Never silently weaker than asked for.
-        if config.tls.is_some()
-            && !matches!(config.backend, BackendKind::Memory | BackendKind::Zookeeper)
-        {
-            return Err(Error::config(format!(
-                "TLS is not supported by the {} backend yet",
-                config.backend
-            )));
-        }
         let backend: Arc<dyn Backend> = match config.backend {
             BackendKind::Memory => Arc::new(crate::memory::MemoryClient::connect(config, lazy)?),
             #[cfg(feature = "etcd")]

@@ -772,3 +772,5 @@ conformance!(memory, common::MemoryHarness::new());
 conformance!(etcd, common::EtcdHarness::new().await);
 conformance!(zookeeper, common::ZkHarness::new().await);
 conformance!(zookeeper_secure, common::ZkSecureHarness::new().await);
+// Once more over mutual TLS with user/password and RBAC (scripts/secure-etcd.sh).
+conformance!(etcd_tls_auth, common::SecureEtcdHarness::new().await);
