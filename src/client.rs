@@ -146,7 +146,10 @@ impl Client {
     /// # Errors
     /// - [`Error::InvalidConfig`]: a malformed URL, or a TTL below the server's minimum.
     /// - [`Error::Unreachable`]: no server answered within the connect timeout.
-    /// - [`Error::Backend`]: the server refused (e.g. authentication).
+    /// - [`Error::AuthenticationFailed`]: the server refused the credentials (or requires
+    ///   some and none were given); [`Error::PermissionDenied`]: the user may not use the
+    ///   prefix; [`Error::Tls`]: the TLS handshake failed (certificates, CA, server name).
+    /// - [`Error::Backend`]: the server failed otherwise.
     pub async fn connect(url: &str) -> Result<Client> {
         Client::from_config(&Config::from_url(url)?).await
     }
@@ -242,7 +245,9 @@ impl Client {
     /// # Errors
     /// [`Error::InvalidConfig`]: a bad setting, a backend other than etcd, or a TTL below
     /// the server's minimum. [`Error::Unreachable`]: no answer to the lease grant within the
-    /// connect timeout. [`Error::Backend`]: the server refused.
+    /// connect timeout. [`Error::AuthenticationFailed`], [`Error::PermissionDenied`]: the
+    /// server refused the client's credentials or its user. [`Error::Backend`]: the server
+    /// failed otherwise.
     #[cfg(feature = "etcd")]
     pub async fn from_etcd_client(
         client: crate::etcd::etcd_client::Client,
