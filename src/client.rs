@@ -148,7 +148,10 @@ impl Client {
     /// # Errors
     /// - [`Error::InvalidConfig`]: a malformed URL, or a TTL below the server's minimum.
     /// - [`Error::Unreachable`]: no server answered within the connect timeout.
-    /// - [`Error::Backend`]: the server refused (e.g. authentication).
+    /// - [`Error::AuthenticationFailed`]: the server refused the credentials (or requires
+    ///   some and none were given); [`Error::PermissionDenied`]: the user may not use the
+    ///   prefix; [`Error::Tls`]: the TLS handshake failed (certificates, CA, server name).
+    /// - [`Error::Backend`]: the server failed otherwise.
     pub async fn connect(url: &str) -> Result<Client> {
         Client::from_config(&Config::from_url(url)?).await
     }
@@ -205,15 +208,6 @@ impl Client {
 
     async fn open(config: &Config, lazy: bool) -> Result<Client> {
         config.validate()?;
-        // Never silently weaker than asked for.
-        if config.tls.is_some()
-            && !matches!(config.backend, BackendKind::Memory | BackendKind::Zookeeper)
-        {
-            return Err(Error::config(format!(
-                "TLS is not supported by the {} backend yet",
-                config.backend
-            )));
-        }
         let backend: Arc<dyn Backend> = match config.backend {
             BackendKind::Memory => Arc::new(crate::memory::MemoryClient::connect(config, lazy)?),
             #[cfg(feature = "etcd")]
@@ -253,7 +247,9 @@ impl Client {
     /// # Errors
     /// [`Error::InvalidConfig`]: a bad setting, a backend other than etcd, or a TTL below
     /// the server's minimum. [`Error::Unreachable`]: no answer to the lease grant within the
-    /// connect timeout. [`Error::Backend`]: the server refused.
+    /// connect timeout. [`Error::AuthenticationFailed`], [`Error::PermissionDenied`]: the
+    /// server refused the client's credentials or its user. [`Error::Backend`]: the server
+    /// failed otherwise.
     #[cfg(feature = "etcd")]
     pub async fn from_etcd_client(
         client: crate::etcd::etcd_client::Client,

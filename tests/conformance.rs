@@ -775,3 +775,5 @@ conformance!(etcd, common::EtcdHarness::new().await);
 conformance!(zookeeper, common::ZkHarness::new().await);
 #[cfg(feature = "zookeeper")]
 conformance!(zookeeper_secure, common::ZkSecureHarness::new().await);
+// Once more over mutual TLS with user/password and RBAC (scripts/secure-etcd.sh).
+conformance!(etcd_tls_auth, common::SecureEtcdHarness::new().await);

@@ -79,6 +79,24 @@ impl Signals {
     }
 }
 
+/// The configuration of `url`, with the credentials from the environment that the URL does
+/// not give: `FAIRLOCK_USER`, and the password from `FAIRLOCK_PASSWORD`, else the file
+/// named by `FAIRLOCK_PASSWORD_FILE` (secrets stay off the command line, which `ps` shows).
+pub fn config_from(url: &str) -> Result<Config, u8> {
+    let mut config = Config::from_url(url).map_err(|e| exit::report(&e))?;
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if config.username.is_none() {
+        config.username = var("FAIRLOCK_USER");
+    }
+    if config.password.is_none() && config.password_file.is_none() {
+        config.password = var("FAIRLOCK_PASSWORD");
+        if config.password.is_none() {
+            config.password_file = var("FAIRLOCK_PASSWORD_FILE");
+        }
+    }
+    Ok(config)
+}
+
 /// Checks the URL, TTL and name, installs signal handlers and connects, opening a session;
 /// or returns the exit code for why not. `ttl` overrides the URL's.
 pub async fn connect(
@@ -86,7 +104,7 @@ pub async fn connect(
     ttl: Option<Duration>,
     name: &str,
 ) -> Result<(Client, Signals), u8> {
-    let mut config = Config::from_url(url).map_err(|e| exit::report(&e))?;
+    let mut config = config_from(url)?;
     if let Some(ttl) = ttl {
         config.ttl = ttl;
     }
@@ -107,11 +125,12 @@ pub async fn connect(
 /// place they connect, so that they need no session of their own.
 pub async fn connect_reader(url: &str, name: &str) -> Result<(Client, Signals), u8> {
     fairlock::validate_name(name).map_err(|e| exit::report(&e))?;
+    let config = config_from(url)?;
     let mut signals = register_signals()?;
     tracing::debug!(backend = %exit::redact_url(url), "connecting to read");
     tokio::select! {
         // Reading needs no session: on etcd no lease is granted.
-        client = Client::connect_lazy(url) => match client {
+        client = Client::from_config_lazy(&config) => match client {
             Ok(client) => Ok((client, signals)),
             Err(e) => Err(exit::report(&e)),
         },

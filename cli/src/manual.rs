@@ -15,6 +15,11 @@ const ENVIRONMENT: &[(&str, &str)] = &[
          command-line option wins.",
     ),
     (
+        "FAIRLOCK_USER, FAIRLOCK_PASSWORD, FAIRLOCK_PASSWORD_FILE",
+        "Credentials the backend URL does not give: the user, and its password or a file \
+         whose first line is the password (the URL's password or password_file wins).",
+    ),
+    (
         "RUST_LOG",
         "If set, decides which diagnostics go to stderr instead of -v (tracing's \
          EnvFilter syntax, e.g. fairlock=debug).",

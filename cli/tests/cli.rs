@@ -1331,3 +1331,74 @@ macro_rules! cli_tests {
 cli_tests!(etcd, common::EtcdHarness::new().await);
 #[cfg(feature = "zookeeper")]
 cli_tests!(zookeeper, common::ZkHarness::new().await);
+
+/// `fairlock` on the etcd that requires mutual TLS and a password (scripts/secure-etcd.sh):
+/// the URL carries no secret; the password comes from the environment or a file.
+#[tokio::test]
+async fn etcd_over_tls_with_password_from_the_environment() {
+    let h = common::SecureEtcdHarness::new().await;
+    let url = format!(
+        "etcd://{}/{}?{}",
+        common::secure_etcd_endpoint(),
+        h.prefix(),
+        common::SecureEtcdHarness::tls_query("other")
+    );
+    let name = unique("cli-tls");
+    // The password itself, then a file with it.
+    let password = common::secure_etcd_password("fairlock");
+    let file = common::secure_etcd_password_file("fairlock");
+    for (var, value) in [
+        ("FAIRLOCK_PASSWORD", password.as_str()),
+        ("FAIRLOCK_PASSWORD_FILE", file.as_str()),
+    ] {
+        let mut cmd = fairlock(&url);
+        cmd.env("FAIRLOCK_USER", "fairlock").env(var, value).args([
+            "lock",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo \"$FAIRLOCK_TOKEN\"; exit 7",
+        ]);
+        let out = output(cmd).await;
+        assert_eq!(out.status.code(), Some(7), "{var}: {}", stderr(&out));
+        assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    }
+    // A reader (status) takes the same credentials.
+    let mut cmd = fairlock(&url);
+    cmd.env("FAIRLOCK_USER", "fairlock")
+        .env("FAIRLOCK_PASSWORD_FILE", &file)
+        .args(["status", &name]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "status: {}", stderr(&out));
+    assert!(h.entries(&name).await.is_empty());
+
+    // A wrong password: exit 77 (EX_NOPERM), one line, and the password is not in it.
+    let mut cmd = fairlock(&url);
+    cmd.env("FAIRLOCK_USER", "fairlock")
+        .env("FAIRLOCK_PASSWORD", "not-the-password")
+        .args(["lock", &name, "--", "true"]);
+    let out = output(cmd).await;
+    assert_one_line_failure(&out, 77);
+    assert!(
+        stderr(&out).contains("authentication failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("not-the-password"));
+    // A user without permission: 77 as well.
+    let mut cmd = fairlock(&url);
+    cmd.env("FAIRLOCK_USER", "other")
+        .env(
+            "FAIRLOCK_PASSWORD_FILE",
+            common::secure_etcd_password_file("other"),
+        )
+        .args(["lock", &name, "--", "true"]);
+    let out = output(cmd).await;
+    assert_one_line_failure(&out, 77);
+    assert!(
+        stderr(&out).contains("permission denied"),
+        "{}",
+        stderr(&out)
+    );
+}

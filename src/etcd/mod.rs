@@ -62,11 +62,188 @@ pub fn fence_compare(key: &str, token: u64) -> Compare {
     Compare::create_revision(key.as_bytes(), CompareOp::Equal, token as i64)
 }
 
+/// etcd-client's error as fairlock's: refusals of the credentials, the permissions or the
+/// TLS handshake as their typed errors, everything else as [`Error::Backend`].
 pub(crate) fn etcd_error(e: etcd_client::Error) -> Error {
-    Error::Backend {
-        backend: "etcd",
-        source: Box::new(e),
+    let source = Box::new(e);
+    match security_error(&source) {
+        Some(Security::Authentication) => Error::AuthenticationFailed {
+            backend: "etcd",
+            source,
+        },
+        Some(Security::Permission) => Error::PermissionDenied {
+            backend: "etcd",
+            source,
+        },
+        Some(Security::Tls) => Error::Tls {
+            backend: "etcd",
+            source: Box::new(WithSource(*source)),
+        },
+        None => Error::Backend {
+            backend: "etcd",
+            source,
+        },
     }
+}
+
+/// Which security refusal an etcd-client error is, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Security {
+    Authentication,
+    Permission,
+    Tls,
+}
+
+/// gRPC status codes etcd uses for refusals.
+const GRPC_PERMISSION_DENIED: i32 = 7;
+const GRPC_UNAUTHENTICATED: i32 = 16;
+
+/// Classifies `e`. etcd's statuses (etcd 3.4 `rpctypes`): PERMISSION_DENIED for RBAC;
+/// UNAUTHENTICATED for an invalid or expired token (left after etcd-client's automatic
+/// refresh failed); wrong passwords, unknown or empty user names come with other codes
+/// (INVALID_ARGUMENT, FAILED_PRECONDITION), and the Lock and Election services lose the
+/// code altogether (UNKNOWN), so their messages decide. TLS failures are found by a
+/// rustls error (or the server's alert) anywhere in the error's chain of sources.
+pub(crate) fn security_error(e: &etcd_client::Error) -> Option<Security> {
+    if let etcd_client::Error::GRpcStatus(status) = e {
+        let code = i32::from(status.code());
+        let message = status.message();
+        if code == GRPC_PERMISSION_DENIED || message == "etcdserver: permission denied" {
+            return Some(Security::Permission);
+        }
+        if code == GRPC_UNAUTHENTICATED
+            || [
+                "etcdserver: authentication failed",
+                "etcdserver: invalid auth token",
+                "etcdserver: user name is empty",
+                "etcdserver: user name not found",
+                "etcdserver: authentication is not enabled",
+            ]
+            .iter()
+            .any(|m| message.starts_with(m))
+        {
+            return Some(Security::Authentication);
+        }
+    }
+    is_tls_failure(e).then_some(Security::Tls)
+}
+
+/// How rustls's errors begin (its `Display`), for errors that kept only the words.
+const TLS_WORDS: [&str; 4] = [
+    "received fatal alert",
+    "invalid peer certificate",
+    "peer sent no certificates",
+    "peer is incompatible",
+];
+
+/// An etcd-client error that shows its cause: etcd-client's own error type reports no
+/// source, so a TLS failure's rustls error would be lost with it.
+#[derive(Debug)]
+struct WithSource(etcd_client::Error);
+
+/// Shows the TLS library's words (e.g. "invalid peer certificate: UnknownIssuer",
+/// "received fatal alert: BadCertificate"), which etcd-client's message ("transport
+/// error") leaves out.
+impl std::fmt::Display for WithSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut next = inner_error(&self.0);
+        while let Some(e) = next {
+            if e.is::<rustls::Error>() {
+                return std::fmt::Display::fmt(e, f);
+            }
+            if let Some(inner) = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                return std::fmt::Display::fmt(inner, f);
+            }
+            next = e.source();
+        }
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for WithSource {
+    /// The transport's error under a gRPC status (whose own text repeats the message with
+    /// debug output), else the error inside etcd-client's.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            etcd_client::Error::GRpcStatus(status) if status.source().is_some() => status.source(),
+            e => inner_error(e),
+        }
+    }
+}
+
+/// The error inside an etcd-client error, where its chain of sources goes on.
+fn inner_error(e: &etcd_client::Error) -> Option<&(dyn std::error::Error + 'static)> {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => Some(status),
+        etcd_client::Error::TransportError(transport) => Some(transport),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    }
+}
+
+/// Whether a rustls error lies in `e`'s chain of sources (tokio-rustls wraps it in an
+/// `io::Error`).
+fn is_tls_failure(e: &etcd_client::Error) -> bool {
+    let mut next = inner_error(e);
+    while let Some(e) = next {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                // The server's alert (a client certificate it refused) reaches hyper as
+                // an io::Error that carries rustls's words but no longer its type.
+                let text = inner.to_string();
+                if inner.is::<rustls::Error>()
+                    || (io.kind() == std::io::ErrorKind::InvalidData
+                        && TLS_WORDS.iter().any(|w| text.starts_with(w)))
+                {
+                    return true;
+                }
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// etcd-client's TLS options from the configuration: the configured CA, else the system's
+/// roots; the client certificate and key if given (both or neither); the server name.
+fn tls_options(tls: &crate::config::TlsConfig) -> Result<etcd_client::TlsOptions> {
+    let read = |what: &str, path: &str| {
+        std::fs::read(path).map_err(|e| Error::Tls {
+            backend: "etcd",
+            source: format!("cannot read the {what} {path}: {e}").into(),
+        })
+    };
+    let mut options = etcd_client::TlsOptions::new();
+    options = match &tls.ca_file {
+        Some(ca) => {
+            options.ca_certificate(etcd_client::Certificate::from_pem(read("CA file", ca)?))
+        }
+        None => options.with_native_roots(),
+    };
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            options = options.identity(etcd_client::Identity::from_pem(
+                read("client certificate", cert)?,
+                read("client key", key)?,
+            ));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Error::config(
+                "TLS: cert_file and key_file go together (mutual TLS needs both)",
+            ))
+        }
+    }
+    if let Some(name) = &tls.server_name {
+        options = options.domain_name(name.clone());
+    }
+    Ok(options)
 }
 
 /// What sessions need from the configuration.
@@ -92,17 +269,27 @@ impl EtcdClient {
     /// timeout). Lazy: only checks that the cluster answers; the first lease is granted
     /// when a lock or campaign needs it.
     pub(crate) async fn connect(config: &Config, lazy: bool) -> Result<Arc<Self>> {
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let endpoints: Vec<String> = config
             .endpoints
             .iter()
-            .map(|e| format!("http://{e}"))
+            .map(|e| format!("{scheme}://{e}"))
             .collect();
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
             // HTTP/2 pings notice a dead connection, so watches reconnect promptly.
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(tls_options(tls)?);
+        }
         if let Some(user) = &config.username {
+            // The token expires (etcd's --auth-token-ttl); requests refused for that
+            // authenticate again. The watch stream is renewed by the hub (watch.rs).
             options = options
                 .with_user(
                     user.clone(),
@@ -110,16 +297,23 @@ impl EtcdClient {
                 )
                 .with_auto_token_refresh(true);
         }
-        let connected = tokio::time::timeout(
-            config.connect_timeout,
-            etcd_client::Client::connect(&endpoints, Some(options)),
-        )
+        // With credentials, connecting authenticates: a request like any other, retried
+        // while the server is unavailable. (A server that refuses the client certificate
+        // closes the connection after its alert, and the alert does not always arrive
+        // first: a retry hears it.)
+        let connected = request(config.connect_timeout, Retry::Idempotent, || {
+            etcd_client::Client::connect(&endpoints, Some(options.clone()))
+        })
         .await;
         let client = match connected {
-            Ok(Ok(client)) => client,
-            Ok(Err(e @ etcd_client::Error::GRpcStatus(_))) => return Err(etcd_error(e)),
-            Ok(Err(e)) => return Err(unreachable(config, Box::new(e))),
-            Err(_) => return Err(unreachable(config, "connect timed out".into())),
+            Ok(client) => client,
+            Err(Error::Timeout(_)) => {
+                return Err(unreachable(
+                    config,
+                    format!("no answer within {:?}", config.connect_timeout).into(),
+                ))
+            }
+            Err(e) => return Err(e),
         };
         Self::with_client(client, config, lazy).await
     }
@@ -138,7 +332,11 @@ impl EtcdClient {
             safety_margin: config.effective_safety_margin(),
             states: StateChannel::new(),
         });
-        let hub = WatchHub::start(client.clone(), config.request_timeout);
+        let hub = WatchHub::start(
+            client.clone(),
+            config.request_timeout,
+            config.username.is_some(),
+        );
         // The first request proves the cluster answers, so it may take the connect timeout;
         // the session's own requests later use the request timeout.
         let slot = if lazy {

@@ -69,6 +69,8 @@ where
         tokio::select! {
             Some(answer) = in_flight.next() => match answer {
                 Ok(value) => return Ok(value),
+                // Refused credentials, permissions or certificates: no retry helps.
+                Err(e) if super::security_error(&e).is_some() => return Err(super::etcd_error(e)),
                 Err(e) if is_unavailable(&e) => {
                     if in_flight.is_empty() {
                         // Nothing left in flight: try again after a pause.

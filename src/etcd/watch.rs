@@ -33,6 +33,13 @@
 //! creations in the order they were sent, which is how a refusal (watch id -1) is matched to
 //! its watch.
 //!
+//! With user/password authentication, etcd 3.4 checks a watch's permission against the
+//! token the *stream* was opened with, and simple tokens expire (`--auth-token-ttl`) while
+//! the stream lives on: every later creation on it is refused ("invalid auth token"; some
+//! versions say "permission denied"). A refusal like that makes the hub authenticate again and reopen the stream (at most once
+//! per [`TOKEN_RENEWAL_PAUSE`], so that a user who truly lacks the permission is not
+//! re-authenticated in a loop; its reads are refused too and report the typed error).
+//!
 //! The hub task never waits for the network itself: opening the stream and every read run
 //! in tasks of their own and report back through the hub's command channel, so one slow
 //! read or a slow reconnect never holds up the events of every other watch of the client.
@@ -90,6 +97,8 @@ enum Command {
     },
     /// The stream `open` asked for, or why there is none.
     Opened(std::result::Result<WatchStream, String>),
+    /// The client authenticated again after a refused creation: reopen the stream.
+    TokenRenewed,
 }
 
 /// What a read found about a watched entry.
@@ -123,13 +132,22 @@ impl Drop for DeleteWatch {
 
 impl WatchHub {
     /// Starts the hub task on the current runtime; it ends when every handle is dropped.
-    pub(crate) fn start(client: etcd_client::Client, request_timeout: Duration) -> Self {
+    ///
+    /// `token_auth`: the client authenticates with a user and password, so its tokens
+    /// expire (see the module docs).
+    pub(crate) fn start(
+        client: etcd_client::Client,
+        request_timeout: Duration,
+        token_auth: bool,
+    ) -> Self {
         let (commands, receiver) = mpsc::unbounded_channel();
         tokio::spawn(
             HubTask {
                 reports: commands.downgrade(),
                 client,
                 request_timeout,
+                token_auth,
+                token_renewed: None,
                 watches: HashMap::new(),
                 routes: HashMap::new(),
                 creating: VecDeque::new(),
@@ -257,6 +275,9 @@ enum Request {
     Cancel(i64),
 }
 
+/// The least time between two renewals of the token for refused creations.
+const TOKEN_RENEWAL_PAUSE: Duration = Duration::from_secs(5);
+
 fn options(id: i64, from: i64) -> WatchOptions {
     WatchOptions::new()
         .with_watch_id(id)
@@ -270,6 +291,10 @@ struct HubTask {
     reports: mpsc::WeakUnboundedSender<Command>,
     client: etcd_client::Client,
     request_timeout: Duration,
+    /// The client's requests carry a token that expires.
+    token_auth: bool,
+    /// When the hub last authenticated again because a creation was refused.
+    token_renewed: Option<Instant>,
     watches: HashMap<i64, Watch>,
     /// Watch ids on the current stream (fresh for every creation) to the hub's watch ids.
     routes: HashMap<i64, i64>,
@@ -343,6 +368,10 @@ impl HubTask {
                 outcome,
             } => self.read_done(id, ticket, outcome),
             Command::Opened(opened) => self.opened(opened),
+            Command::TokenRenewed => {
+                tracing::debug!("etcd auth token renewed: reopening the watch stream");
+                self.broken();
+            }
         }
     }
 
@@ -449,10 +478,44 @@ impl HubTask {
         };
         if refused {
             tracing::debug!("etcd refused watch {server}: {}", response.cancel_reason());
+            let reason = response.cancel_reason();
+            if reason.contains("invalid auth token") || reason.contains("permission denied") {
+                self.renew_token();
+            }
             self.resync(id);
             return;
         }
         self.check_gap(id, response.header().map_or(0, |h| h.revision()));
+    }
+
+    /// The stream's token may have expired: authenticate again in a task of its own, then
+    /// reopen the stream ([`Command::TokenRenewed`]). At most once per
+    /// [`TOKEN_RENEWAL_PAUSE`].
+    fn renew_token(&mut self) {
+        if !self.token_auth
+            || self
+                .token_renewed
+                .is_some_and(|at| at.elapsed() < TOKEN_RENEWAL_PAUSE)
+        {
+            return;
+        }
+        self.token_renewed = Some(Instant::now());
+        let (client, timeout, reports) = (
+            self.client.clone(),
+            self.request_timeout,
+            self.reports.clone(),
+        );
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, client.refresh_token()).await {
+                Ok(Ok(())) => {
+                    if let Some(reports) = reports.upgrade() {
+                        let _ = reports.send(Command::TokenRenewed);
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!("etcd: could not authenticate again: {e}"),
+                Err(_) => tracing::debug!("etcd: no answer to authenticate within {timeout:?}"),
+            }
+        });
     }
 
     /// Watch `id` was created from now, after `revision`: if the store moved past the

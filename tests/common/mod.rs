@@ -326,17 +326,7 @@ impl Harness for ZkHarness {
 
 /// A certificate file of scripts/certs, as a path string.
 pub fn cert_file(name: &str) -> String {
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    // The library's tests run from the workspace root, the CLI's from cli/.
-    let root = match workspace.join(".services").exists() {
-        true => workspace.to_path_buf(),
-        false => workspace.join(".."),
-    };
-    root.join(".services/certs")
-        .join(name)
-        .to_str()
-        .unwrap()
-        .to_owned()
+    cert(name)
 }
 
 /// The secure ZooKeeper's mutual-TLS port.
@@ -504,5 +494,167 @@ impl Harness for ZkSecureHarness {
 
     fn entries_prefix_of(&self, name: &str, key: &str) -> bool {
         key.starts_with(&format!("{}/{name}/", self.base))
+    }
+}
+
+// ---- the etcd that requires TLS and authentication (scripts/secure-etcd.sh) -------------
+
+/// The repository's `.services/` (tests run with the library's or the CLI's manifest dir).
+pub fn services_dir() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in [manifest, manifest.parent().unwrap_or(manifest)] {
+        if dir.join("scripts/secure-etcd.sh").exists() {
+            return dir.join(".services");
+        }
+    }
+    panic!("no scripts/secure-etcd.sh above {}", manifest.display());
+}
+
+/// A test certificate file from scripts/certs.
+pub fn cert(file: &str) -> String {
+    services_dir()
+        .join("certs")
+        .join(file)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The password file of a user of the secure etcd (`root`, `fairlock`, `other`).
+pub fn secure_etcd_password_file(user: &str) -> String {
+    services_dir()
+        .join(format!("secure-etcd/{user}.password"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub fn secure_etcd_password(user: &str) -> String {
+    let file = secure_etcd_password_file(user);
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{file}: {e} (start it: scripts/services secure start etcd)"))
+        .trim()
+        .to_owned()
+}
+
+pub fn secure_etcd_endpoint() -> String {
+    let port = std::env::var("FAIRLOCK_SECURE_ETCD_PORT").unwrap_or_else(|_| "23790".into());
+    format!("127.0.0.1:{port}")
+}
+
+/// The key prefix the secure etcd's user `fairlock` may read and write.
+pub const SECURE_ETCD_GRANT: &str = "fairlock-secure";
+
+/// The secure etcd with user `fairlock` (password from its file) over mutual TLS: the
+/// conformance suite's harness, and the happy path of tests/security_etcd.rs. The outside
+/// view is root's.
+pub struct SecureEtcdHarness {
+    prefix: String,
+    raw: etcd_client::Client,
+}
+
+impl SecureEtcdHarness {
+    pub async fn new() -> Self {
+        SecureEtcdHarness {
+            prefix: format!("{SECURE_ETCD_GRANT}/{}", unique("t")),
+            raw: Self::root().await,
+        }
+    }
+
+    /// A raw client as root (may do anything).
+    pub async fn root() -> etcd_client::Client {
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(
+                std::fs::read(cert("ca.pem")).unwrap(),
+            ))
+            .identity(etcd_client::Identity::from_pem(
+                std::fs::read(cert("client.pem")).unwrap(),
+                std::fs::read(cert("client-key.pem")).unwrap(),
+            ));
+        let options = etcd_client::ConnectOptions::new()
+            .with_tls(tls)
+            .with_user("root", secure_etcd_password("root"))
+            .with_auto_token_refresh(true);
+        etcd_client::Client::connect(
+            [format!("https://{}", secure_etcd_endpoint())],
+            Some(options),
+        )
+        .await
+        .expect("secure etcd as root (scripts/services secure start etcd)")
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn raw(&self) -> etcd_client::Client {
+        self.raw.clone()
+    }
+
+    /// The URL's TLS options: the test CA and the client certificate `client` (`client`,
+    /// `other`, `expired`, `rogue`).
+    pub fn tls_query(client: &str) -> String {
+        format!(
+            "ca_file={}&cert_file={}&key_file={}",
+            cert("ca.pem"),
+            cert(&format!("{client}.pem")),
+            cert(&format!("{client}-key.pem"))
+        )
+    }
+
+    /// The URL for user `fairlock` with its password file, presenting the CN=other
+    /// certificate (the token, not the certificate, names the user).
+    pub fn url_as_fairlock(&self, ttl_secs: u64) -> String {
+        format!(
+            "etcd://fairlock@{}/{}?ttl={ttl_secs}&{}&password_file={}",
+            secure_etcd_endpoint(),
+            self.prefix,
+            Self::tls_query("other"),
+            secure_etcd_password_file("fairlock")
+        )
+    }
+}
+
+#[async_trait]
+impl Harness for SecureEtcdHarness {
+    fn url(&self, ttl_secs: u64) -> String {
+        self.url_as_fairlock(ttl_secs)
+    }
+
+    async fn entries(&self, name: &str) -> Vec<String> {
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_keys_only();
+        let resp = self
+            .raw
+            .kv_client()
+            .get(format!("{}/{name}/", self.prefix), Some(options))
+            .await
+            .expect("etcd get");
+        resp.kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn expire_session(&self, client: &Client) {
+        let lease = i64::from_str_radix(&client.session_id(), 16).unwrap();
+        self.raw.lease_client().revoke(lease).await.expect("revoke");
+    }
+
+    async fn delete_entry(&self, key: &str) {
+        let resp = self
+            .raw
+            .kv_client()
+            .delete(key, None)
+            .await
+            .expect("delete");
+        assert_eq!(resp.deleted(), 1, "{key} did not exist");
+    }
+
+    fn data_key(&self, tag: &str) -> String {
+        format!("{}-data/{tag}", self.prefix)
+    }
+
+    fn entries_prefix_of(&self, name: &str, key: &str) -> bool {
+        key.starts_with(&format!("{}/{name}/", self.prefix))
     }
 }
