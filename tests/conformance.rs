@@ -776,4 +776,5 @@ conformance!(zookeeper, common::ZkHarness::new().await);
 #[cfg(feature = "zookeeper")]
 conformance!(zookeeper_secure, common::ZkSecureHarness::new().await);
 // Once more over mutual TLS with user/password and RBAC (scripts/secure-etcd.sh).
+#[cfg(feature = "etcd")]
 conformance!(etcd_tls_auth, common::SecureEtcdHarness::new().await);

@@ -1334,6 +1334,7 @@ cli_tests!(zookeeper, common::ZkHarness::new().await);
 
 /// `fairlock` on the etcd that requires mutual TLS and a password (scripts/secure-etcd.sh):
 /// the URL carries no secret; the password comes from the environment or a file.
+#[cfg(feature = "etcd")]
 #[tokio::test]
 async fn etcd_over_tls_with_password_from_the_environment() {
     let h = common::SecureEtcdHarness::new().await;

@@ -546,11 +546,13 @@ pub const SECURE_ETCD_GRANT: &str = "fairlock-secure";
 /// The secure etcd with user `fairlock` (password from its file) over mutual TLS: the
 /// conformance suite's harness, and the happy path of tests/security_etcd.rs. The outside
 /// view is root's.
+#[cfg(feature = "etcd")]
 pub struct SecureEtcdHarness {
     prefix: String,
     raw: etcd_client::Client,
 }
 
+#[cfg(feature = "etcd")]
 impl SecureEtcdHarness {
     pub async fn new() -> Self {
         SecureEtcdHarness {
@@ -613,6 +615,7 @@ impl SecureEtcdHarness {
     }
 }
 
+#[cfg(feature = "etcd")]
 #[async_trait]
 impl Harness for SecureEtcdHarness {
     fn url(&self, ttl_secs: u64) -> String {
