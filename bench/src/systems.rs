@@ -265,8 +265,12 @@ async fn fairlock(url: &str, sessions: usize, each: usize) -> Result<Sample, Box
     Ok(sample)
 }
 
+/// The repository's root: this crate lives in its bench/ directory.
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ has a parent")
+        .to_path_buf()
 }
 
 fn curator(endpoint: &str, args: &[&str]) -> Result<tokio::process::Command, BoxError> {
