@@ -2,7 +2,7 @@
 //!
 //! Safety (must hold under every fault):
 //! - the final counter equals the acknowledged writes (plus at most the writes whose
-//!   outcome was unknown);
+//!   outcome was unknown, or that were in flight when their worker was killed);
 //! - acknowledged writes, in the order of the values they wrote, carry strictly increasing
 //!   fencing tokens, and no value was written twice (a lost update);
 //! - no write was acknowledged that was sent after its guard's `lost()` fired;
@@ -102,6 +102,8 @@ struct Hold {
     acquired: u64,
     token: u64,
     write_sent: Option<u64>,
+    /// The write's outcome was logged (acknowledged, refused or unknown).
+    write_answered: bool,
     ack: Option<(u64, u64)>,
     lost: Option<(u64, String)>,
     release_sent: Option<u64>,
@@ -201,6 +203,12 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
             "write_ack" => {
                 if let Some(hold) = holds.get_mut(&k) {
                     hold.ack = Some((e.t, e.value.unwrap_or(0)));
+                    hold.write_answered = true;
+                }
+            }
+            "write_refused" | "write_unknown" => {
+                if let Some(hold) = holds.get_mut(&k) {
+                    hold.write_answered = true;
                 }
             }
             "lost" => {
@@ -223,7 +231,13 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
     }
     let mut acked: Vec<&Hold> = holds.values().filter(|h| h.ack.is_some()).collect();
     let n_acked = acked.len() as u64;
-    let n_unknown = *s.counts.get("write_unknown").unwrap_or(&0);
+    // Writes sent by a worker killed before it logged their outcome: unknown too (the
+    // server may have applied them).
+    let n_in_flight = holds
+        .values()
+        .filter(|h| h.write_sent.is_some() && !h.write_answered)
+        .count() as u64;
+    let n_unknown = *s.counts.get("write_unknown").unwrap_or(&0) + n_in_flight;
 
     // Counter.
     match info.counter {
@@ -231,7 +245,10 @@ pub fn check(info: &RunInfo, phases: &[Phase], events: &[Event]) -> Summary {
             "safety",
             "final counter == acknowledged writes",
             n_acked <= counter && counter <= n_acked + n_unknown,
-            format!("counter {counter}, acknowledged {n_acked}, outcome unknown {n_unknown}"),
+            format!(
+                "counter {counter}, acknowledged {n_acked}, outcome unknown {n_unknown} \
+                 ({n_in_flight} in flight when their worker died)"
+            ),
         ),
         None => verdict(
             "safety",
@@ -814,6 +831,12 @@ mod tests {
         // An unknown-outcome write may explain one more increment, not two.
         let mut events = clean();
         events.push(ev(3 * S, 0, 0, "write_unknown", Some(9)));
+        assert!(failed(&run(5, &[], events.clone())).is_empty());
+        assert!(!failed(&run(6, &[], events)).is_empty());
+        // So may a write whose worker was killed after sending it, before its answer.
+        let mut events = clean();
+        events.push(ev(3 * S, 0, 0, "acquired", Some(9)));
+        events.push(ev(3 * S + 10, 0, 0, "write_sent", Some(9)));
         assert!(failed(&run(5, &[], events.clone())).is_empty());
         assert!(!failed(&run(6, &[], events)).is_empty());
     }
