@@ -182,34 +182,15 @@ impl Harness for EtcdHarness {
     }
 
     async fn entries(&self, name: &str) -> Vec<String> {
-        let options = etcd_client::GetOptions::new()
-            .with_prefix()
-            .with_keys_only();
-        let resp = self
-            .raw
-            .kv_client()
-            .get(format!("{}/{name}/", self.prefix), Some(options))
-            .await
-            .expect("etcd get");
-        resp.kvs()
-            .iter()
-            .map(|kv| kv.key_str().unwrap().to_owned())
-            .collect()
+        etcd_entries(&self.raw, &format!("{}/{name}/", self.prefix)).await
     }
 
     async fn expire_session(&self, client: &Client) {
-        let lease = i64::from_str_radix(&client.session_id(), 16).unwrap();
-        self.raw.lease_client().revoke(lease).await.expect("revoke");
+        etcd_revoke(&self.raw, client).await
     }
 
     async fn delete_entry(&self, key: &str) {
-        let resp = self
-            .raw
-            .kv_client()
-            .delete(key, None)
-            .await
-            .expect("delete");
-        assert_eq!(resp.deleted(), 1, "{key} did not exist");
+        etcd_delete(&self.raw, key).await
     }
 
     fn data_key(&self, tag: &str) -> String {
@@ -623,34 +604,15 @@ impl Harness for SecureEtcdHarness {
     }
 
     async fn entries(&self, name: &str) -> Vec<String> {
-        let options = etcd_client::GetOptions::new()
-            .with_prefix()
-            .with_keys_only();
-        let resp = self
-            .raw
-            .kv_client()
-            .get(format!("{}/{name}/", self.prefix), Some(options))
-            .await
-            .expect("etcd get");
-        resp.kvs()
-            .iter()
-            .map(|kv| kv.key_str().unwrap().to_owned())
-            .collect()
+        etcd_entries(&self.raw, &format!("{}/{name}/", self.prefix)).await
     }
 
     async fn expire_session(&self, client: &Client) {
-        let lease = i64::from_str_radix(&client.session_id(), 16).unwrap();
-        self.raw.lease_client().revoke(lease).await.expect("revoke");
+        etcd_revoke(&self.raw, client).await
     }
 
     async fn delete_entry(&self, key: &str) {
-        let resp = self
-            .raw
-            .kv_client()
-            .delete(key, None)
-            .await
-            .expect("delete");
-        assert_eq!(resp.deleted(), 1, "{key} did not exist");
+        etcd_delete(&self.raw, key).await
     }
 
     fn data_key(&self, tag: &str) -> String {
@@ -660,4 +622,35 @@ impl Harness for SecureEtcdHarness {
     fn entries_prefix_of(&self, name: &str, key: &str) -> bool {
         key.starts_with(&format!("{}/{name}/", self.prefix))
     }
+}
+
+/// The keys under `prefix`, read with a raw etcd client.
+#[cfg(feature = "etcd")]
+async fn etcd_entries(raw: &etcd_client::Client, prefix: &str) -> Vec<String> {
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_keys_only();
+    let resp = raw
+        .kv_client()
+        .get(prefix, Some(options))
+        .await
+        .expect("etcd get");
+    resp.kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Revokes `client`'s lease from outside.
+#[cfg(feature = "etcd")]
+async fn etcd_revoke(raw: &etcd_client::Client, client: &Client) {
+    let lease = i64::from_str_radix(&client.session_id(), 16).unwrap();
+    raw.lease_client().revoke(lease).await.expect("revoke");
+}
+
+/// Deletes `key`, which must exist, from outside.
+#[cfg(feature = "etcd")]
+async fn etcd_delete(raw: &etcd_client::Client, key: &str) {
+    let resp = raw.kv_client().delete(key, None).await.expect("delete");
+    assert_eq!(resp.deleted(), 1, "{key} did not exist");
 }
