@@ -269,25 +269,14 @@ impl Harness for ZkHarness {
         // first connection, kicked off by the second, may reconnect and take the session
         // back before the close goes through; then close again.
         let info = client.zookeeper_session_info().expect("a zookeeper client");
-        for _ in 0..10 {
-            let connected = zookeeper_client::Client::connector()
-                .with_session(info.clone())
-                .connect(&zk_endpoint())
-                .await;
-            if let Ok(other) = connected {
-                let mut states = other.state_watcher();
-                drop(other);
-                while !states.changed().await.is_terminated() {}
+        expire_zk_session(client, || {
+            let info = info.clone();
+            async move {
+                let connector = zookeeper_client::Client::connector();
+                connector.with_session(info).connect(&zk_endpoint()).await
             }
-            let lost = client.session_lost();
-            if tokio::time::timeout(Duration::from_secs(2), lost)
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
-        panic!("could not expire the session from outside");
+        })
+        .await
     }
 
     async fn delete_entry(&self, key: &str) {
@@ -443,26 +432,18 @@ impl Harness for ZkSecureHarness {
                 &std::fs::read_to_string(cert_file("client-key.pem")).unwrap(),
             )
             .unwrap();
-        for _ in 0..10 {
-            let connected = zookeeper_client::Client::connector()
-                .with_tls(tls.clone())
-                .with_session(info.clone())
-                .secure_connect(&zk_secure_endpoint())
-                .await;
-            if let Ok(other) = connected {
-                let mut states = other.state_watcher();
-                drop(other);
-                while !states.changed().await.is_terminated() {}
+        expire_zk_session(client, || {
+            let (tls, info) = (tls.clone(), info.clone());
+            async move {
+                let connector = zookeeper_client::Client::connector();
+                connector
+                    .with_tls(tls)
+                    .with_session(info)
+                    .secure_connect(&zk_secure_endpoint())
+                    .await
             }
-            let lost = client.session_lost();
-            if tokio::time::timeout(Duration::from_secs(2), lost)
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
-        panic!("could not expire the session from outside");
+        })
+        .await
     }
 
     async fn delete_entry(&self, key: &str) {
@@ -653,4 +634,30 @@ async fn etcd_revoke(raw: &etcd_client::Client, client: &Client) {
 async fn etcd_delete(raw: &etcd_client::Client, key: &str) {
     let resp = raw.kv_client().delete(key, None).await.expect("delete");
     assert_eq!(resp.deleted(), 1, "{key} did not exist");
+}
+
+/// Expires `client`'s ZooKeeper session from outside: a second connection to the same
+/// session (made by `connect`) closes it, which is an expiry for the first. The first
+/// connection, kicked off by the second, may reconnect and take the session back before the
+/// close goes through; then close again.
+#[cfg(feature = "zookeeper")]
+async fn expire_zk_session<F>(client: &Client, mut connect: impl FnMut() -> F)
+where
+    F: Future<Output = Result<zookeeper_client::Client, zookeeper_client::Error>>,
+{
+    for _ in 0..10 {
+        if let Ok(other) = connect().await {
+            let mut states = other.state_watcher();
+            drop(other);
+            while !states.changed().await.is_terminated() {}
+        }
+        let lost = client.session_lost();
+        if tokio::time::timeout(Duration::from_secs(2), lost)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    panic!("could not expire the session from outside");
 }
