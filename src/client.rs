@@ -294,6 +294,20 @@ impl Client {
         Ok(Client::wrap(Arc::new(backend), config))
     }
 
+    /// A client whose etcd backend talks to a simulated server through `conn` (feature
+    /// `simulation`, for the deterministic simulator; not a stable API). `config` gives the
+    /// prefix, TTL, timeouts and safety margin; its backend must be etcd.
+    ///
+    /// # Errors
+    /// As [`from_config`](Self::from_config).
+    #[cfg(feature = "simulation")]
+    #[doc(hidden)]
+    pub async fn simulated(conn: &crate::sim::SimConn, config: &Config) -> Result<Client> {
+        Client::check_handed_in(config, BackendKind::Etcd)?;
+        let backend = crate::etcd::EtcdClient::with_api(conn.api(), config, false).await?;
+        Ok(Client::wrap(Arc::new(backend), config))
+    }
+
     /// Checks a config for a client handed in: every setting, endpoints only if given.
     #[cfg(any(feature = "etcd", feature = "zookeeper"))]
     fn check_handed_in(config: &Config, kind: BackendKind) -> Result<()> {

@@ -43,6 +43,10 @@ impl BootInstant {
 #[cfg(target_os = "linux")]
 fn since_origin() -> Duration {
     use nix::time::{clock_gettime, ClockId};
+    #[cfg(feature = "simulation")]
+    if let Some(simulated) = crate::sim::clock() {
+        return simulated;
+    }
     match clock_gettime(ClockId::CLOCK_BOOTTIME) {
         Ok(t) => Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32),
         // Not expected on any Linux since 2.6.39; the monotonic clock is the fallback.
@@ -52,6 +56,10 @@ fn since_origin() -> Duration {
 
 #[cfg(not(target_os = "linux"))]
 fn since_origin() -> Duration {
+    #[cfg(feature = "simulation")]
+    if let Some(simulated) = crate::sim::clock() {
+        return simulated;
+    }
     monotonic()
 }
 

@@ -57,6 +57,7 @@ mod error;
 mod guard;
 mod key;
 mod lost;
+mod mutant;
 mod mutex;
 mod name;
 mod queue;
@@ -68,6 +69,9 @@ mod stats;
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub mod etcd;
 pub mod memory;
+#[cfg(feature = "simulation")]
+#[doc(hidden)]
+pub mod sim;
 #[cfg(feature = "zookeeper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub mod zookeeper;

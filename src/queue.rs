@@ -197,17 +197,21 @@ async fn wait_turn<S: QueueSession>(
     let session = pending.session.clone();
     let lost = session.trigger().signal();
     // A lost session ends the waiter at every await, the enqueue included.
+    // Biased, the loss first: a waiter never goes on with a session known lost, and a run
+    // makes the same choices every time (the simulator replays seeds).
     let mut pred = tokio::select! {
-        enqueued = session.enqueue(name, &mut pending.entry) => enqueued?,
+        biased;
         reason = lost.wait() => return Err(session_error(reason)),
+        enqueued = session.enqueue(name, &mut pending.entry) => enqueued?,
     };
     span.record("key", pending.entry.key.as_str());
     while let Some(p) = pred {
         tracing::debug!(key = %pending.entry.key, ahead = %p.key, "waiting for the entry ahead");
         crate::stats::waiting();
         tokio::select! {
-            deleted = session.deleted(&p) => deleted?,
+            biased;
             reason = lost.wait() => return Err(session_error(reason)),
+            deleted = session.deleted(&p) => deleted?,
         }
         crate::stats::woke();
         // Post-wait check: fails if the own entry vanished (session expired while queued).
@@ -364,6 +368,9 @@ impl<S: QueueSession> Pending<S> {
     /// armed until the backend confirmed the removal: if this future is dropped half-way,
     /// `Drop` hands the entry to a background removal.
     async fn remove(mut self) {
+        if crate::mutant::active(crate::mutant::Mutant::CleanupDisarmedEarly) {
+            self.armed = false;
+        }
         if self.session.remove(&self.entry).await.is_ok() {
             self.armed = false;
         }

@@ -228,6 +228,7 @@ pub(crate) fn remove_until_done<S: QueueSession>(
                 );
             });
         tokio::select! {
+            biased;
             result = retries => if let Err(e) = result {
                 tracing::warn!(
                     backend = S::BACKEND,

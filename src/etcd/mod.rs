@@ -17,6 +17,7 @@
 //!   client-side deadline passes, at most one TTL after its last successful keep-alive, and
 //!   no later than the cluster frees the lock for the next waiter.
 
+pub(crate) mod api;
 mod request;
 mod session;
 mod watch;
@@ -26,15 +27,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use etcd_client::{
-    Compare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder, SortTarget, WatchOptions,
-};
+use etcd_client::{Compare, CompareOp, ConnectOptions};
 
 use crate::backend::{KeySpace, QueueEntry, QueueKind};
 use crate::backend::{SessionSlot, SessionSource};
 use crate::config::Config;
 use crate::error::{within, Error, Result};
 use crate::state::StateChannel;
+use api::{EtcdApi, EventKind, Put, Range, Sort, WatchCreate};
 use request::{request, Retry};
 use session::EtcdSession;
 use watch::WatchHub;
@@ -258,7 +258,7 @@ pub(crate) struct Settings {
 }
 
 pub(crate) struct EtcdClient {
-    client: etcd_client::Client,
+    api: Arc<dyn EtcdApi>,
     hub: WatchHub,
     settings: Arc<Settings>,
     slot: SessionSlot<EtcdSession>,
@@ -325,6 +325,15 @@ impl EtcdClient {
         config: &Config,
         lazy: bool,
     ) -> Result<Arc<Self>> {
+        Self::with_api(Arc::new(api::Real(client)), config, lazy).await
+    }
+
+    /// A client on any [`EtcdApi`]: a real cluster's, or the simulator's.
+    pub(crate) async fn with_api(
+        api: Arc<dyn EtcdApi>,
+        config: &Config,
+        lazy: bool,
+    ) -> Result<Arc<Self>> {
         let settings = Arc::new(Settings {
             prefix: config.prefix_or(DEFAULT_PREFIX),
             ttl_secs: config.ttl.as_secs_f64().ceil() as i64,
@@ -333,28 +342,24 @@ impl EtcdClient {
             states: StateChannel::new(),
         });
         let hub = WatchHub::start(
-            client.clone(),
+            api.clone(),
             config.request_timeout,
             config.username.is_some(),
         );
         // The first request proves the cluster answers, so it may take the connect timeout;
         // the session's own requests later use the request timeout.
         let slot = if lazy {
-            let status = request(config.connect_timeout, Retry::Idempotent, || {
-                let mut maintenance = client.maintenance_client();
-                async move { maintenance.status().await }
-            })
-            .await;
+            let status = request(config.connect_timeout, Retry::Idempotent, || api.status()).await;
             status.map_err(|e| connect_error(config, e))?;
             SessionSlot::empty(settings.states.clone())
         } else {
-            let first = EtcdSession::open(&client, &hub, &settings, config.connect_timeout)
+            let first = EtcdSession::open(&api, &hub, &settings, config.connect_timeout)
                 .await
                 .map_err(|e| connect_error(config, e))?;
             SessionSlot::new(first, settings.states.clone())
         };
         Ok(Arc::new(EtcdClient {
-            client,
+            api,
             hub,
             slot,
             settings,
@@ -411,7 +416,7 @@ impl SessionSource for EtcdClient {
 
     async fn open(&self) -> Result<Arc<EtcdSession>> {
         EtcdSession::open(
-            &self.client,
+            &self.api,
             &self.hub,
             &self.settings,
             self.settings.request_timeout,
@@ -424,21 +429,18 @@ impl SessionSource for EtcdClient {
 impl KeySpace for EtcdClient {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let resp = request(self.settings.request_timeout, Retry::Idempotent, || {
-            let mut kv = self.client.kv_client();
-            async move { kv.get(key, None).await }
+            self.api.range(Range::key(key))
         })
         .await?;
-        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+        Ok(resp.kvs.into_iter().next().map(|kv| kv.value))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
         // A plain put of one value: repeating it is harmless.
         request(self.settings.request_timeout, Retry::Idempotent, || {
-            let (mut kv, value) = (self.client.kv_client(), value.clone());
-            async move { kv.put(key, value, None).await }
+            self.api.put(Put::new(key, value.clone()))
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn queue(
@@ -487,8 +489,9 @@ impl KeySpace for EtcdClient {
             }
             let delay = delays.next().unwrap_or(Duration::from_secs(5));
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                biased;
                 _ = tx.closed() => return,
+                _ = tokio::time::sleep(delay) => {}
             }
         }
     }
@@ -501,31 +504,24 @@ impl EtcdClient {
 
     /// The first `limit` entries of queue `name`, with the revision they were read at.
     async fn read_queue(&self, name: &str, limit: Option<usize>) -> Result<(Vec<QueueEntry>, i64)> {
-        let mut options = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Ascend);
-        if let Some(limit) = limit {
-            options = options.with_limit(limit as i64);
-        }
-        let prefix = self.queue_prefix(name);
+        let range = Range::prefix(self.queue_prefix(name))
+            .sorted(Sort::CreateAscending)
+            .limit(limit.map_or(0, |l| l as i64));
         let resp = request(self.settings.request_timeout, Retry::Idempotent, || {
-            let (mut kv, prefix, options) =
-                (self.client.kv_client(), prefix.clone(), options.clone());
-            async move { kv.get(prefix, Some(options)).await }
+            self.api.range(range.clone())
         })
         .await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
         let entries = resp
-            .kvs()
-            .iter()
+            .kvs
+            .into_iter()
             .map(|kv| QueueEntry {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                fencing_token: kv.create_revision() as u64,
-                session: format!("{:x}", kv.lease()),
-                value: kv.value().to_vec(),
+                key: String::from_utf8_lossy(&kv.key).into_owned(),
+                fencing_token: kv.create_revision as u64,
+                session: format!("{:x}", kv.lease),
+                value: kv.value,
             })
             .collect();
-        Ok((entries, revision))
+        Ok((entries, resp.revision))
     }
 
     /// Reads the head of queue `name`, sends it, and follows it (as Go's Election.Observe):
@@ -544,39 +540,45 @@ impl EtcdClient {
             return Ok(false);
         }
         // Watch from the read's revision on: nothing between read and watch is missed.
-        let options = WatchOptions::new().with_start_revision(revision + 1);
-        let (key, options) = match &head {
-            Some(head) => (head.key.clone(), options),
-            None => (self.queue_prefix(name), options.with_prefix()),
+        let (key, prefix) = match &head {
+            Some(head) => (head.key.clone(), false),
+            None => (self.queue_prefix(name), true),
         };
-        let mut watches = self.client.watch_client();
-        let mut stream = within(self.settings.request_timeout, async {
-            watches.watch(key, Some(options)).await.map_err(etcd_error)
+        let watch = WatchCreate {
+            key: key.into_bytes(),
+            prefix,
+            start_revision: revision + 1,
+            watch_id: 0,
+            deletes_only: false,
+        };
+        let (_requests, mut stream) = within(self.settings.request_timeout, async {
+            self.api.watch(watch).await.map_err(etcd_error)
         })
         .await?;
         loop {
             let message = tokio::select! {
-                message = stream.message() => message.map_err(etcd_error)?,
+                biased;
                 _ = tx.closed() => return Ok(false),
+                message = stream.message() => message.map_err(etcd_error)?,
             };
             let Some(resp) = message else {
                 return Ok(false); // stream ended: read again
             };
-            if resp.canceled() {
+            if resp.canceled {
                 return Ok(false);
             }
-            for event in resp.events() {
+            for event in resp.events {
                 let Some(current) = head.as_mut() else {
                     return Ok(true); // a first candidate arrived
                 };
-                match (event.event_type(), event.kv()) {
-                    (EventType::Put, Some(kv)) => {
-                        current.value = kv.value().to_vec();
+                match event.kind {
+                    EventKind::Put => {
+                        current.value = event.kv.value;
                         if tx.send(Ok(head.clone())).await.is_err() {
                             return Ok(false);
                         }
                     }
-                    _ => return Ok(true), // the head left
+                    EventKind::Delete => return Ok(true), // the head left
                 }
             }
         }

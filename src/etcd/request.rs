@@ -66,7 +66,9 @@ where
     let mut next_hedge = Instant::now() + hedge_after;
     let mut backoff = BACKOFF_MIN;
     loop {
+        // Biased (answers, then hedges, then the deadline): the same choice in every run.
         tokio::select! {
+            biased;
             Some(answer) = in_flight.next() => match answer {
                 Ok(value) => return Ok(value),
                 // Refused credentials, permissions or certificates: no retry helps.

@@ -10,13 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{
-    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse, TxnResponse,
-};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use super::api::{Compare, EtcdApi, Kv, Op, OpResponse, Put, Range, Sort, Txn, TxnResponse};
 use super::request::{request, Retry};
 use super::watch::{DeleteWatch, Notify, WatchHub};
 use super::Settings;
@@ -26,11 +23,12 @@ use crate::clock::{BootInstant, Deadline};
 use crate::error::{Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
+use crate::mutant::{self, Mutant};
 use crate::state::Suspension;
 
 pub(crate) struct EtcdSession {
     pub(super) lease: i64,
-    client: etcd_client::Client,
+    api: Arc<dyn EtcdApi>,
     hub: WatchHub,
     settings: Arc<Settings>,
     trigger: LossTrigger,
@@ -51,7 +49,7 @@ impl EtcdSession {
     /// The grant may take `grant_timeout` (the connect timeout for a client's first
     /// session); every later request of the session takes the request timeout.
     pub(super) async fn open(
-        client: &etcd_client::Client,
+        api: &Arc<dyn EtcdApi>,
         hub: &WatchHub,
         settings: &Arc<Settings>,
         grant_timeout: Duration,
@@ -59,40 +57,35 @@ impl EtcdSession {
         let ttl = settings.ttl_secs;
         let granted_at = BootInstant::now();
         // A retried grant may leave an unused lease behind: it expires after its TTL.
-        let grant = request(grant_timeout, Retry::Idempotent, || {
-            let mut leases = client.lease_client();
-            async move { leases.grant(ttl, None).await }
-        })
-        .await?;
-        if grant.ttl() > ttl {
-            let _ = revoke(client, grant.id(), settings.request_timeout).await;
+        let (lease, granted) = request(grant_timeout, Retry::Idempotent, || api.grant(ttl)).await?;
+        if granted > ttl {
+            let _ = revoke(api, lease, settings.request_timeout).await;
             return Err(Error::config(format!(
-                "ttl {ttl}s is below the etcd server's minimum lease TTL of {}s",
-                grant.ttl()
+                "ttl {ttl}s is below the etcd server's minimum lease TTL of {granted}s"
             )));
         }
         // The server frees the lease `ttl` after the grant was *sent* at the earliest; the
         // holder gives up `safety_margin` before that.
         let deadline = Arc::new(Deadline::new(
             granted_at
-                .add(Duration::from_secs(grant.ttl() as u64))
+                .add(Duration::from_secs(granted as u64))
                 .sub(settings.safety_margin),
         ));
         let session = Arc::new(EtcdSession {
-            lease: grant.id(),
-            client: client.clone(),
+            lease,
+            api: api.clone(),
             hub: hub.clone(),
             settings: settings.clone(),
             trigger: LossTrigger::with_deadline(deadline.clone()),
             stop: CancellationToken::new(),
             abandoned: AtomicBool::new(false),
-            suspended: Suspension::new(&settings.states, "etcd", format!("{:x}", grant.id())),
+            suspended: Suspension::new(&settings.states, "etcd", format!("{lease:x}")),
             next_entry: AtomicU64::new(0),
             runtime: Handle::current(),
         });
         tokio::spawn(keep_alive(
-            client.clone(),
-            grant.id(),
+            api.clone(),
+            lease,
             settings.clone(),
             session.trigger.clone(),
             session.stop.clone(),
@@ -110,8 +103,7 @@ impl EtcdSession {
     /// each Txn of the queue is safe to repeat).
     async fn txn(&self, txn: Txn, retry: Retry) -> Result<TxnResponse> {
         request(self.settings.request_timeout, retry, || {
-            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
-            async move { kv.txn(txn).await }
+            self.api.txn(txn.clone())
         })
         .await
         .map_err(|e| self.lease_error(e))
@@ -146,22 +138,12 @@ impl EtcdSession {
     /// flight, and etcd may apply it after this delete) is *withdrawn*: a marker key on
     /// the session's lease makes any later enqueue of it a no-op.
     fn delete_txn(&self, own: &Entry) -> Txn {
-        let delete = TxnOp::delete(own.key.as_bytes(), None);
+        let delete = Op::delete(own.key.as_bytes());
         if own.order == 0 {
-            let withdrawn = TxnOp::put(
-                withdrawn_key(&own.key),
-                Vec::new(),
-                Some(PutOptions::new().with_lease(self.lease)),
-            );
-            Txn::new().and_then([withdrawn, delete])
+            let withdrawn = Put::new(withdrawn_key(&own.key), Vec::new()).with_lease(self.lease);
+            Txn::default().then([Op::Put(withdrawn), delete])
         } else {
-            Txn::new()
-                .when([Compare::create_revision(
-                    own.key.as_bytes(),
-                    CompareOp::Equal,
-                    own.order,
-                )])
-                .and_then([delete])
+            Txn::when([Compare::create_revision(own.key.as_bytes(), own.order)]).then([delete])
         }
     }
 }
@@ -174,38 +156,26 @@ impl Drop for EtcdSession {
         if stopped || self.abandoned.load(Ordering::SeqCst) {
             return;
         }
-        let (client, lease, timeout) = (
-            self.client.clone(),
-            self.lease,
-            self.settings.request_timeout,
-        );
+        let (api, lease, timeout) = (self.api.clone(), self.lease, self.settings.request_timeout);
         self.runtime.spawn(async move {
-            let _ = revoke(&client, lease, timeout).await;
+            let _ = revoke(&api, lease, timeout).await;
         });
     }
 }
 
-async fn revoke(client: &etcd_client::Client, lease: i64, timeout: Duration) -> Result<()> {
-    let revoked = request(timeout, Retry::Idempotent, || {
-        let mut leases = client.lease_client();
-        async move { leases.revoke(lease).await }
-    })
-    .await;
+async fn revoke(api: &Arc<dyn EtcdApi>, lease: i64, timeout: Duration) -> Result<()> {
+    let revoked = request(timeout, Retry::Idempotent, || api.revoke(lease)).await;
     match revoked {
         // Already expired or revoked: the goal is reached.
         Err(e) if super::is_lease_not_found(&e) => Ok(()),
-        other => other.map(drop),
+        other => other,
     }
 }
 
 /// Whether the server no longer knows lease `lease` (false if it cannot tell).
-async fn lease_gone(client: &etcd_client::Client, lease: i64, timeout: Duration) -> bool {
-    let asked = request(timeout, Retry::Idempotent, || {
-        let mut leases = client.lease_client();
-        async move { leases.time_to_live(lease, None).await }
-    })
-    .await;
-    matches!(asked, Ok(resp) if resp.ttl() <= 0)
+async fn lease_gone(api: &Arc<dyn EtcdApi>, lease: i64, timeout: Duration) -> bool {
+    let asked = request(timeout, Retry::Idempotent, || api.time_to_live(lease)).await;
+    matches!(asked, Ok(ttl) if ttl <= 0)
 }
 
 /// Keeps lease `lease` alive every TTL/3 until `stop`, firing `trigger` when it is lost.
@@ -218,7 +188,7 @@ async fn lease_gone(client: &etcd_client::Client, lease: i64, timeout: Duration)
 /// up. A broken stream (a member died) is reopened at once, on whichever member the
 /// client's balancer picks next, with a short backoff while that fails.
 async fn keep_alive(
-    client: etcd_client::Client,
+    api: Arc<dyn EtcdApi>,
     lease: i64,
     settings: Arc<Settings>,
     trigger: LossTrigger,
@@ -232,16 +202,15 @@ async fn keep_alive(
     loop {
         let sent = BootInstant::now();
         let round = async {
-            let (keeper, responses) = match &mut stream {
+            let keeper = match &mut stream {
                 Some(stream) => stream,
                 None => {
                     // Opening the stream performs one keep-alive already.
-                    stream = Some(client.lease_client().keep_alive(lease).await?);
+                    stream = Some(api.keep_alive(lease).await?);
                     return Ok(Some(settings.ttl_secs));
                 }
             };
-            keeper.keep_alive().await?;
-            Ok(responses.message().await?.map(|r| r.ttl()))
+            keeper.round().await
         };
         // A round still unanswered after a moment is hedged with a new stream, which the
         // balancer may open on another member: a keep-alive that reached a follower just
@@ -250,7 +219,7 @@ async fn keep_alive(
         let hedge = async {
             tokio::time::sleep((ttl / 6).min(KEEPALIVE_HEDGE)).await;
             loop {
-                match client.lease_client().keep_alive(lease).await {
+                match api.keep_alive(lease).await {
                     Ok(opened) => return opened,
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
@@ -261,6 +230,7 @@ async fn keep_alive(
         // like this); the session is suspended and the stream reopened.
         let limit = deadline.get().remaining().min(ttl / 3);
         let outcome: Option<Result<Option<i64>, etcd_client::Error>> = tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             outcome = tokio::time::timeout(limit, round) => outcome.ok(),
             opened = tokio::time::timeout(limit, hedge) => match opened {
@@ -275,13 +245,17 @@ async fn keep_alive(
         if reopened.is_some() {
             stream = reopened;
         }
-        // Closed or abandoned while the round was answered (select! picks a ready branch at
-        // random): the session was ended on purpose, nothing to report.
+        // Closed or abandoned while the round was being answered: the session was ended on
+        // purpose, nothing to report.
         if stop.is_cancelled() {
             return;
         }
         let retry = match outcome {
             Some(Ok(Some(remaining))) if remaining > 0 => {
+                let sent = match mutant::active(Mutant::DeadlineFromAnswer) {
+                    true => BootInstant::now(),
+                    false => sent,
+                };
                 deadline.set(
                     sent.add(Duration::from_secs(remaining as u64))
                         .sub(settings.safety_margin),
@@ -324,11 +298,12 @@ async fn keep_alive(
                 "etcd lease deadline passed: session lost"
             );
             trigger.fire(LostReason::SessionExpired);
-            let _ = revoke(&client, lease, settings.request_timeout).await;
+            let _ = revoke(&api, lease, settings.request_timeout).await;
             return;
         }
         let wake = BootInstant::now().add(retry).min(deadline.get());
         tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             _ = sleep_until(wake) => {}
         }
@@ -353,11 +328,9 @@ async fn sleep_until(at: BootInstant) {
     }
 }
 
-fn get_response(op: Option<&TxnOpResponse>) -> Option<&etcd_client::GetResponse> {
-    match op {
-        Some(TxnOpResponse::Get(get)) => Some(get),
-        _ => None,
-    }
+/// The keys of a transaction's `i`th answer, if it is a range read's.
+fn range_response(resp: &TxnResponse, i: usize) -> Option<&[Kv]> {
+    resp.responses.get(i).and_then(OpResponse::kvs)
 }
 
 /// Where the withdrawal of the unconfirmed entry `key` is marked: beside the queue, not in
@@ -370,7 +343,7 @@ fn withdrawn_key(key: &str) -> Vec<u8> {
 
 /// The enqueue's condition that its entry was not withdrawn meanwhile.
 fn not_withdrawn(key: &str) -> Compare {
-    Compare::create_revision(withdrawn_key(key), CompareOp::Equal, 0)
+    Compare::create_revision(withdrawn_key(key), 0)
 }
 
 fn withdrawn() -> Error {
@@ -388,27 +361,23 @@ fn malformed() -> Error {
 }
 
 /// The newest key of `prefix` created before `before`.
-fn predecessor_query(prefix: &str, before: i64) -> TxnOp {
-    TxnOp::get(
-        prefix.as_bytes(),
-        Some(
-            GetOptions::new()
-                .with_prefix()
-                .with_sort(SortTarget::Create, SortOrder::Descend)
-                .with_max_create_revision(before - 1)
-                .with_limit(1)
-                .with_keys_only(),
-        ),
+fn predecessor_query(prefix: &str, before: i64) -> Op {
+    Op::Range(
+        Range::prefix(prefix)
+            .sorted(Sort::CreateDescending)
+            .created_at_most(before - 1)
+            .limit(1)
+            .keys_only(),
     )
 }
 
 /// The key `kv`, read at `revision`, as a predecessor: it is that key *with that create
 /// revision* a waiter waits for (the key name alone may come back as a new entry).
-fn to_predecessor(kv: &etcd_client::KeyValue, revision: i64) -> Predecessor {
+fn to_predecessor(kv: &Kv, revision: i64) -> Predecessor {
     Predecessor {
-        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        key: String::from_utf8_lossy(&kv.key).into_owned(),
         revision,
-        created: kv.create_revision(),
+        created: kv.create_revision,
     }
 }
 
@@ -440,27 +409,19 @@ impl QueueSession for EtcdSession {
         let prefix = self.prefix(name);
         // Else read the own key back: if a retried attempt finds it, the first attempt put
         // it (into an empty queue) and only its answer was lost.
-        let txn = Txn::new()
-            .when([
-                Compare::version(prefix.as_bytes(), CompareOp::Equal, 0).with_prefix(),
-                not_withdrawn(&entry.key),
-            ])
-            .and_then([TxnOp::put(
-                entry.key.as_bytes(),
-                entry.value.clone(),
-                Some(PutOptions::new().with_lease(self.lease)),
-            )])
-            .or_else([TxnOp::get(
-                entry.key.as_bytes(),
-                Some(GetOptions::new().with_keys_only()),
-            )]);
+        let put = Put::new(entry.key.as_bytes(), entry.value.clone()).with_lease(self.lease);
+        let txn = Txn::when([
+            Compare::prefix_empty(prefix.as_bytes()),
+            not_withdrawn(&entry.key),
+        ])
+        .then([Op::Put(put)])
+        .otherwise([Op::Range(Range::key(entry.key.as_bytes()).keys_only())]);
         let resp = self.txn(txn, Retry::Idempotent).await?;
-        if !resp.succeeded() {
-            let own = get_response(resp.op_responses().first())
+        if !resp.succeeded {
+            let own = range_response(&resp, 0)
                 .ok_or_else(malformed)?
-                .kvs()
                 .first()
-                .map(|kv| kv.create_revision());
+                .map(|kv| kv.create_revision);
             let Some(created) = own else {
                 return Ok(false);
             };
@@ -473,9 +434,8 @@ impl QueueSession for EtcdSession {
             entry.order = 0;
             return Ok(false);
         }
-        let revision = resp.header().ok_or_else(malformed)?.revision();
-        entry.order = revision;
-        entry.token = revision as u64;
+        entry.order = resp.revision;
+        entry.token = resp.revision as u64;
         Ok(true)
     }
 
@@ -486,66 +446,49 @@ impl QueueSession for EtcdSession {
         // One round trip: create the key if new (a retried request finds it instead) and
         // read the two newest keys; at the txn's revision the own key is the newest, so the
         // other one, if any, is the predecessor.
-        let newest = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Descend)
-            .with_limit(2)
-            .with_keys_only();
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(key, CompareOp::Equal, 0),
-                not_withdrawn(&entry.key),
-            ])
-            .and_then([
-                TxnOp::put(
-                    key,
-                    entry.value.clone(),
-                    Some(PutOptions::new().with_lease(self.lease)),
-                ),
-                TxnOp::get(prefix.as_bytes(), Some(newest)),
-            ])
-            .or_else([TxnOp::get(key, None)]);
+        let newest = Range::prefix(prefix.as_bytes())
+            .sorted(Sort::CreateDescending)
+            .limit(2)
+            .keys_only();
+        let put = Put::new(key, entry.value.clone()).with_lease(self.lease);
+        let txn = Txn::when([Compare::create_revision(key, 0), not_withdrawn(&entry.key)])
+            .then([Op::Put(put), Op::Range(newest)])
+            .otherwise([Op::Range(Range::key(key))]);
         let resp = self.txn(txn, Retry::Idempotent).await?;
-        let revision = resp.header().ok_or_else(malformed)?.revision();
-        let ops = resp.op_responses();
-        if !resp.succeeded() {
-            let own = get_response(ops.first())
-                .and_then(|g| g.kvs().first())
+        if !resp.succeeded {
+            let own = range_response(&resp, 0)
+                .and_then(|kvs| kvs.first())
                 .ok_or_else(withdrawn)?;
-            entry.order = own.create_revision();
+            entry.order = own.create_revision;
             entry.token = entry.order as u64;
             return self.predecessor(name, entry).await;
         }
-        entry.order = revision;
-        entry.token = revision as u64;
-        let newest = get_response(ops.get(1)).ok_or_else(malformed)?;
+        entry.order = resp.revision;
+        entry.token = resp.revision as u64;
+        let newest = range_response(&resp, 1).ok_or_else(malformed)?;
         Ok(newest
-            .kvs()
             .iter()
-            .find(|kv| kv.key() != key)
-            .map(|kv| to_predecessor(kv, revision)))
+            .find(|kv| kv.key != key)
+            .map(|kv| to_predecessor(kv, resp.revision)))
     }
 
     async fn predecessor(&self, name: &str, own: &Entry) -> Result<Option<Predecessor>> {
         // One read-only txn: does the own key still exist (the post-wait check), and which
         // key is now directly ahead of it.
-        let txn = Txn::new().and_then([
-            TxnOp::get(own.key.as_bytes(), Some(GetOptions::new().with_keys_only())),
+        let txn = Txn::default().then([
+            Op::Range(Range::key(own.key.as_bytes()).keys_only()),
             predecessor_query(&self.prefix(name), own.order),
         ]);
         let resp = self.txn(txn, Retry::Idempotent).await?;
-        let revision = resp.header().ok_or_else(malformed)?.revision();
-        let ops = resp.op_responses();
-        let own_kv = get_response(ops.first()).ok_or_else(malformed)?;
-        if own_kv
-            .kvs()
+        let own_kv = range_response(&resp, 0).ok_or_else(malformed)?;
+        let gone = own_kv
             .first()
-            .is_none_or(|kv| kv.create_revision() != own.order)
-        {
+            .is_none_or(|kv| kv.create_revision != own.order);
+        if gone && !mutant::active(Mutant::NoPostWaitCheck) {
             return Err(self.gone());
         }
-        let ahead = get_response(ops.get(1)).ok_or_else(malformed)?;
-        Ok(ahead.kvs().first().map(|kv| to_predecessor(kv, revision)))
+        let ahead = range_response(&resp, 1).ok_or_else(malformed)?;
+        Ok(ahead.first().map(|kv| to_predecessor(kv, resp.revision)))
     }
 
     async fn deleted(&self, pred: &Predecessor) -> Result<()> {
@@ -557,20 +500,14 @@ impl QueueSession for EtcdSession {
     async fn proclaim(&self, own: &Entry, value: &[u8]) -> Result<()> {
         // As Go's Election.Proclaim: a put guarded by the own key's create revision, on the
         // same lease.
-        let put = TxnOp::put(
-            own.key.as_bytes(),
-            value.to_vec(),
-            Some(PutOptions::new().with_lease(self.lease)),
-        );
-        let txn = Txn::new()
-            .when([super::fence_compare(&own.key, own.token)])
-            .and_then([put]);
+        let put = Put::new(own.key.as_bytes(), value.to_vec()).with_lease(self.lease);
+        let txn = Txn::when([fence(&own.key, own.token)]).then([Op::Put(put)]);
         let mut written = own.written.lock().await;
         let resp = self.txn(txn, Retry::Idempotent).await?;
-        if !resp.succeeded() {
+        if !resp.succeeded {
             return Err(self.gone());
         }
-        written.version = resp.header().ok_or_else(malformed)?.revision();
+        written.version = resp.revision;
         Ok(())
     }
 
@@ -583,15 +520,14 @@ impl QueueSession for EtcdSession {
         let txn = self.delete_txn(own);
         let resp = request(self.settings.request_timeout, Retry::Idempotent, || {
             attempts.fetch_add(1, Ordering::SeqCst);
-            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
-            async move { kv.txn(txn).await }
+            self.api.txn(txn.clone())
         })
         .await
         .map_err(|e| self.lease_error(e))?;
-        let deleted = resp.op_responses().iter().any(|op| match op {
-            TxnOpResponse::Delete(d) => d.deleted() > 0,
-            _ => false,
-        });
+        let deleted = resp
+            .responses
+            .iter()
+            .any(|op| matches!(op, OpResponse::Delete { deleted } if *deleted > 0));
         Ok(deleted || attempts.load(Ordering::SeqCst) > 1)
     }
 
@@ -603,7 +539,7 @@ impl QueueSession for EtcdSession {
     fn watch_own(&self, own: &Entry, trigger: LossTrigger) -> OwnWatch {
         // A deleted own key may mean the whole lease is gone (revoked, expired): then say so,
         // for this guard and for the session, rather than wait for the next keep-alive.
-        let client = self.client.clone();
+        let api = self.api.clone();
         let (lease, session) = (self.lease, self.trigger.clone());
         let timeout = self.settings.request_timeout;
         let on_delete = move || {
@@ -611,7 +547,7 @@ impl QueueSession for EtcdSession {
                 return; // released (the delete was our own) or lost already
             }
             tokio::spawn(async move {
-                if lease_gone(&client, lease, timeout).await {
+                if lease_gone(&api, lease, timeout).await {
                     session.fire(LostReason::SessionExpired);
                 }
                 trigger.fire(LostReason::Deleted);
@@ -637,7 +573,7 @@ impl QueueSession for EtcdSession {
     async fn close(&self) -> Result<()> {
         self.stop.cancel();
         self.trigger.fire(LostReason::SessionClosed);
-        revoke(&self.client, self.lease, self.settings.request_timeout).await
+        revoke(&self.api, self.lease, self.settings.request_timeout).await
     }
 
     /// Stops the keep-alive, leaving the lease to expire as after a crash.
@@ -658,48 +594,39 @@ impl QueueSession for EtcdSession {
         if written.version == 0 {
             written.version = own.order; // never changed since its creation
         }
-        let mut ops: Vec<TxnOp> = ops
+        let mut ops: Vec<Op> = ops
             .iter()
             .map(|op| match op {
-                WriteOp::Put { key, value } => TxnOp::put(key.as_bytes(), value.clone(), None),
-                WriteOp::Delete { key } => TxnOp::delete(key.as_bytes(), None::<DeleteOptions>),
+                WriteOp::Put { key, value } => Op::Put(Put::new(key.as_bytes(), value.clone())),
+                WriteOp::Delete { key } => Op::delete(key.as_bytes()),
             })
             .collect();
-        ops.push(TxnOp::put(
-            own.key.as_bytes(),
-            Vec::new(),
-            Some(PutOptions::new().with_ignore_value().with_ignore_lease()),
-        ));
+        ops.push(Op::Put(Put::touch(own.key.as_bytes())));
         let attempts = AtomicU64::new(0);
         // A failed comparison with nothing of ours in flight: someone else touched the key;
         // compare again with what it is now (a few times at most).
         for _ in 0..3 {
             let expected = written.version;
-            let txn = Txn::new()
-                .when([
-                    super::fence_compare(&own.key, own.token),
-                    Compare::mod_revision(own.key.as_bytes(), CompareOp::Equal, expected),
-                ])
-                .and_then(ops.clone())
-                .or_else([TxnOp::get(
-                    own.key.as_bytes(),
-                    Some(GetOptions::new().with_keys_only()),
-                )]);
+            let txn = Txn::when([
+                fence(&own.key, own.token),
+                Compare::mod_revision(own.key.as_bytes(), expected),
+            ])
+            .then(ops.clone())
+            .otherwise([Op::Range(Range::key(own.key.as_bytes()).keys_only())]);
             let resp = request(self.settings.request_timeout, Retry::Checked, || {
                 attempts.fetch_add(1, Ordering::SeqCst);
-                let (mut kv, txn) = (self.client.kv_client(), txn.clone());
-                async move { kv.txn(txn).await }
+                self.api.txn(txn.clone())
             })
             .await
             .map_err(|e| self.lease_error(e))?;
-            if resp.succeeded() {
-                written.version = resp.header().ok_or_else(malformed)?.revision();
+            if resp.succeeded {
+                written.version = resp.revision;
                 return Ok(());
             }
-            let own_now = get_response(resp.op_responses().first())
-                .and_then(|get| get.kvs().first())
-                .filter(|kv| kv.create_revision() == own.order)
-                .map(|kv| kv.mod_revision());
+            let own_now = range_response(&resp, 0)
+                .and_then(|kvs| kvs.first())
+                .filter(|kv| kv.create_revision == own.order)
+                .map(|kv| kv.mod_revision);
             let Some(revision) = own_now else {
                 return Err(self.gone());
             };
@@ -713,6 +640,11 @@ impl QueueSession for EtcdSession {
             source: "the lock key kept changing under the guarded write".into(),
         })
     }
+}
+
+/// The fence: `create_revision(key) == token` (see [`super::fence_compare`]).
+fn fence(key: &str, token: u64) -> Compare {
+    Compare::create_revision(key.as_bytes(), token as i64)
 }
 
 #[cfg(test)]

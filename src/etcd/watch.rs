@@ -46,18 +46,18 @@
 //! A watch that keeps being cancelled, or whose reads keep failing, is retried with a
 //! growing delay.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{
-    EventType, GetOptions, WatchFilterType, WatchOptions, WatchResponse, WatchResponseStream,
-    WatchStream,
-};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::api::WatchResponses;
+use super::api::{EtcdApi, EventKind, Range, WatchCreate, WatchRequests, WatchResponse};
 use crate::error::{Error, Result};
+use crate::mutant::{self, Mutant};
 
 /// Who to tell about a deletion.
 pub(crate) enum Notify {
@@ -96,7 +96,7 @@ enum Command {
         outcome: Outcome,
     },
     /// The stream `open` asked for, or why there is none.
-    Opened(std::result::Result<WatchStream, String>),
+    Opened(std::result::Result<Stream, String>),
     /// The client authenticated again after a refused creation: reopen the stream.
     TokenRenewed,
 }
@@ -136,7 +136,7 @@ impl WatchHub {
     /// `token_auth`: the client authenticates with a user and password, so its tokens
     /// expire (see the module docs).
     pub(crate) fn start(
-        client: etcd_client::Client,
+        api: Arc<dyn EtcdApi>,
         request_timeout: Duration,
         token_auth: bool,
     ) -> Self {
@@ -144,11 +144,11 @@ impl WatchHub {
         tokio::spawn(
             HubTask {
                 reports: commands.downgrade(),
-                client,
+                api,
                 request_timeout,
                 token_auth,
                 token_renewed: None,
-                watches: HashMap::new(),
+                watches: BTreeMap::new(),
                 routes: HashMap::new(),
                 creating: VecDeque::new(),
                 stream: None,
@@ -262,11 +262,14 @@ impl Watch {
     }
 }
 
+/// A watch stream as the API opens it.
+type Stream = (Box<dyn WatchRequests>, Box<dyn WatchResponses>);
+
 /// The request side of an open stream, fed by a forwarding task so that the hub never
 /// blocks on a full request channel while responses wait to be read.
 struct OpenStream {
     requests: mpsc::UnboundedSender<Request>,
-    responses: WatchResponseStream,
+    responses: Box<dyn WatchResponses>,
 }
 
 enum Request {
@@ -278,24 +281,30 @@ enum Request {
 /// The least time between two renewals of the token for refused creations.
 const TOKEN_RENEWAL_PAUSE: Duration = Duration::from_secs(5);
 
-fn options(id: i64, from: i64) -> WatchOptions {
-    WatchOptions::new()
-        .with_watch_id(id)
-        .with_start_revision(from)
-        .with_filters([WatchFilterType::NoPut])
+/// A delete-only watch of `key` with the client-chosen id `id`, from revision `from` (0: now).
+fn creation(id: i64, key: Vec<u8>, from: i64) -> WatchCreate {
+    WatchCreate {
+        key,
+        prefix: false,
+        start_revision: from,
+        watch_id: id,
+        deletes_only: true,
+    }
 }
 
 struct HubTask {
     /// Where reads and the stream opener report back; weak, so the hub still ends with its
     /// handles.
     reports: mpsc::WeakUnboundedSender<Command>,
-    client: etcd_client::Client,
+    api: Arc<dyn EtcdApi>,
     request_timeout: Duration,
     /// The client's requests carry a token that expires.
     token_auth: bool,
     /// When the hub last authenticated again because a creation was refused.
     token_renewed: Option<Instant>,
-    watches: HashMap<i64, Watch>,
+    /// In id order, so that the hub's choices (which watch opens a stream, the order of
+    /// re-creations) are the same in every run: the simulator replays a seed exactly.
+    watches: BTreeMap<i64, Watch>,
     /// Watch ids on the current stream (fresh for every creation) to the hub's watch ids.
     routes: HashMap<i64, i64>,
     /// Creations sent on the current stream and not yet answered, in order: etcd answers
@@ -314,7 +323,10 @@ impl HubTask {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         loop {
             let retry_at = self.retry_at;
+            // Biased, in this order, so that a run is the same every time (the simulator
+            // replays seeds); every branch is finite, so none starves the others.
             tokio::select! {
+                biased;
                 command = commands.recv() => match command {
                     Some(command) => self.command(command),
                     None => return,
@@ -410,8 +422,7 @@ impl HubTask {
         if !watch.wants_creation() {
             return;
         }
-        let server = self.next_server_id;
-        self.next_server_id += 1;
+        let server = server_id(&mut self.next_server_id, id);
         let start = watch.begin_creation(server);
         let _ = stream
             .requests
@@ -428,27 +439,23 @@ impl HubTask {
 
     fn response(&mut self, response: WatchResponse) {
         self.failures = 0;
-        if response.created() {
+        if response.created {
             self.creation_answered(&response);
             return;
         }
-        let server = response.watch_id();
+        let server = response.watch_id;
         let Some(&id) = self.routes.get(&server) else {
             return; // cancelled by us already
         };
-        if response
-            .events()
-            .iter()
-            .any(|e| e.event_type() == EventType::Delete)
-        {
+        if response.events.iter().any(|e| e.kind == EventKind::Delete) {
             self.deleted(id);
-        } else if response.canceled() {
+        } else if response.canceled {
             // Compacted (its start revision is history), or dropped by the server for
             // another reason: read the key instead.
             tracing::debug!(
                 "etcd cancelled watch {server} (compacted at {}): {}",
-                response.compact_revision(),
-                response.cancel_reason()
+                response.compact_revision,
+                response.cancel_reason
             );
             self.resync(id);
         }
@@ -461,11 +468,11 @@ impl HubTask {
             self.broken();
             return;
         };
-        let refused = response.canceled();
-        if !refused && response.watch_id() != server {
+        let refused = response.canceled;
+        if !refused && response.watch_id != server {
             tracing::warn!(
                 "etcd confirmed watch {} for creation {server}; reconnecting",
-                response.watch_id()
+                response.watch_id
             );
             self.broken();
             return;
@@ -476,16 +483,19 @@ impl HubTask {
             }
             return;
         };
+        if refused && mutant::active(Mutant::ReusedWatchIds) {
+            return;
+        }
         if refused {
-            tracing::debug!("etcd refused watch {server}: {}", response.cancel_reason());
-            let reason = response.cancel_reason();
+            let reason = &response.cancel_reason;
+            tracing::debug!("etcd refused watch {server}: {reason}");
             if reason.contains("invalid auth token") || reason.contains("permission denied") {
                 self.renew_token();
             }
             self.resync(id);
             return;
         }
-        self.check_gap(id, response.header().map_or(0, |h| h.revision()));
+        self.check_gap(id, response.revision);
     }
 
     /// The stream's token may have expired: authenticate again in a task of its own, then
@@ -500,13 +510,10 @@ impl HubTask {
             return;
         }
         self.token_renewed = Some(Instant::now());
-        let (client, timeout, reports) = (
-            self.client.clone(),
-            self.request_timeout,
-            self.reports.clone(),
-        );
+        let (api, timeout, reports) =
+            (self.api.clone(), self.request_timeout, self.reports.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(timeout, client.refresh_token()).await {
+            match tokio::time::timeout(timeout, api.refresh_token()).await {
                 Ok(Ok(())) => {
                     if let Some(reports) = reports.upgrade() {
                         let _ = reports.send(Command::TokenRenewed);
@@ -543,7 +550,11 @@ impl HubTask {
             retry_in = ?delay,
             "etcd watch resynchronised: reading its key, then watching again"
         );
-        self.retire(server);
+        if mutant::active(Mutant::ReusedWatchIds) {
+            self.routes.retain(|_, hub| *hub != id);
+        } else {
+            self.retire(server);
+        }
         self.read(id, true, delay);
     }
 
@@ -556,19 +567,19 @@ impl HubTask {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         watch.read = Some(Read { ticket, resync });
-        let (mut kv, key, created) = (self.client.kv_client(), watch.key.clone(), watch.created);
+        let (api, key, created) = (self.api.clone(), watch.key.clone(), watch.created);
         let (timeout, reports) = (self.request_timeout, self.reports.clone());
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let read = tokio::time::timeout(
-                timeout,
-                kv.get(key, Some(GetOptions::new().with_keys_only())),
-            )
-            .await;
+            let read = tokio::time::timeout(timeout, api.range(Range::key(key).keys_only())).await;
             let outcome = match read {
-                Ok(Ok(resp)) => match resp.kvs().first() {
-                    Some(kv) if created == 0 || kv.create_revision() == created => {
-                        Outcome::Alive(resp.header().map_or(0, |h| h.revision()))
+                Ok(Ok(resp)) => match resp.kvs.first() {
+                    Some(kv)
+                        if created == 0
+                            || kv.create_revision == created
+                            || mutant::active(Mutant::ExistenceOnlyChecks) =>
+                    {
+                        Outcome::Alive(resp.revision)
                     }
                     _ => Outcome::Gone,
                 },
@@ -638,20 +649,15 @@ impl HubTask {
         let Some((&id, watch)) = self.watches.iter_mut().find(|(_, w)| w.wants_creation()) else {
             return; // nothing to watch; the next registration opens the stream
         };
-        let server = self.next_server_id;
-        self.next_server_id += 1;
-        let options = options(server, watch.begin_creation(server));
-        let key = watch.key.clone();
+        let server = server_id(&mut self.next_server_id, id);
+        let first = creation(server, watch.key.clone(), watch.begin_creation(server));
         self.routes.insert(server, id);
         self.creating.push_back(server);
         self.opening = true;
-        let (mut watches, timeout, reports) = (
-            self.client.watch_client(),
-            self.request_timeout,
-            self.reports.clone(),
-        );
+        let (api, timeout, reports) =
+            (self.api.clone(), self.request_timeout, self.reports.clone());
         tokio::spawn(async move {
-            let opened = tokio::time::timeout(timeout, watches.watch(key, Some(options))).await;
+            let opened = tokio::time::timeout(timeout, api.watch(first)).await;
             let opened = match opened {
                 Ok(Ok(stream)) => Ok(stream),
                 Ok(Err(e)) => Err(e.to_string()),
@@ -663,9 +669,9 @@ impl HubTask {
         });
     }
 
-    fn opened(&mut self, opened: std::result::Result<WatchStream, String>) {
+    fn opened(&mut self, opened: std::result::Result<Stream, String>) {
         self.opening = false;
-        let stream = match opened {
+        let (mut sender, responses) = match opened {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::debug!("could not open an etcd watch stream: {e}");
@@ -673,14 +679,11 @@ impl HubTask {
                 return;
             }
         };
-        let (mut sender, responses) = stream.split();
         let (requests, mut queued) = mpsc::unbounded_channel::<Request>();
         tokio::spawn(async move {
             while let Some(request) = queued.recv().await {
                 let sent = match request {
-                    Request::Create(id, key, from) => {
-                        sender.watch(key, Some(options(id, from))).await
-                    }
+                    Request::Create(id, key, from) => sender.create(creation(id, key, from)).await,
                     Request::Cancel(id) => sender.cancel(id).await,
                 };
                 if sent.is_err() {
@@ -708,6 +711,16 @@ impl HubTask {
             self.create(id);
         }
     }
+}
+
+/// A fresh id on the stream for a creation of watch `id`: etcd may still hold any earlier
+/// one (a compacted watch's, until cancelled), and refuses it again.
+fn server_id(next: &mut i64, id: i64) -> i64 {
+    if mutant::active(Mutant::ReusedWatchIds) {
+        return id;
+    }
+    *next += 1;
+    *next - 1
 }
 
 async fn next_response(stream: &mut Option<OpenStream>) -> Result<Option<WatchResponse>, String> {

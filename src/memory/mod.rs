@@ -106,8 +106,9 @@ impl KeySpace for MemoryClient {
                 return;
             }
             tokio::select! {
-                _ = changes.changed() => {}
+                biased;
                 _ = tx.closed() => return,
+                _ = changes.changed() => {}
             }
         }
     }
