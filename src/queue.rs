@@ -154,7 +154,12 @@ async fn acquire_in<S: SessionSource>(
         match outcome {
             Ok(true) => return Ok(Some(pending.into_guard(name, spans, keys))),
             Ok(false) if mode == Acquire::Try => {
-                pending.armed = false; // nothing was written
+                if pending.entry.stray_attempts {
+                    // Nothing was written, but an attempt still on its way might be.
+                    pending.remove().await;
+                } else {
+                    pending.armed = false; // nothing was written
+                }
                 return Ok(None);
             }
             Ok(false) => {

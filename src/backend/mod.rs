@@ -80,6 +80,11 @@ pub(crate) struct Entry {
     pub kind: QueueKind,
     /// The value stored with the entry (a candidate's value; empty for locks).
     pub value: Vec<u8>,
+    /// More than one attempt of the request that created it was sent (etcd: hedged or
+    /// retried), and one may still arrive after the entry is removed, creating it again:
+    /// its removal must withdraw it for good.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub stray_attempts: bool,
     /// What the holder last wrote through the entry, behind a lock that serialises the
     /// holder's writes through it (guarded writes, proclaims).
     #[cfg_attr(not(any(feature = "etcd", feature = "zookeeper")), allow(dead_code))]
@@ -91,7 +96,8 @@ pub(crate) struct Entry {
 /// unanswered attempt was applied; knowing the version saves reading it first.
 #[derive(Debug, Default)]
 pub(crate) struct Written {
-    /// etcd: the mod revision; ZooKeeper: the data version. 0: as created.
+    /// etcd: the write marker's mod revision (0: none yet); ZooKeeper: the data version
+    /// (0: as created).
     #[cfg_attr(not(any(feature = "etcd", feature = "zookeeper")), allow(dead_code))]
     pub version: i64,
     /// The entry's value, if a proclaim changed it since its creation.
@@ -101,6 +107,10 @@ pub(crate) struct Written {
     /// answer, until read back.
     #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
     pub unknown: bool,
+    /// etcd: how many guarded writes the holder started; each writes its number into the
+    /// write marker, which tells an attempt of its own from an older write's.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub writes: u64,
 }
 
 impl Entry {
@@ -112,6 +122,7 @@ impl Entry {
             order: 0,
             kind,
             value: value.to_vec(),
+            stray_attempts: false,
             written: Arc::default(),
         }
     }

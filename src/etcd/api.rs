@@ -161,15 +161,6 @@ impl Put {
     pub(crate) fn with_lease(self, lease: i64) -> Self {
         Put { lease, ..self }
     }
-
-    /// A put that changes nothing but the key's mod revision.
-    pub(crate) fn touch(key: impl Into<Vec<u8>>) -> Self {
-        Put {
-            ignore_value: true,
-            ignore_lease: true,
-            ..Put::new(key, Vec::new())
-        }
-    }
 }
 
 /// One operation of a transaction.

@@ -102,11 +102,20 @@ impl EtcdSession {
     /// One Txn, failing over between members as `retry` allows (see `request.rs` for why
     /// each Txn of the queue is safe to repeat).
     async fn txn(&self, txn: Txn, retry: Retry) -> Result<TxnResponse> {
-        request(self.settings.request_timeout, retry, || {
+        Ok(self.counted_txn(txn, retry).await?.0)
+    }
+
+    /// As [`txn`](Self::txn), with the number of attempts sent: beyond one, an attempt may
+    /// still be on its way to the server after the answer came.
+    async fn counted_txn(&self, txn: Txn, retry: Retry) -> Result<(TxnResponse, u64)> {
+        let attempts = AtomicU64::new(0);
+        let resp = request(self.settings.request_timeout, retry, || {
+            attempts.fetch_add(1, Ordering::SeqCst);
             self.api.txn(txn.clone())
         })
         .await
-        .map_err(|e| self.lease_error(e))
+        .map_err(|e| self.lease_error(e))?;
+        Ok((resp, attempts.load(Ordering::SeqCst)))
     }
 
     /// A lease the server does not know was revoked or expired before the keep-alive
@@ -134,17 +143,34 @@ impl EtcdSession {
         }
     }
 
-    /// The guarded delete of `own`. An unconfirmed entry (its enqueue may still be in
-    /// flight, and etcd may apply it after this delete) is *withdrawn*: a marker key on
-    /// the session's lease makes any later enqueue of it a no-op.
+    /// The guarded delete of `own` (and of its write marker). An entry whose enqueue may
+    /// still have an attempt on its way (unconfirmed, or confirmed by one of several
+    /// attempts), which etcd would apply after this delete and so create the entry again
+    /// for good, is *withdrawn*: a marker key on the session's lease makes any later
+    /// enqueue of it a no-op. Markers go with the session; only entries whose enqueue was
+    /// sent more than once leave one.
     fn delete_txn(&self, own: &Entry) -> Txn {
         let delete = Op::delete(own.key.as_bytes());
+        let withdraw = || {
+            let marker = Put::new(beside(&own.key, "withdrawn"), Vec::new());
+            Op::Put(marker.with_lease(self.lease))
+        };
         if own.order == 0 {
-            let withdrawn = Put::new(withdrawn_key(&own.key), Vec::new()).with_lease(self.lease);
-            Txn::default().then([Op::Put(withdrawn), delete])
-        } else {
-            Txn::when([Compare::create_revision(own.key.as_bytes(), own.order)]).then([delete])
+            return Txn::default().then([withdraw(), delete]);
         }
+        let (mut then, mut otherwise) = (
+            vec![delete, Op::delete(beside(&own.key, "written"))],
+            vec![],
+        );
+        if own.stray_attempts {
+            // Gone already (deleted from outside, say)? A stray attempt may have created
+            // the key again since, as another entry: it is this acquisition's, so it goes.
+            then.push(withdraw());
+            otherwise.extend([withdraw(), Op::delete(own.key.as_bytes())]);
+        }
+        Txn::when([Compare::create_revision(own.key.as_bytes(), own.order)])
+            .then(then)
+            .otherwise(otherwise)
     }
 }
 
@@ -333,17 +359,17 @@ fn range_response(resp: &TxnResponse, i: usize) -> Option<&[Kv]> {
     resp.responses.get(i).and_then(OpResponse::kvs)
 }
 
-/// Where the withdrawal of the unconfirmed entry `key` is marked: beside the queue, not in
-/// it (`PREFIX/NAME<NUL>withdrawn/LEAF`: no lock name contains a NUL, so no queue prefix
-/// covers it).
-fn withdrawn_key(key: &str) -> Vec<u8> {
+/// A marker about the entry `key` (`what`: `withdrawn`, `written`), beside the queue, not in
+/// it (`PREFIX/NAME<NUL>what/LEAF`: no lock name contains a NUL, so no queue prefix covers
+/// it).
+fn beside(key: &str, what: &str) -> Vec<u8> {
     let (queue, leaf) = key.rsplit_once('/').unwrap_or(("", key));
-    format!("{queue}\u{0}withdrawn/{leaf}").into_bytes()
+    format!("{queue}\u{0}{what}/{leaf}").into_bytes()
 }
 
 /// The enqueue's condition that its entry was not withdrawn meanwhile.
 fn not_withdrawn(key: &str) -> Compare {
-    Compare::create_revision(withdrawn_key(key), 0)
+    Compare::create_revision(beside(key, "withdrawn"), 0)
 }
 
 fn withdrawn() -> Error {
@@ -416,7 +442,8 @@ impl QueueSession for EtcdSession {
         ])
         .then([Op::Put(put)])
         .otherwise([Op::Range(Range::key(entry.key.as_bytes()).keys_only())]);
-        let resp = self.txn(txn, Retry::Idempotent).await?;
+        let (resp, attempts) = self.counted_txn(txn, Retry::Idempotent).await?;
+        entry.stray_attempts = attempts > 1;
         if !resp.succeeded {
             let own = range_response(&resp, 0)
                 .ok_or_else(malformed)?
@@ -454,7 +481,8 @@ impl QueueSession for EtcdSession {
         let txn = Txn::when([Compare::create_revision(key, 0), not_withdrawn(&entry.key)])
             .then([Op::Put(put), Op::Range(newest)])
             .otherwise([Op::Range(Range::key(key))]);
-        let resp = self.txn(txn, Retry::Idempotent).await?;
+        let (resp, attempts) = self.counted_txn(txn, Retry::Idempotent).await?;
+        entry.stray_attempts = attempts > 1;
         if !resp.succeeded {
             let own = range_response(&resp, 0)
                 .and_then(|kvs| kvs.first())
@@ -502,12 +530,11 @@ impl QueueSession for EtcdSession {
         // same lease.
         let put = Put::new(own.key.as_bytes(), value.to_vec()).with_lease(self.lease);
         let txn = Txn::when([fence(&own.key, own.token)]).then([Op::Put(put)]);
-        let mut written = own.written.lock().await;
+        let _serialised = own.written.lock().await;
         let resp = self.txn(txn, Retry::Idempotent).await?;
         if !resp.succeeded {
             return Err(self.gone());
         }
-        written.version = resp.revision;
         Ok(())
     }
 
@@ -516,19 +543,19 @@ impl QueueSession for EtcdSession {
     /// follow our own applied one: then the key counts as removed by us, as the entry was
     /// ours and is gone either way.
     async fn remove(&self, own: &Entry) -> Result<bool> {
-        let attempts = AtomicU64::new(0);
-        let txn = self.delete_txn(own);
-        let resp = request(self.settings.request_timeout, Retry::Idempotent, || {
-            attempts.fetch_add(1, Ordering::SeqCst);
-            self.api.txn(txn.clone())
-        })
-        .await
-        .map_err(|e| self.lease_error(e))?;
-        let deleted = resp
-            .responses
-            .iter()
-            .any(|op| matches!(op, OpResponse::Delete { deleted } if *deleted > 0));
-        Ok(deleted || attempts.load(Ordering::SeqCst) > 1)
+        let (resp, attempts) = self
+            .counted_txn(self.delete_txn(own), Retry::Idempotent)
+            .await?;
+        // A confirmed entry was ours exactly if the compare held (the other branch only
+        // clears what a stray enqueue attempt may have made of the key since).
+        let deleted = match own.order {
+            0 => resp
+                .responses
+                .iter()
+                .any(|op| matches!(op, OpResponse::Delete { deleted } if *deleted > 0)),
+            _ => resp.succeeded,
+        };
+        Ok(deleted || attempts > 1)
     }
 
     fn remove_in_background(self: &Arc<Self>, own: Entry) {
@@ -582,18 +609,22 @@ impl QueueSession for EtcdSession {
         self.stop.cancel();
     }
 
-    /// The write's Txn also touches the own key (same value, same lease) and compares its
-    /// mod revision with the last one this guard saw: the revision moves exactly when the
-    /// Txn applies. So the Txn can be sent again after a lost answer (a member died, a
-    /// leader changed): a repeat after an applied attempt fails its comparison, finds the
-    /// key still ours with a newer mod revision, and reports the write done. The cost: a
-    /// change of the own key by someone else while an answer was lost would be taken for
-    /// the write's own (fairlock's and Go's peers never change another's key).
+    /// The write's Txn also puts the write's number into the entry's *write marker*
+    /// (`PREFIX/NAME<NUL>written/LEAF`, on the lease) and compares the marker's mod
+    /// revision with the one the holder's last write left: at most one attempt of a write
+    /// applies, so the Txn can be sent again after a lost answer (a member died, a leader
+    /// changed). A repeat that fails its comparison reads the marker: this write's number
+    /// means an earlier attempt applied (done); an older write's number means that older
+    /// write, whose outcome was unknown, arrived late (compare with the marker as it is now
+    /// and send again). Without the number, a late older write would be taken for this one.
+    /// If the entry is gone, the marker tells whether this write applied before it went;
+    /// gone with the session, it cannot tell: the outcome is unknown if an attempt was
+    /// unanswered.
     async fn guarded_write(&self, own: &Entry, ops: &[WriteOp]) -> Result<()> {
         let mut written = own.written.lock().await;
-        if written.version == 0 {
-            written.version = own.order; // never changed since its creation
-        }
+        written.writes += 1;
+        let number = written.writes.to_string().into_bytes();
+        let marker = beside(&own.key, "written");
         let mut ops: Vec<Op> = ops
             .iter()
             .map(|op| match op {
@@ -601,43 +632,54 @@ impl QueueSession for EtcdSession {
                 WriteOp::Delete { key } => Op::delete(key.as_bytes()),
             })
             .collect();
-        ops.push(Op::Put(Put::touch(own.key.as_bytes())));
-        let attempts = AtomicU64::new(0);
-        // A failed comparison with nothing of ours in flight: someone else touched the key;
-        // compare again with what it is now (a few times at most).
-        for _ in 0..3 {
-            let expected = written.version;
+        ops.push(Op::Put(
+            Put::new(marker.clone(), number.clone()).with_lease(self.lease),
+        ));
+        let mut unanswered = false;
+        // A failed comparison with no attempt of this write applied: an older write of
+        // this holder moved the marker; compare again with what it is now (a few times at
+        // most: each older write applies at most once).
+        for _ in 0..4 {
             let txn = Txn::when([
                 fence(&own.key, own.token),
-                Compare::mod_revision(own.key.as_bytes(), expected),
+                Compare::mod_revision(marker.clone(), written.version),
             ])
             .then(ops.clone())
-            .otherwise([Op::Range(Range::key(own.key.as_bytes()).keys_only())]);
-            let resp = request(self.settings.request_timeout, Retry::Checked, || {
-                attempts.fetch_add(1, Ordering::SeqCst);
-                self.api.txn(txn.clone())
-            })
-            .await
-            .map_err(|e| self.lease_error(e))?;
+            .otherwise([
+                Op::Range(Range::key(own.key.as_bytes()).keys_only()),
+                Op::Range(Range::key(marker.clone())),
+            ]);
+            let (resp, attempts) = self.counted_txn(txn, Retry::Checked).await?;
+            unanswered |= attempts > 1;
             if resp.succeeded {
                 written.version = resp.revision;
                 return Ok(());
             }
             let own_now = range_response(&resp, 0)
                 .and_then(|kvs| kvs.first())
-                .filter(|kv| kv.create_revision == own.order)
-                .map(|kv| kv.mod_revision);
-            let Some(revision) = own_now else {
+                .filter(|kv| kv.create_revision == own.order);
+            let marker_now = range_response(&resp, 1).and_then(|kvs| kvs.first());
+            if let Some(m) = marker_now {
+                written.version = m.mod_revision;
+                if m.value == number {
+                    return Ok(()); // an earlier attempt applied; its answer was lost
+                }
+            }
+            if own_now.is_none() {
+                if marker_now.is_none() && unanswered {
+                    return Err(Error::OutcomeUnknown {
+                        backend: "etcd",
+                        source: "an attempt went unanswered, and the lock's entry is gone \
+                                 with its session"
+                            .into(),
+                    });
+                }
                 return Err(self.gone());
-            };
-            written.version = revision;
-            if attempts.swap(0, Ordering::SeqCst) > 1 && revision > expected {
-                return Ok(()); // an earlier attempt applied; its answer was lost
             }
         }
         Err(Error::Backend {
             backend: "etcd",
-            source: "the lock key kept changing under the guarded write".into(),
+            source: "the write marker kept changing under the guarded write".into(),
         })
     }
 }
@@ -653,7 +695,7 @@ mod tests {
 
     #[test]
     fn withdrawal_markers_lie_outside_every_queue() {
-        let marker = withdrawn_key("fairlock/stock/694d8a1f2c3b-7");
+        let marker = beside("fairlock/stock/694d8a1f2c3b-7", "withdrawn");
         assert_eq!(marker, b"fairlock/stock\0withdrawn/694d8a1f2c3b-7");
         assert!(!marker.starts_with(b"fairlock/stock/"));
         // Only a name containing NUL could cover it, and names cannot.

@@ -45,6 +45,12 @@ pub(crate) fn clock() -> Option<Duration> {
     })
 }
 
+/// Ends this thread's simulation: the real clock again, no mutant.
+pub fn clear() {
+    CLOCK.with(|c| c.set(None));
+    MUTANT.with(|m| m.set(None));
+}
+
 /// Puts `mutant` back on this thread (`None`: the code as it is).
 pub fn mutate(mutant: Option<Mutant>) {
     MUTANT.with(|m| m.set(mutant));

@@ -156,7 +156,6 @@ pub struct KeyInfo {
     pub value: Vec<u8>,
 }
 
-#[derive(Default)]
 pub(crate) struct Model {
     revision: i64,
     compacted: i64,
@@ -169,6 +168,25 @@ pub(crate) struct Model {
     next_stream: u64,
     /// Changes since the observer last looked.
     changes: Vec<Change>,
+}
+
+impl Default for Model {
+    /// An empty store at revision 1, as a new etcd cluster is (its first write is revision
+    /// 2; a range's `max_create_revision` of 0 means "no limit", so no key may have
+    /// create revision 1).
+    fn default() -> Self {
+        Model {
+            revision: 1,
+            compacted: 0,
+            kvs: BTreeMap::new(),
+            history: Vec::new(),
+            leases: BTreeMap::new(),
+            next_lease: 0,
+            streams: BTreeMap::new(),
+            next_stream: 0,
+            changes: Vec::new(),
+        }
+    }
 }
 
 fn prefix_matches(key: &[u8], range: &[u8], prefix: bool) -> bool {
@@ -689,7 +707,7 @@ mod tests {
         let all = m.range(&Range::prefix("q/").sorted(Sort::CreateDescending));
         let keys: Vec<&[u8]> = all.kvs.iter().map(|kv| kv.key.as_slice()).collect();
         assert_eq!(keys, [b"q/b".as_slice(), b"q/a"]);
-        let before = m.range(&Range::prefix("q/").created_at_most(1));
+        let before = m.range(&Range::prefix("q/").created_at_most(2));
         assert_eq!(before.kvs.len(), 1);
         assert!(!m.compare(&Compare::prefix_empty("q/")));
         assert!(m.compare(&Compare::prefix_empty("s/")));
@@ -715,7 +733,7 @@ mod tests {
         assert!(rx.try_recv().unwrap().created);
         m.sync_watchers();
         let cancelled = rx.try_recv().unwrap();
-        assert!(cancelled.canceled && cancelled.compact_revision == 2);
+        assert!(cancelled.canceled && cancelled.compact_revision == 3);
         m.create_watch(stream, &from_past);
         let refused = rx.try_recv().unwrap();
         assert_eq!((refused.watch_id, refused.canceled), (-1, true));

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -212,7 +212,8 @@ impl SimEtcd {
             conn: Arc::new(Conn {
                 id,
                 world: self.world.clone(),
-                link: watch::Sender::new(Link::default()),
+                link: Mutex::new(Link::default()),
+                link_changed: Notify::new(),
                 faults: Mutex::new(Faults::default()),
                 streams: Mutex::new(Vec::new()),
             }),
@@ -266,7 +267,10 @@ struct Link {
 struct Conn {
     id: u32,
     world: Arc<World>,
-    link: watch::Sender<Link>,
+    /// Not a `tokio::sync::watch`: its waiters are woken in a random order (it spreads them
+    /// over shards at random), and a run must be the same every time.
+    link: Mutex<Link>,
+    link_changed: Notify,
     faults: Mutex<Faults>,
     /// The watch streams opened on this connection, to break them on demand.
     streams: Mutex<Vec<CancellationToken>>,
@@ -304,23 +308,38 @@ impl Conn {
         }
     }
 
+    fn link(&self) -> Link {
+        *self.link.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn change_link(&self, change: impl FnOnce(&mut Link)) {
+        change(&mut self.link.lock().unwrap_or_else(|e| e.into_inner()));
+        self.link_changed.notify_waiters();
+    }
+
+    /// Completes at the next change of the link after `check` says no.
+    async fn until_link(&self, check: impl Fn(Link) -> Option<bool>) -> bool {
+        loop {
+            let changed = self.link_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(answer) = check(self.link()) {
+                return answer;
+            }
+            changed.await;
+        }
+    }
+
     /// Carries a message over the link after `delay`: false if the connection of `epoch`
     /// was reset meanwhile (the message is lost). A frozen link holds it until the thaw.
     async fn transit(&self, delay: Duration, epoch: u64) -> bool {
         tokio::time::sleep(delay).await;
-        let mut link = self.link.subscribe();
-        loop {
-            let state = *link.borrow_and_update();
-            if state.epoch != epoch {
-                return false;
-            }
-            if !state.frozen {
-                return true;
-            }
-            if link.changed().await.is_err() {
-                return false;
-            }
-        }
+        self.until_link(|link| match (link.epoch != epoch, link.frozen) {
+            (true, _) => Some(false),
+            (false, false) => Some(true),
+            (false, true) => None,
+        })
+        .await
     }
 
     fn tracing(&self) -> bool {
@@ -354,7 +373,7 @@ impl Conn {
         let (tx, rx) = oneshot::channel();
         let conn = self.clone();
         tokio::spawn(async move {
-            let link = *conn.link.borrow();
+            let link = conn.link();
             if link.down {
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 conn.note(&what, "refused: no connection");
@@ -439,7 +458,7 @@ impl SimConn {
     /// longer than [`RESET_AFTER`] also resets the connection. No-op while frozen.
     pub fn freeze(&self, duration: Duration) {
         let mut started = false;
-        self.conn.link.send_modify(|link| {
+        self.conn.change_link(|link| {
             if !link.frozen {
                 link.frozen = true;
                 started = true;
@@ -452,7 +471,7 @@ impl SimConn {
         tokio::spawn(async move {
             if duration > RESET_AFTER {
                 tokio::time::sleep(RESET_AFTER).await;
-                conn.link.send_modify(|link| {
+                conn.change_link(|link| {
                     link.epoch += 1;
                     link.down = true;
                 });
@@ -460,7 +479,7 @@ impl SimConn {
             } else {
                 tokio::time::sleep(duration).await;
             }
-            conn.link.send_modify(|link| {
+            conn.change_link(|link| {
                 link.frozen = false;
                 link.down = false;
             });
@@ -469,7 +488,7 @@ impl SimConn {
 
     /// Resets the connection: messages in flight are lost, streams end.
     pub fn reset(&self) {
-        self.conn.link.send_modify(|link| link.epoch += 1);
+        self.conn.change_link(|link| link.epoch += 1);
     }
 
     /// Ends every watch stream of the connection (as a proxy or a member restart would).
@@ -598,7 +617,7 @@ impl EtcdApi for SimConn {
     }
 
     async fn keep_alive(&self, lease: i64) -> ApiResult<Box<dyn KeepAlive>> {
-        let epoch = self.conn.link.borrow().epoch;
+        let epoch = self.conn.link().epoch;
         let ttl = self
             .conn
             .call(
@@ -623,7 +642,7 @@ impl EtcdApi for SimConn {
         first: WatchCreate,
     ) -> ApiResult<(Box<dyn WatchRequests>, Box<dyn WatchResponses>)> {
         let (outbox, from_server) = mpsc::unbounded_channel();
-        let (id, epoch) = (self.conn.id, self.conn.link.borrow().epoch);
+        let (id, epoch) = (self.conn.id, self.conn.link().epoch);
         let what = self
             .conn
             .tracing()
@@ -678,7 +697,7 @@ struct SimKeepAlive {
 #[async_trait]
 impl KeepAlive for SimKeepAlive {
     async fn round(&mut self) -> ApiResult<Option<i64>> {
-        if self.conn.link.borrow().epoch != self.epoch {
+        if self.conn.link().epoch != self.epoch {
             return Err(unavailable("keep-alive stream reset"));
         }
         let lease = self.lease;
@@ -769,19 +788,18 @@ impl Pipe {
         mut from_server: mpsc::UnboundedReceiver<WatchResponse>,
         to_client: mpsc::UnboundedSender<ApiResult<WatchResponse>>,
     ) {
-        let mut link = self.conn.link.subscribe();
         let mut last = Instant::now();
+        let epoch = self.epoch;
+        let reset = self
+            .conn
+            .until_link(|link| (link.epoch != epoch).then_some(true));
+        tokio::pin!(reset);
         loop {
             let message = tokio::select! {
                 biased;
                 _ = self.broken.cancelled() => break,
                 _ = to_client.closed() => break,
-                changed = link.changed() => {
-                    if changed.is_err() || link.borrow_and_update().epoch != self.epoch {
-                        break;
-                    }
-                    continue;
-                }
+                _ = &mut reset => break,
                 message = from_server.recv() => message,
             };
             let Some(message) = message else { break };

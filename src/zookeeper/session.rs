@@ -455,6 +455,7 @@ impl ZkSession {
                 version: i64::from(stat.version),
                 value: Some(data),
                 unknown: false,
+                writes: written.writes,
             };
             if let Some(version) = sent {
                 if stat.version == version.wrapping_add(1) {
@@ -1001,6 +1002,7 @@ impl QueueSession for ZkSession {
                     version: i64::from(stat.version),
                     value: Some(value.to_vec()),
                     unknown: false,
+                    writes: written.writes,
                 };
                 Ok(())
             }
