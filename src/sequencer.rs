@@ -1,24 +1,7 @@
 //! Sequencers (Chubby's name): everything a downstream service needs to check a lock holder,
 //! as one value with a stable string form, and the answer a check gives.
 //!
-//! # The string form (version 1)
-//!
-//! ```text
-//! sequencer = "fl1:" backend ":" kind ":" name ":" token ":" session ":" key
-//! backend   = "etcd" / "zookeeper" / "memory"
-//! kind      = "lock" / "election"
-//! name      = escaped               ; the lock's or election's name
-//! token     = %x31-39 *DIGIT        ; the fencing token, decimal, 1 to 2^64-1
-//! session   = 1*16 (DIGIT / %x61-66); the owning session (etcd lease, ZooKeeper session), hex
-//! key       = escaped               ; the entry's backend key: …/NAME/ENTRY
-//! escaped   = *(unreserved / "%" 2(DIGIT / %x41-46))   ; UTF-8 bytes, %XX in uppercase
-//! unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~" / "/"
-//! ```
-//!
-//! Every byte of a name or key outside `unreserved` is escaped as `%XX` (so `:` and `%`
-//! never appear unescaped), and only those: each sequencer has exactly one string form, and
-//! parsing accepts exactly the strings [`Display`](std::fmt::Display) writes. A later
-//! version of the form gets a new prefix (`fl2:`); `fl1:` strings stay readable.
+//! The string form's grammar is in [`Sequencer`]'s documentation.
 
 use std::fmt;
 use std::str::FromStr;
@@ -47,7 +30,7 @@ const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
 /// that service ask [`Client::check`](crate::Client::check) whether it is still current, or
 /// compare fencing tokens itself (see [`Fence`](crate::Fence)).
 ///
-/// The string form is stable and versioned (see the [module docs](self) for its grammar):
+/// The string form is stable and versioned (its grammar is below):
 /// `fl1:etcd:lock:stock:4711:694d7f1b2e3c4a05:fairlock/stock/694d7f1b2e3c4a05-0`.
 ///
 /// ```
@@ -60,6 +43,25 @@ const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
 /// ```
 ///
 /// It names no cluster: check it against the cluster (and lock prefix) it came from.
+///
+/// # String form (version 1)
+///
+/// ```text
+/// sequencer = "fl1:" backend ":" kind ":" name ":" token ":" session ":" key
+/// backend   = "etcd" / "zookeeper" / "memory"
+/// kind      = "lock" / "election"
+/// name      = escaped               ; the lock's or election's name
+/// token     = %x31-39 *DIGIT        ; the fencing token, decimal, 1 to 2^64-1
+/// session   = 1*16 (DIGIT / %x61-66); the owning session (etcd lease, ZooKeeper session), hex
+/// key       = escaped               ; the entry's backend key: …/NAME/ENTRY
+/// escaped   = *(unreserved / "%" 2(DIGIT / %x41-46))   ; UTF-8 bytes, %XX in uppercase
+/// unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~" / "/"
+/// ```
+///
+/// Every byte of a name or key outside `unreserved` is escaped as `%XX` (so `:` and `%`
+/// never appear unescaped), and only those: each sequencer has exactly one string form, and
+/// parsing accepts exactly the strings `Display` writes. A later version of the form gets
+/// a new prefix (`fl2:`); `fl1:` strings stay readable.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub struct Sequencer {
@@ -156,7 +158,7 @@ impl fmt::Display for Sequencer {
     }
 }
 
-/// Parses the string form; see the [module docs](self) for the grammar.
+/// Parses the string form; see [`Sequencer`] for the grammar.
 ///
 /// # Errors
 /// [`Error::InvalidSequencer`] saying what is wrong: another version, an unknown backend
