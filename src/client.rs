@@ -16,6 +16,7 @@ use crate::lost::LostSignal;
 use crate::mutex::DistributedMutex;
 use crate::name::validate_name;
 use crate::queue::{QueueElection, QueueMutex};
+use crate::sequencer::{Sequencer, SequencerStatus};
 use crate::state::SessionState;
 
 /// What [`Client`] needs from a backend; every backend gets it from its session source and
@@ -36,6 +37,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()>;
     async fn queue(&self, name: &str, kind: QueueKind) -> Result<Vec<QueueEntry>>;
+    async fn check(&self, sequencer: &Sequencer) -> Result<SequencerStatus>;
     fn is_suspended(&self) -> bool;
     fn session_state(&self) -> SessionState;
     fn session_states(&self) -> BoxStream<'static, SessionState>;
@@ -102,6 +104,10 @@ impl<B: SessionSource + KeySpace> Backend for Arc<B> {
 
     async fn queue(&self, name: &str, kind: QueueKind) -> Result<Vec<QueueEntry>> {
         KeySpace::queue(&**self, name, kind, None).await
+    }
+
+    async fn check(&self, sequencer: &Sequencer) -> Result<SequencerStatus> {
+        KeySpace::check(&**self, sequencer).await
     }
 
     #[cfg(all(feature = "zookeeper", feature = "test-util"))]
@@ -502,6 +508,42 @@ impl Client {
     pub async fn queue(&self, name: &str, kind: QueueKind) -> Result<Vec<QueueEntry>> {
         validate_name(name)?;
         self.backend.queue(name, kind).await
+    }
+
+    /// Whether the holder `sequencer` names still holds its lock: [`SequencerStatus::Current`]
+    /// (its entry exists and heads the queue), [`SequencerStatus::Superseded`] (a newer
+    /// holder heads it) or [`SequencerStatus::Lost`] (gone, and nobody newer holds). For a
+    /// service that receives requests from lock holders (see [`Sequencer`]).
+    ///
+    /// One linearizable read of the queue of the sequencer's name and kind under this
+    /// client's prefix; it needs no session (works on a [`connect_lazy`](Self::connect_lazy)
+    /// client) and creates nothing.
+    /// - **etcd**: one range request (the queue's first key by create revision), which etcd
+    ///   serves linearizably (it is not a serializable read).
+    /// - **ZooKeeper**: a `sync` of the queue node, then one multi-read (the queue node, its
+    ///   children, the entry) served by the same server after the sync: ZooKeeper's
+    ///   strongest read, linearizable except while the ensemble's leader changes at that
+    ///   very moment (a `sync` is not acknowledged by a quorum: ZOOKEEPER-1675, -2136).
+    ///   Needs ZooKeeper 3.6 or later (multi-read).
+    /// - **memory**: one look at the store, under its lock.
+    ///
+    /// The answer is true at the moment of the read: a current holder may lose the lock
+    /// right after. A service that must refuse stale holders for good keeps the highest
+    /// token it has seen (see [`Fence`](crate::Fence)), or has its store compare tokens.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidSequencer`]: the sequencer is of another backend, or its key is not
+    ///   in this client's queue of that name (a client with another prefix).
+    /// - [`Error::Timeout`], [`Error::Backend`], and the security errors of
+    ///   [`connect`](Self::connect).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn check(&self, sequencer: &Sequencer) -> Result<SequencerStatus> {
+        if sequencer.backend() != self.kind {
+            return Err(sequencer.invalid("made on another backend than this client's"));
+        }
+        self.backend.check(sequencer).await
     }
 }
 

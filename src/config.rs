@@ -31,15 +31,20 @@ impl BackendKind {
             BackendKind::Memory => "memory",
         }
     }
+
+    /// The backend's name in errors, traces and sequencers: `etcd`, `zookeeper`, `memory`.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            BackendKind::Etcd => "etcd",
+            BackendKind::Zookeeper => "zookeeper",
+            BackendKind::Memory => "memory",
+        }
+    }
 }
 
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackendKind::Etcd => "etcd",
-            BackendKind::Zookeeper => "zookeeper",
-            BackendKind::Memory => "memory",
-        })
+        f.write_str(self.name())
     }
 }
 

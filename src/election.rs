@@ -123,6 +123,12 @@ impl Leadership {
         self.guard.fencing_token()
     }
 
+    /// Who leads, for services elsewhere; see [`LockGuard::sequencer`]. Its kind is
+    /// [`QueueKind::Election`](crate::QueueKind::Election).
+    pub fn sequencer(&self) -> &crate::Sequencer {
+        self.guard.sequencer()
+    }
+
     /// The value observers see.
     pub fn value(&self) -> &[u8] {
         &self.value

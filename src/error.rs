@@ -34,6 +34,17 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The sequencer is not acceptable: its string form is malformed (see
+    /// [`Sequencer`](crate::Sequencer)), or it cannot be checked by this client (another
+    /// backend, a key outside this client's queue of that name).
+    #[error("invalid sequencer {sequencer:?}: {reason}")]
+    InvalidSequencer {
+        /// The sequencer as given.
+        sequencer: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
     /// The backend URL or configuration is malformed or not supported.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

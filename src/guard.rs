@@ -8,6 +8,7 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::lost::{LostReason, LostSignal};
+use crate::sequencer::Sequencer;
 
 /// One write of a [`LockGuard::guarded_write`].
 ///
@@ -74,6 +75,8 @@ pub(crate) trait HeldLock: Send + Sync {
 /// - [`lost`](Self::lost): completes when the lock is known to be lost.
 /// - [`guarded_write`](Self::guarded_write): writes to the backend that happen only while
 ///   this guard still holds the lock.
+/// - [`sequencer`](Self::sequencer): all of that for a service elsewhere, which can check
+///   it with [`Client::check`](crate::Client::check).
 ///
 /// Dropping the guard starts a best-effort release in the background; it never blocks and
 /// never panics, also outside a tokio runtime. Prefer [`release`](Self::release), which
@@ -83,9 +86,8 @@ pub(crate) trait HeldLock: Send + Sync {
 /// `token`, `backend`) in which its loss, refused writes and release are recorded.
 #[must_use = "the lock is released (in the background) as soon as the guard is dropped"]
 pub struct LockGuard {
-    name: String,
-    key: String,
-    token: u64,
+    /// Name, key, token, session: who holds.
+    sequencer: Sequencer,
     lost: LostSignal,
     held: Box<dyn HeldLock>,
     /// Set once a release (awaited or in the background) has been started: exactly one.
@@ -93,17 +95,9 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
-    pub(crate) fn new(
-        name: String,
-        key: String,
-        token: u64,
-        lost: LostSignal,
-        held: Box<dyn HeldLock>,
-    ) -> Self {
+    pub(crate) fn new(sequencer: Sequencer, lost: LostSignal, held: Box<dyn HeldLock>) -> Self {
         LockGuard {
-            name,
-            key,
-            token,
+            sequencer,
             lost,
             held,
             releasing: AtomicBool::new(false),
@@ -112,19 +106,43 @@ impl LockGuard {
 
     /// The lock's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.sequencer.name()
     }
 
     /// The backend key (etcd) or node path (ZooKeeper) of this holder's queue entry.
     pub fn key(&self) -> &str {
-        &self.key
+        self.sequencer.key()
     }
 
     /// The fencing token: strictly greater than the token of every earlier holder of this
     /// lock name. etcd: the create revision of the own key; ZooKeeper: the czxid of the own
     /// node; memory: the store's revision at enqueue.
     pub fn fencing_token(&self) -> u64 {
-        self.token
+        self.sequencer.fencing_token()
+    }
+
+    /// Who holds, for services elsewhere: backend, lock name and kind, fencing token, the
+    /// entry's key and session, with a stable string form (`to_string()`, parsed back with
+    /// `str::parse`). A service checks it with [`Client::check`](crate::Client::check), in
+    /// one linearizable read, or compares its fencing token with the highest it has seen
+    /// (see [`Fence`](crate::Fence)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> fairlock::Result<()> {
+    /// let client = fairlock::Client::connect("memory://sequencer-doc").await?;
+    /// let guard = client.mutex("report")?.lock().await?;
+    /// let text = guard.sequencer().to_string(); // e.g. in a request header
+    ///
+    /// // The service that receives it:
+    /// let sequencer: fairlock::Sequencer = text.parse()?;
+    /// assert_eq!(client.check(&sequencer).await?, fairlock::SequencerStatus::Current);
+    /// guard.release().await?;
+    /// assert_eq!(client.check(&sequencer).await?, fairlock::SequencerStatus::Lost);
+    /// # Ok(()) }
+    /// ```
+    pub fn sequencer(&self) -> &Sequencer {
+        &self.sequencer
     }
 
     /// A signal that completes when the lock is known lost (session expired or closed,
@@ -207,7 +225,7 @@ impl LockGuard {
     /// Records a write through the guard that failed, in the hold span.
     fn trace_write_error(&self, write: &'static str, e: &Error) {
         let _hold = self.held.span().enter();
-        let (name, key, token) = (&self.name, &self.key, self.token);
+        let (name, key, token) = (self.name(), self.key(), self.fencing_token());
         match e {
             Error::LockLost(reason) => tracing::warn!(
                 name = %name, key = %key, token, write, %reason,
@@ -250,7 +268,7 @@ impl LockGuard {
         let span = tracing::debug_span!(parent: self.held.span(), "release");
         let result = self.release_now().instrument(span.clone()).await;
         let _release = span.enter();
-        let (name, key, token) = (&self.name, &self.key, self.token);
+        let (name, key, token) = (self.name(), self.key(), self.fencing_token());
         match &result {
             Ok(()) => tracing::info!(name = %name, key = %key, token, "released"),
             Err(Error::LockLost(reason)) => tracing::warn!(
@@ -293,7 +311,7 @@ impl LockGuard {
             // `remove_until_done`).
             let _release = tracing::debug_span!(parent: self.held.span(), "release").entered();
             tracing::info!(
-                name = %self.name, key = %self.key, token = self.token,
+                name = %self.name(), key = %self.key(), token = self.fencing_token(),
                 "released in the background (guard dropped)"
             );
             self.held.release_in_background();
@@ -326,9 +344,9 @@ impl Drop for LockGuard {
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
-            .field("name", &self.name)
-            .field("key", &self.key)
-            .field("fencing_token", &self.token)
+            .field("name", &self.name())
+            .field("key", &self.key())
+            .field("fencing_token", &self.fencing_token())
             .field("lost", &self.lost.reason())
             .finish()
     }

@@ -32,6 +32,9 @@
 //! - **High availability**: a crashed holder's lock is freed when its session expires
 //!   (etcd lease TTL, ZooKeeper session timeout).
 //! - **Cancel safety**: dropping a waiting future removes its queue entry.
+//! - **Sequencers**: [`LockGuard::sequencer`] names the holder for services elsewhere,
+//!   which check it with [`Client::check`] (current, superseded or lost, in one
+//!   linearizable read) or fence their own writes by its token ([`Fence`]).
 //!
 //! No lock service can promise mutual exclusion to a process that pauses longer than its
 //! TTL and then acts on stale belief (Jepsen, etcd 3.4.3); the fencing token and the
@@ -54,6 +57,7 @@ mod clock;
 mod config;
 mod election;
 mod error;
+mod fence;
 mod guard;
 mod key;
 mod lost;
@@ -62,6 +66,7 @@ mod mutex;
 mod name;
 mod queue;
 mod reentrant;
+mod sequencer;
 mod state;
 mod stats;
 
@@ -85,12 +90,14 @@ pub use client::Client;
 pub use config::{redact_url, AclPolicy, BackendKind, Config, TlsConfig};
 pub use election::{Election, Leader, Leadership};
 pub use error::{BoxError, Error, Result};
+pub use fence::{Fence, FencePermit, StaleToken};
 pub use guard::{LockGuard, WriteOp};
 pub use key::{validate_key, MAX_KEY_LEN};
 pub use lost::{LostReason, LostSignal};
 pub use mutex::{Acquire, DistributedMutex};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use reentrant::ReentrantGuard;
+pub use sequencer::{Sequencer, SequencerStatus};
 pub use state::SessionState;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]

@@ -26,6 +26,7 @@ use crate::guard::{HeldLock, LockGuard, WriteOp};
 use crate::key::KeyMap;
 use crate::lost::{LossTrigger, LostReason};
 use crate::mutex::{Acquire, DistributedMutex};
+use crate::sequencer::Sequencer;
 
 /// Enqueues in the queue `name` and waits, as `mode` says, until the entry heads it; in an
 /// `acquire` span (debug), with the outcome as an event.
@@ -38,7 +39,7 @@ async fn acquire<S: SessionSource>(
     keys: &Arc<KeyMap>,
 ) -> Result<Option<LockGuard>> {
     let backend = <S::Session as QueueSession>::BACKEND;
-    let kind_name = kind_name(kind);
+    let kind_name = kind.name();
     // The hold span outlives this one: it becomes a sibling under the caller's span, not a
     // child that would keep the acquire span open while the lock is held.
     let caller = Span::current();
@@ -92,13 +93,6 @@ struct Spans<'a> {
     acquire: &'a Span,
     /// The one current when it was called: the hold span's parent.
     caller: &'a Span,
-}
-
-fn kind_name(kind: QueueKind) -> &'static str {
-    match kind {
-        QueueKind::Lock => "lock",
-        QueueKind::Election => "election",
-    }
 }
 
 fn mode_name(mode: Acquire) -> &'static str {
@@ -391,7 +385,7 @@ impl<S: QueueSession> Pending<S> {
             parent: spans.caller,
             "hold",
             name,
-            kind = kind_name(self.entry.kind),
+            kind = self.entry.kind.name(),
             key,
             token,
             backend = S::BACKEND,
@@ -410,13 +404,15 @@ impl<S: QueueSession> Pending<S> {
             keys: keys.clone(),
             span,
         };
-        LockGuard::new(
-            name.to_owned(),
-            self.entry.key.clone(),
-            self.entry.token,
-            trigger.signal(),
-            Box::new(held),
-        )
+        let sequencer = Sequencer::new(
+            S::KIND,
+            self.entry.kind,
+            name,
+            token,
+            self.session.id(),
+            key,
+        );
+        LockGuard::new(sequencer, trigger.signal(), Box::new(held))
     }
 }
 

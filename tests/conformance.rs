@@ -5,13 +5,18 @@
 //! contract is wrong.
 
 mod common;
+// The SQL store of examples/fenced_sql, which fences writes by token.
+#[path = "../examples/fenced_sql/store.rs"]
+mod store;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{eventually, soon, unique, Harness};
-use fairlock::{Error, Leader, LostReason, QueueKind, SessionState, WriteOp};
+use fairlock::{
+    Client, Error, Leader, LostReason, QueueKind, Sequencer, SequencerStatus, SessionState, WriteOp,
+};
 use futures::StreamExt;
 
 /// 16 contenders on separate sessions increment a counter with a deliberate
@@ -734,6 +739,177 @@ pub async fn data_keys_are_backend_neutral(h: Arc<dyn Harness>) {
     guard.release().await.unwrap();
 }
 
+/// `client.check(sequencer)` on a lazy client (no session of its own).
+async fn check(reader: &Client, sequencer: &Sequencer) -> SequencerStatus {
+    soon("check", reader.check(sequencer)).await.unwrap()
+}
+
+/// A sequencer names its holder, round-trips through its string form, and checks as
+/// current while held (waiters behind change nothing), superseded once a newer holder
+/// holds, and lost when its entry is gone and nobody newer holds. A sequencer of another
+/// backend or prefix is refused with a typed error.
+pub async fn check_follows_the_holder(h: Arc<dyn Harness>) {
+    use SequencerStatus::{Current, Lost, Superseded};
+    let name = unique("check");
+    let (a, b) = (h.client().await, h.client().await);
+    let reader = Client::connect_lazy(&h.url(10)).await.unwrap();
+    let a_guard = a.mutex(&name).unwrap().lock().await.unwrap();
+    let a_seq = a_guard.sequencer().clone();
+    assert_eq!(
+        (a_seq.backend(), a_seq.kind(), a_seq.name()),
+        (a.backend(), QueueKind::Lock, name.as_str())
+    );
+    assert_eq!(
+        (a_seq.fencing_token(), a_seq.key(), a_seq.session()),
+        (
+            a_guard.fencing_token(),
+            a_guard.key(),
+            a.session_id().as_str()
+        )
+    );
+    assert_eq!(a_seq.to_string().parse::<Sequencer>().unwrap(), a_seq);
+    assert_eq!(check(&reader, &a_seq).await, Current);
+
+    let mutex_b = b.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex_b.lock().await.unwrap() });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    assert_eq!(check(&reader, &a_seq).await, Current);
+    a_guard.release().await.unwrap();
+    let b_guard = soon("waiter acquires", waiter).await.unwrap();
+    let b_seq = b_guard.sequencer().clone();
+    assert_eq!(check(&reader, &a_seq).await, Superseded);
+    assert_eq!(check(&reader, &b_seq).await, Current);
+    b_guard.release().await.unwrap();
+    assert_eq!(check(&reader, &a_seq).await, Lost);
+    assert_eq!(check(&reader, &b_seq).await, Lost);
+
+    // A later holder supersedes every earlier one.
+    let c_guard = a.mutex(&name).unwrap().lock().await.unwrap();
+    assert_eq!(check(&reader, &a_seq).await, Superseded);
+    assert_eq!(check(&reader, &b_seq).await, Superseded);
+    assert_eq!(check(&reader, c_guard.sequencer()).await, Current);
+
+    let text = a_seq.to_string();
+    let (_, rest) = text.split_once(&format!(":{}:", a_seq.backend())).unwrap();
+    let other = if a.backend() == fairlock::BackendKind::Memory {
+        "etcd"
+    } else {
+        "memory"
+    };
+    let (head, key) = text.rsplit_once(':').unwrap();
+    for refused in [
+        format!("fl1:{other}:{rest}"),
+        format!("{head}:elsewhere{key}"),
+    ] {
+        let sequencer: Sequencer = refused.parse().unwrap();
+        let checked = reader.check(&sequencer).await;
+        assert!(
+            matches!(checked, Err(Error::InvalidSequencer { .. })),
+            "{refused}: {checked:?}"
+        );
+    }
+    c_guard.release().await.unwrap();
+    reader.close().await.unwrap();
+}
+
+/// A holder whose session expired: lost while nobody else holds, superseded once someone
+/// does.
+pub async fn check_after_session_expiry(h: Arc<dyn Harness>) {
+    let name = unique("check-expiry");
+    let (a, b, reader) = (h.client().await, h.client().await, h.client().await);
+    let guard = a.mutex(&name).unwrap().lock().await.unwrap();
+    let sequencer = guard.sequencer().clone();
+    h.expire_session(&a).await;
+    eventually("entry gone with the session", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
+    assert_eq!(check(&reader, &sequencer).await, SequencerStatus::Lost);
+    let next = b.mutex(&name).unwrap().lock().await.unwrap();
+    assert_eq!(
+        check(&reader, &sequencer).await,
+        SequencerStatus::Superseded
+    );
+    assert_eq!(
+        check(&reader, next.sequencer()).await,
+        SequencerStatus::Current
+    );
+    next.release().await.unwrap();
+    drop(guard);
+}
+
+/// A leader's sequencer is of kind election and follows leadership as a lock's follows
+/// the lock.
+pub async fn check_follows_the_leader(h: Arc<dyn Harness>) {
+    let name = unique("check-elect");
+    let (a, b, reader) = (h.client().await, h.client().await, h.client().await);
+    let a_leads = a.election(&name).unwrap().campaign(b"a").await.unwrap();
+    let a_seq = a_leads.sequencer().clone();
+    assert_eq!(a_seq.kind(), QueueKind::Election);
+    assert_eq!(a_seq.fencing_token(), a_leads.fencing_token());
+    assert_eq!(check(&reader, &a_seq).await, SequencerStatus::Current);
+    let b_election = b.election(&name).unwrap();
+    let b_campaign = tokio::spawn(async move { b_election.campaign(b"b").await.unwrap() });
+    eventually("b queued", || async { h.entries(&name).await.len() == 2 }).await;
+    a_leads.resign().await.unwrap();
+    let b_leads = soon("b leads", b_campaign).await.unwrap();
+    assert_eq!(check(&reader, &a_seq).await, SequencerStatus::Superseded);
+    assert_eq!(
+        check(&reader, b_leads.sequencer()).await,
+        SequencerStatus::Current
+    );
+    let b_seq = b_leads.sequencer().clone();
+    b_leads.resign().await.unwrap();
+    assert_eq!(check(&reader, &b_seq).await, SequencerStatus::Lost);
+}
+
+/// The paused holder: A takes the lock and, before its write, stalls past its TTL (its
+/// keep-alive stops). B takes over and writes to an SQL store that keeps the token of the
+/// last write. When A's write finally arrives with its old token, the store refuses it (no
+/// row changes), and so does a `Fence`; B's write stands, and A's sequencer checks as
+/// superseded.
+pub async fn late_write_of_a_paused_holder_is_refused_by_the_store(h: Arc<dyn Harness>) {
+    let name = unique("fenced-sql");
+    let accounts = store::Accounts::new(rusqlite::Connection::open_in_memory().unwrap()).unwrap();
+    accounts.open(&name, 100).unwrap();
+    let fence = fairlock::Fence::new();
+    let (a, b) = (h.client_ttl(3).await, h.client().await);
+    let a_guard = a.mutex(&name).unwrap().lock().await.unwrap();
+    let a_seq: Sequencer = a_guard.sequencer().to_string().parse().unwrap();
+
+    a.abandon(); // A pauses: no more keep-alives, its write held back
+    let b_guard = soon("B acquires after A's TTL", b.mutex(&name).unwrap().lock())
+        .await
+        .unwrap();
+    let b_token = b_guard.fencing_token();
+    assert!(b_token > a_seq.fencing_token());
+    fence.admit(&name, b_token).unwrap();
+    let written = accounts.set_balance(&name, 70, b_token).unwrap();
+    assert_eq!(written, store::Write::Applied);
+
+    // A wakes up and writes with the token it had.
+    let late = accounts
+        .set_balance(&name, 150, a_seq.fencing_token())
+        .unwrap();
+    assert_eq!(late, store::Write::Refused { newer: b_token });
+    let stale = fence.admit(&name, a_seq.fencing_token()).unwrap_err();
+    assert_eq!(
+        (stale.token, stale.highest),
+        (a_seq.fencing_token(), b_token)
+    );
+    assert_eq!(accounts.balance(&name).unwrap(), (70, b_token));
+    assert_eq!(check(&b, &a_seq).await, SequencerStatus::Superseded);
+
+    // B writes again with the same token: the same holder, applied.
+    let again = accounts.set_balance(&name, 60, b_token).unwrap();
+    assert_eq!(again, store::Write::Applied);
+    b_guard.release().await.unwrap();
+    std::mem::forget(a_guard); // A "crashed" (abandoned): nothing left to release
+}
+
 macro_rules! conformance {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -755,7 +931,9 @@ macro_rules! conformance {
                 proclaim_after_loss_fails, reentrant_holds_are_counted,
                 own_release_is_reported_as_released,
                 acquire_right_after_the_session_ended_from_outside,
-                session_states_follow_the_session, data_keys_are_backend_neutral);
+                session_states_follow_the_session, data_keys_are_backend_neutral,
+                check_follows_the_holder, check_after_session_expiry, check_follows_the_leader,
+                late_write_of_a_paused_holder_is_refused_by_the_store);
         }
     };
     (@tests $($test:ident),*) => {

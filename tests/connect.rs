@@ -31,6 +31,9 @@ async fn lazy_memory_client_opens_no_session_until_it_locks() {
         .is_empty());
     let election = client.election(&name).unwrap();
     assert!(election.leader().await.unwrap().is_none());
+    let absent = format!("fl1:memory:lock:{name}:5:1:fairlock/{name}/1-0");
+    let status = client.check(&absent.parse().unwrap()).await.unwrap();
+    assert_eq!(status, fairlock::SequencerStatus::Lost);
     assert_eq!(store.sessions(), 0, "reads opened a session");
 
     let guard = client.mutex(&name).unwrap().lock().await.unwrap();
@@ -127,6 +130,8 @@ mod etcd {
         assert!(matches!(observed, Some(Ok(Some(_)))), "{observed:?}");
         let key = h.data_key(&name);
         assert_eq!(client.get(&key).await.unwrap(), None);
+        let status = client.check(held.sequencer()).await.unwrap();
+        assert_eq!(status, fairlock::SequencerStatus::Current);
         let after_reads = our_leases(&raw).await;
         assert!(
             after_reads.iter().all(|l| before.contains(l)),
@@ -268,6 +273,12 @@ mod zookeeper {
             soon("observe", observe.next()).await
         };
         assert!(matches!(observed, Some(Ok(None))), "{observed:?}");
+        let absent = format!(
+            "fl1:zookeeper:lock:{name}:5:1:{}/{name}/_c_0-lock-0000000000",
+            h.base()
+        );
+        let status = client.check(&absent.parse().unwrap()).await.unwrap();
+        assert_eq!(status, fairlock::SequencerStatus::Lost);
         assert!(!exists(&h, h.base()).await, "reads created {}", h.base());
 
         let guard = client.mutex(&name).unwrap().lock().await.unwrap();

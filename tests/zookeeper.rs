@@ -661,3 +661,59 @@ async fn forward_until_trapped(
         }
     }
 }
+
+/// A queue node deleted and created again (as ZooKeeper deletes empty containers) numbers
+/// its children from 0 again: a later holder may carry a smaller sequence number than an
+/// old sequencer's node. The queue node's czxid tells that it is newer: superseded.
+#[tokio::test]
+async fn check_sees_a_holder_of_a_recreated_queue_node_as_newer() {
+    let h = ZkHarness::new().await;
+    let (client, reader) = (h.client().await, h.client().await);
+    let name = unique("check-recreated");
+    let mutex = client.mutex(&name).unwrap();
+    // Move the old holder's sequence number past the new one's first.
+    for _ in 0..3 {
+        mutex.lock().await.unwrap().release().await.unwrap();
+    }
+    let old = mutex.lock().await.unwrap();
+    let sequencer = old.sequencer().clone();
+    old.release().await.unwrap();
+    h.raw()
+        .delete(&format!("{}/{name}", h.base()), None)
+        .await
+        .unwrap();
+    let new = mutex.lock().await.unwrap();
+    assert!(new.key().ends_with("-lock-0000000000"), "{}", new.key());
+    let status = reader.check(&sequencer).await.unwrap();
+    assert_eq!(status, fairlock::SequencerStatus::Superseded);
+    new.release().await.unwrap();
+}
+
+/// On ZooKeeper a lock and an election of one name are separate queues under one node:
+/// each sequencer is checked against its own kind's queue, and a lock node passed off as
+/// an election's is refused.
+#[tokio::test]
+async fn check_tells_lock_and_election_queues_apart() {
+    let h = ZkHarness::new().await;
+    let (a, b, reader) = (h.client().await, h.client().await, h.client().await);
+    let name = unique("check-kinds");
+    let lock = a.mutex(&name).unwrap().lock().await.unwrap();
+    let leading = b.election(&name).unwrap().campaign(b"b").await.unwrap();
+    for sequencer in [lock.sequencer(), leading.sequencer()] {
+        let status = reader.check(sequencer).await.unwrap();
+        assert_eq!(status, fairlock::SequencerStatus::Current, "{sequencer}");
+    }
+    let as_election: fairlock::Sequencer = lock
+        .sequencer()
+        .to_string()
+        .replacen(":lock:", ":election:", 1)
+        .parse()
+        .unwrap();
+    let checked = reader.check(&as_election).await;
+    assert!(
+        matches!(checked, Err(Error::InvalidSequencer { .. })),
+        "{checked:?}"
+    );
+    lock.release().await.unwrap();
+    leading.resign().await.unwrap();
+}

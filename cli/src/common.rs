@@ -159,6 +159,8 @@ pub struct Held<'a> {
     pub name: &'a str,
     pub token: u64,
     pub key: String,
+    /// Its sequencer's string form.
+    pub sequencer: String,
     pub lost: LostSignal,
 }
 
@@ -179,6 +181,7 @@ where
         ("FAIRLOCK_NAME", held.name.to_owned()),
         ("FAIRLOCK_TOKEN", held.token.to_string()),
         ("FAIRLOCK_KEY", held.key),
+        ("FAIRLOCK_SEQUENCER", held.sequencer),
     ];
     let outcome = supervise::run(command, &env, held.lost, grace, signals).await;
     let released = release.await;

@@ -41,6 +41,7 @@ async fn lead_and_run(client: &Client, args: &ElectArgs, signals: &mut Signals) 
         name: &args.name,
         token: leadership.fencing_token(),
         key: leadership.key().to_owned(),
+        sequencer: leadership.sequencer().to_string(),
         lost: leadership.lost(),
     };
     common::run_while_held(

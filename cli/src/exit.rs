@@ -9,6 +9,10 @@ use fairlock::Error;
 pub const USAGE: u8 = 2;
 /// `leader`: nobody leads.
 pub const NO_LEADER: u8 = 3;
+/// `check`: the sequencer's holder was superseded by a newer one.
+pub const SUPERSEDED: u8 = 4;
+/// `check`: the sequencer's holder lost the lock, and nobody newer holds it.
+pub const SEQUENCER_LOST: u8 = 5;
 /// Backend unreachable or failing (EX_UNAVAILABLE).
 pub const UNAVAILABLE: u8 = 69;
 /// Internal error (EX_SOFTWARE): the async runtime or the signal handlers could not be set
@@ -41,10 +45,16 @@ pub const TABLE: &[(&str, &str)] = &[
     ),
     (
         "0",
-        "lock without COMMAND: held, then released on SIGINT/SIGTERM/SIGHUP; leader, status",
+        "lock without COMMAND: held, then released on SIGINT/SIGTERM/SIGHUP; leader, status; \
+         check: current",
     ),
-    ("2", "bad arguments, URL or name"),
+    ("2", "bad arguments, URL, name or sequencer"),
     ("3", "leader: nobody leads"),
+    ("4", "check: superseded (a newer holder holds the lock)"),
+    (
+        "5",
+        "check: lost (the holder's entry is gone; nobody newer holds)",
+    ),
     ("69", "backend unreachable or failing"),
     (
         "77",
@@ -123,7 +133,9 @@ pub fn scrub(text: &str) -> String {
 pub fn report(error: &Error) -> u8 {
     eprintln!("fairlock: {}", one_line(error));
     match error {
-        Error::InvalidName { .. } | Error::InvalidConfig(_) => USAGE,
+        Error::InvalidName { .. } | Error::InvalidConfig(_) | Error::InvalidSequencer { .. } => {
+            USAGE
+        }
         Error::LockLost(_) => LOST,
         Error::AuthenticationFailed { .. } | Error::PermissionDenied { .. } | Error::Tls { .. } => {
             NO_PERMISSION
@@ -173,6 +185,8 @@ mod tests {
         for code in [
             USAGE,
             NO_LEADER,
+            SUPERSEDED,
+            SEQUENCER_LOST,
             UNAVAILABLE,
             NO_PERMISSION,
             SOFTWARE,

@@ -1,6 +1,6 @@
-//! `fairlock leader`, `observe` and `status`: look without taking part.
+//! `fairlock leader`, `observe`, `status` and `check`: look without taking part.
 
-use fairlock::{QueueEntry, QueueKind};
+use fairlock::{QueueEntry, QueueKind, Sequencer, SequencerStatus};
 use futures::StreamExt;
 
 use crate::{common, holder};
@@ -100,6 +100,31 @@ pub async fn status(url: &str, args: StatusArgs) -> u8 {
         print_table(&entries, role);
     }
     0
+}
+
+/// `fairlock check SEQUENCER`: prints the status; exits 0 (current), 4 (superseded) or 5
+/// (lost).
+pub async fn check(url: &str, sequencer: &str) -> u8 {
+    let sequencer: Sequencer = match sequencer.parse() {
+        Ok(sequencer) => sequencer,
+        Err(e) => return exit::report(&e),
+    };
+    let (client, _signals) = match common::connect_reader(url, sequencer.name()).await {
+        Ok(connected) => connected,
+        Err(code) => return code,
+    };
+    let checked = client.check(&sequencer).await;
+    let _ = client.close().await;
+    let status = match checked {
+        Ok(status) => status,
+        Err(e) => return exit::report(&e),
+    };
+    let _ = common::print_line(&status.to_string());
+    match status {
+        SequencerStatus::Current => 0,
+        SequencerStatus::Superseded => exit::SUPERSEDED,
+        _ => exit::SEQUENCER_LOST,
+    }
 }
 
 fn print_table(entries: &[QueueEntry], role: impl Fn(usize) -> &'static str) {

@@ -62,13 +62,15 @@ async fn hold_and_run(client: &Client, args: &LockArgs, signals: &mut Signals) -
         name: &args.name,
         token: guard.fencing_token(),
         key: guard.key().to_owned(),
+        sequencer: guard.sequencer().to_string(),
         lost: guard.lost(),
     };
     common::run_while_held(held, &command, args.hold.grace, signals, guard.release()).await
 }
 
-/// `fairlock lock NAME` without a command: prints the key and the fencing token, holds the
-/// lock until a signal, then releases it (exit 0); exit 74 if it is lost meanwhile.
+/// `fairlock lock NAME` without a command: prints the key, the fencing token and the
+/// sequencer, holds the lock until a signal, then releases it (exit 0); exit 74 if it is
+/// lost meanwhile.
 async fn hold_until_signalled(guard: LockGuard, name: &str, signals: &mut Signals) -> u8 {
     // A signal that came in with the acquisition: as before a command starts.
     if let Some(received) = signals.pending() {
@@ -76,7 +78,12 @@ async fn hold_until_signalled(guard: LockGuard, name: &str, signals: &mut Signal
         return received.exit_code();
     }
     // Like `etcdctl lock NAME`: the key first. A closed stdout does not end the hold.
-    let _ = common::print_line(&format!("{}\n{}", guard.key(), guard.fencing_token()));
+    let _ = common::print_line(&format!(
+        "{}\n{}\n{}",
+        guard.key(),
+        guard.fencing_token(),
+        guard.sequencer()
+    ));
     let mut lost = guard.lost();
     tokio::select! {
         reason = &mut lost => {

@@ -63,7 +63,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run COMMAND while holding lock NAME (exit with COMMAND's exit code); without COMMAND,
-    /// hold it until SIGINT, SIGTERM or SIGHUP, printing its key and fencing token.
+    /// hold it until SIGINT, SIGTERM or SIGHUP, printing its key, fencing token and sequencer.
     #[command(after_help = exit::help_text())]
     Lock(LockArgs),
     /// Campaign in election NAME; run COMMAND while leading; resign when it exits.
@@ -84,6 +84,16 @@ enum Command {
     /// Show the holder and waiters of lock NAME (or the candidates of election NAME).
     #[command(after_help = exit::help_text())]
     Status(StatusArgs),
+    /// Check whether the holder SEQUENCER names still holds its lock: print current (exit
+    /// 0), superseded (exit 4: a newer holder holds it) or lost (exit 5: its entry is gone
+    /// and nobody newer holds it), from one linearizable read.
+    #[command(after_help = exit::help_text())]
+    Check {
+        /// The sequencer (fl1:…), as lock and elect give it to COMMAND in
+        /// FAIRLOCK_SEQUENCER.
+        #[arg(env = "FAIRLOCK_SEQUENCER")]
+        sequencer: String,
+    },
     /// Print the shell completion script for SHELL on stdout.
     Completions {
         /// The shell to complete for.
@@ -206,7 +216,8 @@ struct LockArgs {
     name: String,
 
     /// The command to run, after `--`. Without one (and without -c): hold the lock, print
-    /// its key and fencing token (one line each), release it on SIGINT, SIGTERM or SIGHUP.
+    /// its key, fencing token and sequencer (one line each), release it on SIGINT, SIGTERM or
+    /// SIGHUP.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
 }
@@ -323,6 +334,7 @@ fn main() -> ExitCode {
             Command::Leader { name } => inspect::leader(&cli.backend, &name).await,
             Command::Observe { name } => inspect::observe(&cli.backend, &name).await,
             Command::Status(args) => inspect::status(&cli.backend, args).await,
+            Command::Check { sequencer } => inspect::check(&cli.backend, &sequencer).await,
             // Handled above, without a runtime; these arms are not reached.
             Command::Completions { .. } | Command::Man { .. } => exit::SOFTWARE,
         }

@@ -25,9 +25,15 @@ const ENVIRONMENT: &[(&str, &str)] = &[
          EnvFilter syntax, e.g. fairlock=debug).",
     ),
     (
-        "FAIRLOCK_NAME, FAIRLOCK_TOKEN, FAIRLOCK_KEY",
-        "Set for COMMAND by lock and elect: the name, the fencing token (decimal) and the \
-         backend key of what is held.",
+        "FAIRLOCK_NAME, FAIRLOCK_TOKEN, FAIRLOCK_KEY, FAIRLOCK_SEQUENCER",
+        "Set for COMMAND by lock and elect: the name, the fencing token (decimal), the \
+         backend key and the sequencer (fl1:…, for check and for services that fence their \
+         writes) of what is held.",
+    ),
+    (
+        "FAIRLOCK_SEQUENCER",
+        "Also the default SEQUENCER of check: inside COMMAND, fairlock check checks its own \
+         holder.",
     ),
 ];
 

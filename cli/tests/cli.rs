@@ -1086,9 +1086,15 @@ async fn status_shows_who_holds(h: &dyn Harness) {
     holder.kill().await.unwrap();
 }
 
-/// Starts `fairlock lock NAME` without a command; returns it with the key and token it
-/// printed.
-async fn hold_without_command(h: &dyn Harness, name: &str) -> (Child, String, u64, Lines) {
+/// What `fairlock lock NAME` without a command printed: key, token, sequencer.
+struct Printed {
+    key: String,
+    token: u64,
+    sequencer: String,
+}
+
+/// Starts `fairlock lock NAME` without a command; returns it with what it printed.
+async fn hold_without_command(h: &dyn Harness, name: &str) -> (Child, Printed, Lines) {
     let mut cmd = fairlock(&h.url(10));
     cmd.args(["lock", name]);
     let mut child = cmd.spawn().unwrap();
@@ -1101,15 +1107,37 @@ async fn hold_without_command(h: &dyn Harness, name: &str) -> (Child, String, u6
         .await
         .unwrap()
         .unwrap();
-    (child, key, token.parse().unwrap(), lines)
+    let sequencer = soon("sequencer printed", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let token = token.parse().unwrap();
+    let printed = Printed {
+        key,
+        token,
+        sequencer,
+    };
+    (child, printed, lines)
 }
 
-/// `fairlock lock NAME` holds the lock until SIGINT, SIGTERM or SIGHUP, printing the key and
-/// the fencing token first; then releases it and exits 0.
+/// `fairlock lock NAME` holds the lock until SIGINT, SIGTERM or SIGHUP, printing the key,
+/// the fencing token and the sequencer first; then releases it and exits 0.
 async fn lock_without_command_holds_until_signalled(h: &dyn Harness) {
     let name = unique("cli-hold");
     for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        let (holder, key, token, mut lines) = hold_without_command(h, &name).await;
+        let (holder, printed, mut lines) = hold_without_command(h, &name).await;
+        let Printed {
+            key,
+            token,
+            sequencer,
+        } = printed;
+        let parsed: fairlock::Sequencer = sequencer.parse().unwrap();
+        assert_eq!(
+            (parsed.key(), parsed.fencing_token()),
+            (key.as_str(), token)
+        );
+        let out = run_cli(h, &["check", &sequencer]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         assert_eq!(h.entries(&name).await, std::slice::from_ref(&key), "{sig}");
         assert!(h.entries_prefix_of(&name, &key), "{key}");
         assert!(token > 0);
@@ -1134,8 +1162,8 @@ async fn lock_without_command_holds_until_signalled(h: &dyn Harness) {
 /// Without a command, a lost lock ends the hold with exit 74 and one line.
 async fn lock_without_command_exits_74_when_lost(h: &dyn Harness) {
     let name = unique("cli-hold-lost");
-    let (holder, key, _, _) = hold_without_command(h, &name).await;
-    h.delete_entry(&key).await;
+    let (holder, printed, _) = hold_without_command(h, &name).await;
+    h.delete_entry(&printed.key).await;
     let out = soon("holder exits", holder.wait_with_output())
         .await
         .unwrap();
@@ -1292,6 +1320,73 @@ async fn etcd_readers_open_no_lease() {
     assert_eq!(ours, 0, "the observer opened a lease");
 }
 
+/// COMMAND gets `FAIRLOCK_SEQUENCER`, and `fairlock check` (which reads it by default)
+/// answers current (exit 0) while the lock is held, lost (5) once it is released, and
+/// superseded (4) once a newer holder holds it; bad sequencers exit 2 with one line.
+async fn check_exit_codes_follow_the_holder(h: &dyn Harness) {
+    let name = unique("cli-check");
+    let bin = env!("CARGO_BIN_EXE_fairlock");
+    let script = format!(
+        "echo \"$FAIRLOCK_SEQUENCER\"; {bin} check; echo \"check $?\"; \
+         {bin} check \"$FAIRLOCK_SEQUENCER\"; echo \"check $?\""
+    );
+    let out = run_cli(h, &["lock", &name, "--", "sh", "-c", &script]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[1..],
+        ["current", "check 0", "current", "check 0"],
+        "{stdout}"
+    );
+    let sequencer: fairlock::Sequencer = lines[0].parse().unwrap();
+    assert_eq!(
+        (sequencer.name(), sequencer.kind()),
+        (name.as_str(), fairlock::QueueKind::Lock)
+    );
+    assert!(h.entries_prefix_of(&name, sequencer.key()), "{sequencer}");
+
+    let out = run_cli(h, &["check", lines[0]]).await;
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "lost\n");
+    let (mut holder, _) = hold(h, &name, "echo started; sleep 60").await;
+    let out = run_cli(h, &["check", lines[0]]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "superseded\n");
+    holder.kill().await.unwrap();
+
+    let other = lines[0].replacen(&format!(":{}:", sequencer.backend()), ":memory:", 1);
+    for bad in ["fl1:etcd", "", &other] {
+        let out = run_cli(h, &["check", bad]).await;
+        assert_one_line_failure(&out, 2);
+        assert!(
+            stderr(&out).contains("invalid sequencer"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+/// `fairlock elect` gives COMMAND the leader's sequencer, of kind election.
+async fn elect_exports_its_sequencer(h: &dyn Harness) {
+    let name = unique("cli-elect-seq");
+    let bin = env!("CARGO_BIN_EXE_fairlock");
+    let script = format!("echo \"$FAIRLOCK_SEQUENCER\"; {bin} check");
+    let out = run_cli(
+        h,
+        &["elect", "--value", "v", &name, "--", "sh", "-c", &script],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.get(1), Some(&"current"), "{stdout}");
+    let sequencer: fairlock::Sequencer = lines[0].parse().unwrap();
+    assert_eq!(sequencer.kind(), fairlock::QueueKind::Election);
+    let out = run_cli(h, &["check", lines[0]]).await;
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+}
+
 macro_rules! cli_tests {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -1314,7 +1409,8 @@ macro_rules! cli_tests {
                 ttl_takes_durations, options_come_from_the_environment,
                 shell_command_runs_through_sh, status_shows_who_holds,
                 lock_without_command_holds_until_signalled,
-                lock_without_command_exits_74_when_lost, observe_ends_when_its_reader_goes);
+                lock_without_command_exits_74_when_lost, observe_ends_when_its_reader_goes,
+                check_exit_codes_follow_the_holder, elect_exports_its_sequencer);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {

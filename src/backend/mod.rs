@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::config::BackendKind;
 use crate::error::{Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
+use crate::sequencer::{Sequencer, SequencerStatus};
 
 pub(crate) use slot::{SessionSlot, SessionSource};
 
@@ -26,6 +28,16 @@ pub enum QueueKind {
     Lock,
     /// An [`Election`](crate::Election)'s leader and candidates.
     Election,
+}
+
+impl QueueKind {
+    /// Its name in traces and sequencers: `lock` or `election`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            QueueKind::Lock => "lock",
+            QueueKind::Election => "election",
+        }
+    }
 }
 
 /// One entry of a queue, as [`Client::queue`](crate::Client::queue) lists it.
@@ -54,6 +66,11 @@ pub(crate) trait KeySpace: Send + Sync + 'static {
         kind: QueueKind,
         limit: Option<usize>,
     ) -> Result<Vec<QueueEntry>>;
+    /// What one linearizable read of the queue of `sequencer` (the queue of its name and
+    /// kind under this client's prefix) says about its entry; see [`SequencerStatus`] for
+    /// the definitions. Needs no session of its own (lazy clients).
+    /// [`Error::InvalidSequencer`] if its key is not in that queue.
+    async fn check(&self, sequencer: &Sequencer) -> Result<SequencerStatus>;
     /// Sends the head of the queue (first entry, with its value) each time it may have
     /// changed, starting with the current one, until `tx` is closed. Survives reconnects:
     /// errors are sent, then the head is read afresh.
@@ -145,8 +162,10 @@ pub(crate) struct Predecessor {
 /// request timeout) and must clean up after itself when its future is dropped.
 #[async_trait]
 pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
+    /// Which backend this is.
+    const KIND: BackendKind;
     /// The backend's name in errors and traces: `etcd`, `zookeeper` or `memory`.
-    const BACKEND: &'static str;
+    const BACKEND: &'static str = Self::KIND.name();
 
     /// Keeps the guard's own entry watched for deletion while it lives.
     type OwnWatch: Send + Sync + 'static;

@@ -33,6 +33,7 @@ use crate::backend::{KeySpace, QueueEntry, QueueKind};
 use crate::backend::{SessionSlot, SessionSource};
 use crate::config::Config;
 use crate::error::{within, Error, Result};
+use crate::sequencer::{Sequencer, SequencerStatus};
 use crate::state::StateChannel;
 use api::{EtcdApi, EventKind, Put, Range, Sort, WatchCreate};
 use request::{request, Retry};
@@ -450,6 +451,13 @@ impl KeySpace for EtcdClient {
         limit: Option<usize>,
     ) -> Result<Vec<QueueEntry>> {
         Ok(self.read_queue(name, limit).await?.0)
+    }
+
+    /// The queue's head in one range request, linearizable (etcd's default).
+    async fn check(&self, sequencer: &Sequencer) -> Result<SequencerStatus> {
+        sequencer.entry_in(&self.queue_prefix(sequencer.name()))?;
+        let (head, _) = self.read_queue(sequencer.name(), Some(1)).await?;
+        Ok(SequencerStatus::of_head(sequencer, head.first()))
     }
 
     async fn watch_head(

@@ -412,7 +412,7 @@ pub(crate) struct OwnWatch(#[allow(dead_code)] DeleteWatch);
 
 #[async_trait]
 impl QueueSession for EtcdSession {
-    const BACKEND: &'static str = "etcd";
+    const KIND: crate::config::BackendKind = crate::config::BackendKind::Etcd;
     type OwnWatch = OwnWatch;
 
     fn trigger(&self) -> &LossTrigger {

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
+use crate::sequencer::{Sequencer, SequencerStatus};
 use crate::state::StateChannel;
 use store::{Notify, WatchHandle};
 
@@ -89,6 +90,13 @@ impl KeySpace for MemoryClient {
         let mut entries = self.store.queue(&queue_prefix(name));
         entries.truncate(limit.unwrap_or(usize::MAX));
         Ok(entries)
+    }
+
+    async fn check(&self, sequencer: &Sequencer) -> Result<SequencerStatus> {
+        let prefix = queue_prefix(sequencer.name());
+        sequencer.entry_in(&prefix)?;
+        let head = self.store.queue(&prefix).into_iter().next();
+        Ok(SequencerStatus::of_head(sequencer, head.as_ref()))
     }
 
     async fn watch_head(
@@ -171,7 +179,7 @@ pub(crate) struct OwnWatch(#[allow(dead_code)] Option<WatchHandle>);
 
 #[async_trait]
 impl QueueSession for MemorySession {
-    const BACKEND: &'static str = "memory";
+    const KIND: crate::config::BackendKind = crate::config::BackendKind::Memory;
     type OwnWatch = OwnWatch;
 
     fn trigger(&self) -> &LossTrigger {

@@ -45,6 +45,7 @@
 //!   session timeout; 2/5 later the holder learns of the loss: at 4/5 of the timeout after
 //!   it last heard from the server, before the server can free the lock for the next waiter.
 
+mod check;
 mod names;
 mod security;
 mod session;
@@ -59,6 +60,7 @@ use crate::backend::{KeySpace, QueueEntry, QueueKind};
 use crate::backend::{SessionSlot, SessionSource};
 use crate::config::Config;
 use crate::error::{within, Error, Result};
+use crate::sequencer::{Sequencer, SequencerStatus};
 use crate::state::StateChannel;
 use session::{is_no_node, retrying, ZkSession};
 
@@ -293,6 +295,11 @@ impl KeySpace for ZkClient {
             }
         }
         Ok(entries)
+    }
+
+    /// A `sync`, then one multi-read: see `check.rs`.
+    async fn check(&self, sequencer: &Sequencer) -> Result<SequencerStatus> {
+        check::check(self, sequencer).await
     }
 
     async fn watch_head(

@@ -904,7 +904,7 @@ impl Drop for OwnWatch {
 
 #[async_trait]
 impl QueueSession for ZkSession {
-    const BACKEND: &'static str = "zookeeper";
+    const KIND: crate::config::BackendKind = crate::config::BackendKind::Zookeeper;
     type OwnWatch = OwnWatch;
 
     fn trigger(&self) -> &LossTrigger {
