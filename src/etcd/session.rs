@@ -32,6 +32,8 @@ pub(crate) struct EtcdSession {
     hub: WatchHub,
     settings: Arc<Settings>,
     trigger: LossTrigger,
+    /// When the session counts as lost unless a keep-alive moves it.
+    deadline: Arc<Deadline>,
     /// Stops the keep-alive task.
     stop: CancellationToken,
     abandoned: AtomicBool,
@@ -77,6 +79,7 @@ impl EtcdSession {
             hub: hub.clone(),
             settings: settings.clone(),
             trigger: LossTrigger::with_deadline(deadline.clone()),
+            deadline: deadline.clone(),
             stop: CancellationToken::new(),
             abandoned: AtomicBool::new(false),
             suspended: Suspension::new(&settings.states, "etcd", format!("{lease:x}")),
@@ -603,10 +606,16 @@ impl QueueSession for EtcdSession {
         revoke(&self.api, self.lease, self.settings.request_timeout).await
     }
 
-    /// Stops the keep-alive, leaving the lease to expire as after a crash.
+    /// Stops the keep-alive, leaving the lease to expire as after a crash. The process
+    /// goes on, though: its guards hear of the loss when the deadline passes.
     fn abandon(&self) {
         self.abandoned.store(true, Ordering::SeqCst);
         self.stop.cancel();
+        let (deadline, trigger) = (self.deadline.clone(), self.trigger.clone());
+        self.runtime.spawn(async move {
+            sleep_until(deadline.get()).await;
+            trigger.fire(LostReason::SessionExpired);
+        });
     }
 
     /// The write's Txn also puts the write's number into the entry's *write marker*

@@ -819,6 +819,12 @@ pub(super) async fn close_session(settings: &Settings, info: zk::SessionInfo) {
     }
 }
 
+/// How long a disconnection may last before the session counts as lost (see
+/// [`watch_state`]).
+fn disconnection_grace(timeout: Duration, margin: Duration) -> Duration {
+    (timeout * 2 / 5).min((timeout * 11 / 20).saturating_sub(margin))
+}
+
 /// Follows the session's state: suspended while disconnected; lost when expired, or when a
 /// disconnection lasts long enough that the server may have expired it.
 ///
@@ -834,7 +840,7 @@ async fn watch_state(
     margin: Duration,
     session: Weak<ZkSession>,
 ) {
-    let grace = (timeout * 2 / 5).min((timeout * 11 / 20).saturating_sub(margin));
+    let grace = disconnection_grace(timeout, margin);
     let mut deadline: Option<BootInstant> = None;
     loop {
         let state = tokio::select! {
@@ -1136,10 +1142,18 @@ impl QueueSession for ZkSession {
         Ok(())
     }
 
-    /// Drops the connection without closing the session, as a crash would.
+    /// Drops the connection without closing the session, as a crash would. The process
+    /// goes on, though, and its guards must not go on believing: they count the session
+    /// lost as after any disconnection that lasts (the connection is gone for good).
     fn abandon(&self) {
         self.ended.store(true, Ordering::SeqCst);
         self.disconnect();
+        let grace = disconnection_grace(self.session_timeout, self.settings.safety_margin);
+        let trigger = self.trigger.clone();
+        self.runtime.spawn(async move {
+            sleep_until(Some(BootInstant::now().add(grace))).await;
+            trigger.fire(LostReason::SessionExpired);
+        });
     }
 
     /// Errors: nothing was applied, except for [`Error::OutcomeUnknown`] (a multi-op went
