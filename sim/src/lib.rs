@@ -18,6 +18,7 @@ mod actors;
 mod check;
 mod nemesis;
 mod plan;
+pub mod protocol;
 mod run;
 mod trace;
 
