@@ -43,6 +43,10 @@
 //! - [`zookeeper`] (feature `zookeeper`): ephemeral sequential znodes named as Curator's
 //!   InterProcessMutex names them, so Curator and kazoo share the queue.
 //! - [`memory`]: in-process, same semantics, for unit tests.
+//!
+//! ## Running a service
+//! - [`leader::LeaderLoop`]: run work while leading, cancelled the moment leadership is
+//!   lost; resign, campaign again; events and a health check.
 
 #![warn(missing_docs)]
 // docs.rs (nightly) badges feature-gated items with the feature they need.
@@ -56,6 +60,7 @@ mod election;
 mod error;
 mod guard;
 mod key;
+pub mod leader;
 mod lost;
 mod mutex;
 mod name;
