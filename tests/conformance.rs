@@ -5,6 +5,8 @@
 //! contract is wrong.
 
 mod common;
+#[path = "conformance/leader.rs"]
+mod leader;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,7 @@ use std::time::Duration;
 use common::{eventually, soon, unique, Harness};
 use fairlock::{Error, Leader, LostReason, QueueKind, SessionState, WriteOp};
 use futures::StreamExt;
+use leader::*;
 
 /// 16 contenders on separate sessions increment a counter with a deliberate
 /// read–sleep–write race; under the lock no update may be lost and no two may overlap.
@@ -755,7 +758,11 @@ macro_rules! conformance {
                 proclaim_after_loss_fails, reentrant_holds_are_counted,
                 own_release_is_reported_as_released,
                 acquire_right_after_the_session_ended_from_outside,
-                session_states_follow_the_session, data_keys_are_backend_neutral);
+                session_states_follow_the_session, data_keys_are_backend_neutral,
+                leader_loop_loss_during_the_work, leader_loop_contains_a_panic,
+                leader_loop_shutdown_while_campaigning, leader_loop_shutdown_while_leading,
+                leader_loop_resigns_then_requeues_when_the_work_returns,
+                leader_loop_reports_work_ignoring_cancellation);
         }
     };
     (@tests $($test:ident),*) => {

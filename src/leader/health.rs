@@ -144,7 +144,12 @@ impl Shared {
         }
     }
 
-    pub(crate) fn leading(&self, term: u64, leadership: Arc<Leadership>, cancel: CancellationToken) {
+    pub(crate) fn leading(
+        &self,
+        term: u64,
+        leadership: Arc<Leadership>,
+        cancel: CancellationToken,
+    ) {
         *self.phase() = Phase::Leading {
             term,
             leadership,

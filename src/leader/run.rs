@@ -126,8 +126,9 @@ where
 {
     let leadership = Arc::new(leadership);
     let cancel = CancellationToken::new();
-    let announced = Term::start(cx, term, &leadership);
+    // Leading before the start is announced: a consumer of the event finds it ready.
     cx.shared.leading(term, leadership.clone(), cancel.clone());
+    let announced = Term::start(cx, term, &leadership);
     let leading = Leading {
         leadership: leadership.clone(),
         cancel: cancel.clone(),
@@ -173,7 +174,12 @@ where
     if let Some(running) = task {
         tracing::info!(name = setup.election.name(), term, %reason, "stopping the leader's work");
         if let StopReason::Panicked(panic) = outcome(running.await) {
-            tracing::warn!(name = setup.election.name(), term, panic, "the work panicked while stopping");
+            tracing::warn!(
+                name = setup.election.name(),
+                term,
+                panic,
+                "the work panicked while stopping"
+            );
         }
     }
     cx.shared.work_done();
@@ -225,7 +231,11 @@ struct Term {
 
 impl Term {
     fn start(cx: &Context, term: u64, leadership: &Leadership) -> Term {
-        let (name, key, token) = (leadership.name(), leadership.key(), leadership.fencing_token());
+        let (name, key, token) = (
+            leadership.name(),
+            leadership.key(),
+            leadership.fencing_token(),
+        );
         tracing::info!(name, key, token, term, "started leading");
         let _ = cx.events.send(LeaderEvent::StartedLeading {
             term,
@@ -288,7 +298,9 @@ fn observe(
                     shared.observed(leader.is_some());
                     let _ = events.send(LeaderEvent::LeaderChanged(leader));
                 }
-                Err(e) => tracing::debug!(name = election.name(), error = %e, "observing the leader failed"),
+                Err(e) => {
+                    tracing::debug!(name = election.name(), error = %e, "observing the leader failed")
+                }
             }
         }
     }))
