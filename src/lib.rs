@@ -62,6 +62,12 @@ mod guard;
 mod key;
 pub mod leader;
 mod lost;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+#[path = "metrics_off.rs"]
+mod metrics;
 mod mutex;
 mod name;
 mod queue;
