@@ -378,6 +378,15 @@ impl LeaderHandle {
         self.shared.health()
     }
 
+    /// A cheap, cloneable view of [`is_leading`](Self::is_leading) and
+    /// [`health`](Self::health), for HTTP handlers and probes, while the handle stays with
+    /// whoever shuts the loop down.
+    pub fn status(&self) -> LeaderStatus {
+        LeaderStatus {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Stops the loop: a campaign in progress is withdrawn; work in progress is cancelled,
     /// awaited (however long it takes: [`health`](Self::health) reports it stuck after the
     /// grace period), and only then is leadership resigned. Returns when the loop has
@@ -422,6 +431,33 @@ impl LeaderHandle {
                 source: format!("the leader loop failed: {e}").into(),
             }),
         }
+    }
+}
+
+/// A read-only view of a leader loop; see [`LeaderHandle::status`]. It outlives the loop
+/// harmlessly (reporting [`Health::Stopped`]).
+#[derive(Clone)]
+pub struct LeaderStatus {
+    shared: Arc<health::Shared>,
+}
+
+impl LeaderStatus {
+    /// As [`LeaderHandle::is_leading`].
+    pub fn is_leading(&self) -> bool {
+        self.shared.is_leading()
+    }
+
+    /// As [`LeaderHandle::health`].
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+}
+
+impl fmt::Debug for LeaderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaderStatus")
+            .field("health", &self.health())
+            .finish()
     }
 }
 
