@@ -180,6 +180,12 @@ impl Leadership {
         self.guard.release().await
     }
 
+    /// [`resign`](Self::resign) through a shared reference, for the leader loop, whose
+    /// work may still hold clones: only the first call resigns.
+    pub(crate) async fn resign_shared(&self) -> Result<()> {
+        self.guard.release_shared().await
+    }
+
     /// The underlying guard.
     pub fn into_guard(self) -> LockGuard {
         self.guard

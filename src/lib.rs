@@ -46,6 +46,10 @@
 //! - [`zookeeper`] (feature `zookeeper`): ephemeral sequential znodes named as Curator's
 //!   InterProcessMutex names them, so Curator and kazoo share the queue.
 //! - [`memory`]: in-process, same semantics, for unit tests.
+//!
+//! ## Running a service
+//! - [`leader::LeaderLoop`]: run work while leading, cancelled the moment leadership is
+//!   lost; resign, campaign again; events and a health check.
 
 #![warn(missing_docs)]
 // docs.rs (nightly) badges feature-gated items with the feature they need.
@@ -60,7 +64,14 @@ mod error;
 mod fence;
 mod guard;
 mod key;
+pub mod leader;
 mod lost;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+#[path = "metrics_off.rs"]
+mod metrics;
 mod mutant;
 mod mutex;
 mod name;

@@ -56,9 +56,16 @@ async fn acquire<S: SessionSource>(
         acquire: &span,
         caller: &caller,
     };
+    let acquiring = crate::metrics::acquiring(backend, kind_name, name);
     let result = acquire_in(source, name, kind, value, mode, spans, keys)
         .instrument(span.clone())
         .await;
+    acquiring.finish(match (&result, mode) {
+        (Ok(Some(_)), _) => crate::metrics::Outcome::Acquired,
+        (Ok(None), Acquire::Try) => crate::metrics::Outcome::Busy,
+        (Ok(None), _) => crate::metrics::Outcome::Timeout,
+        (Err(_), _) => crate::metrics::Outcome::Error,
+    });
     let _acquire = span.enter();
     match &result {
         Ok(Some(guard)) => tracing::info!(
@@ -392,6 +399,7 @@ impl<S: QueueSession> Pending<S> {
         );
         span.follows_from(spans.acquire);
         let trigger = self.session.trigger().child();
+        crate::metrics::held(trigger.signal(), S::BACKEND, self.entry.kind.name(), name);
         if tracing::enabled!(tracing::Level::WARN) {
             trace_loss(trigger.signal(), name, key, token, &span);
         }

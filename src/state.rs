@@ -66,6 +66,7 @@ impl StateChannel {
         let states = Arc::downgrade(self);
         tokio::spawn(async move {
             let reason = lost.await;
+            crate::metrics::session_lost(backend, reason);
             // Closing the client is deliberate; any other end of a session is a failure.
             if reason == LostReason::SessionClosed {
                 tracing::info!(backend, %session, %reason, "session lost");
@@ -141,6 +142,7 @@ impl Suspension {
         if self.suspended.swap(suspended, Ordering::SeqCst) != suspended {
             let (backend, session) = (self.backend, &self.session);
             if suspended {
+                crate::metrics::session_suspended(backend);
                 tracing::info!(backend, %session, "session suspended: the backend has not confirmed it lately");
             } else {
                 tracing::info!(backend, %session, "session resumed: confirmed again, nothing lost");

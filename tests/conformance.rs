@@ -6,6 +6,8 @@
 
 mod common;
 // The SQL store of examples/fenced_sql, which fences writes by token.
+#[path = "conformance/leader.rs"]
+mod leader;
 #[path = "../examples/fenced_sql/store.rs"]
 mod store;
 
@@ -18,6 +20,7 @@ use fairlock::{
     Client, Error, Leader, LostReason, QueueKind, Sequencer, SequencerStatus, SessionState, WriteOp,
 };
 use futures::StreamExt;
+use leader::*;
 
 /// 16 contenders on separate sessions increment a counter with a deliberate
 /// read–sleep–write race; under the lock no update may be lost and no two may overlap.
@@ -937,7 +940,11 @@ macro_rules! conformance {
                 acquire_right_after_the_session_ended_from_outside,
                 session_states_follow_the_session, data_keys_are_backend_neutral,
                 check_follows_the_holder, check_after_session_expiry, check_follows_the_leader,
-                late_write_of_a_paused_holder_is_refused_by_the_store);
+                late_write_of_a_paused_holder_is_refused_by_the_store,
+                leader_loop_loss_during_the_work, leader_loop_contains_a_panic,
+                leader_loop_shutdown_while_campaigning, leader_loop_shutdown_while_leading,
+                leader_loop_resigns_then_requeues_when_the_work_returns,
+                leader_loop_reports_work_ignoring_cancellation);
         }
     };
     (@tests $($test:ident),*) => {

@@ -12,6 +12,9 @@ use common::proxy::Proxy;
 use common::{eventually, soon, unique, Harness};
 use std::time::{Duration, Instant};
 
+use fairlock::leader::{
+    Health, LeaderEvent, LeaderLoop, Leading, OnSuspended, Requeue, StopReason,
+};
 use fairlock::{Client, Error, LostReason, SessionState, WriteOp};
 use futures::StreamExt;
 
@@ -252,6 +255,132 @@ async fn unanswered_guarded_write_has_unknown_outcome(h: Arc<dyn Harness>) {
     client.close().await.unwrap();
 }
 
+/// The next start or stop of a leader loop (leader changes skipped).
+async fn next_term_event(events: &mut fairlock::leader::LeaderEvents) -> Option<LeaderEvent> {
+    loop {
+        match soon("a leader loop event", events.next()).await {
+            Some(LeaderEvent::LeaderChanged(_)) => {}
+            other => return other,
+        }
+    }
+}
+
+/// The leader loop's default suspension policy: a short partition cancels the work and the
+/// term ends as `Suspended`; with `Requeue::Never` the loop then ends, and nothing is left
+/// once the network is back.
+async fn leader_loop_cancels_the_work_when_suspended(h: Arc<dyn Harness>) {
+    let proxy = Proxy::start(&h.endpoint()).await;
+    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
+        .await
+        .unwrap();
+    let name = unique("loop-suspended");
+    let (handle, mut events) = LeaderLoop::new(&client, &name, "a")
+        .unwrap()
+        .requeue(Requeue::Never)
+        .spawn(|leading: Leading| async move { leading.cancelled().await });
+    let started = next_term_event(&mut events).await;
+    assert!(
+        matches!(started, Some(LeaderEvent::StartedLeading { term: 1, .. })),
+        "{started:?}"
+    );
+
+    proxy.cut();
+    eventually("not ready while suspended", || async {
+        !handle.is_leading()
+    })
+    .await;
+    let stopped = next_term_event(&mut events).await;
+    assert_eq!(
+        stopped,
+        Some(LeaderEvent::StoppedLeading {
+            term: 1,
+            reason: StopReason::Suspended
+        })
+    );
+    proxy.restore();
+    // The resign may not have been confirmed through the cut proxy: it goes on after.
+    let joined = soon("loop ends", handle.join()).await;
+    assert!(
+        joined.is_ok() || joined.as_ref().is_err_and(Error::is_transient),
+        "{joined:?}"
+    );
+    eventually("nothing left", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
+    client.close().await.unwrap();
+}
+
+/// With `OnSuspended::Continue`, a short partition leaves the work running and the loop
+/// leading.
+async fn leader_loop_rides_out_a_suspension_by_policy(h: Arc<dyn Harness>) {
+    let proxy = Proxy::start(&h.endpoint()).await;
+    let client = Client::connect(&h.url_via(&proxy.endpoint(), 10))
+        .await
+        .unwrap();
+    let name = unique("loop-continue");
+    let (handle, mut events) = LeaderLoop::new(&client, &name, "a")
+        .unwrap()
+        .on_suspended(OnSuspended::Continue)
+        .spawn(|leading: Leading| async move { leading.cancelled().await });
+    let started = next_term_event(&mut events).await;
+    assert!(
+        matches!(started, Some(LeaderEvent::StartedLeading { term: 1, .. })),
+        "{started:?}"
+    );
+
+    proxy.cut();
+    eventually("session suspended", || async { client.is_suspended() }).await;
+    assert!(matches!(handle.health(), Health::Leading { term: 1, .. }));
+    proxy.restore();
+    eventually("session confirmed again", || async {
+        !client.is_suspended()
+    })
+    .await;
+    assert!(handle.is_leading(), "a short partition ended the term");
+    soon("shutdown", handle.shutdown()).await.unwrap();
+    let stopped = next_term_event(&mut events).await;
+    assert_eq!(
+        stopped,
+        Some(LeaderEvent::StoppedLeading {
+            term: 1,
+            reason: StopReason::Shutdown
+        })
+    );
+    assert!(h.entries(&name).await.is_empty());
+}
+
+/// A campaign that keeps failing (the backend unreachable) shows as stuck after the grace.
+async fn leader_loop_reports_a_failing_campaign(h: Arc<dyn Harness>) {
+    let proxy = Proxy::start(&h.endpoint()).await;
+    let url = format!("{}&request_timeout=1s", h.url_via(&proxy.endpoint(), 10));
+    let client = Client::connect(&url).await.unwrap();
+    let name = unique("loop-failing");
+    proxy.cut();
+    // Cut before the first campaign: its requests time out, again and again.
+    let (handle, _events) = LeaderLoop::new(&client, &name, "a")
+        .unwrap()
+        .grace(Duration::from_secs(2))
+        .spawn(|leading: Leading| async move { leading.cancelled().await });
+    eventually("reported stuck", || async {
+        matches!(
+            handle.health(),
+            Health::Stuck(fairlock::leader::Stuck::CampaignFailing { .. })
+        )
+    })
+    .await;
+    proxy.restore();
+    eventually("leading once the backend is back", || async {
+        handle.is_leading()
+    })
+    .await;
+    soon("shutdown", handle.shutdown()).await.unwrap();
+    eventually("nothing left", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
+}
+
 macro_rules! network_tests {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -264,7 +393,10 @@ macro_rules! network_tests {
                 long_partition_is_reported_before_the_server_frees_the_lock,
                 cancel_during_cleanup_leaves_no_entry, first_session_uses_the_request_timeout,
                 a_dead_endpoint_in_the_url_costs_no_errors,
-                unanswered_guarded_write_has_unknown_outcome);
+                unanswered_guarded_write_has_unknown_outcome,
+                leader_loop_cancels_the_work_when_suspended,
+                leader_loop_rides_out_a_suspension_by_policy,
+                leader_loop_reports_a_failing_campaign);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {

@@ -4,9 +4,12 @@
 //! ```text
 //! fairlock-bench [--out DIR] [--docs FILE] [--smoke] [--etcd HOST:PORT] [--zk HOST:PORT]
 //!                [--rounds N] [--sessions 1,8,32] [--waiters 256,10000]
+//! fairlock-bench failover [--rounds N] [--docs FILE] [--no-peers] [--etcd HOST:PORT] [--zk HOST:PORT]
+//!                                          (only the failover figures, spliced into FILE)
 //! fairlock-bench waiters URL COUNT        (internal: one waiters run, in its own process)
 //! ```
 
+mod failover;
 mod report;
 mod systems;
 mod waiters;
@@ -23,6 +26,10 @@ struct Sizes {
     contended_ops: usize,
     sessions: Vec<usize>,
     waiters: Vec<usize>,
+    /// Rounds of each failover case.
+    failover_rounds: usize,
+    /// Whether the failover figures include Curator's LeaderLatch.
+    failover_peers: bool,
 }
 
 struct Options {
@@ -33,7 +40,7 @@ struct Options {
     sizes: Sizes,
 }
 
-fn parse() -> Result<Options, String> {
+fn parse(failover_only: bool) -> Result<Options, String> {
     let mut options = Options {
         out: PathBuf::from("docs/bench"),
         docs: Some(PathBuf::from("docs/BENCHMARKS.md")),
@@ -44,9 +51,14 @@ fn parse() -> Result<Options, String> {
             contended_ops: 320,
             sessions: vec![1, 8, 32],
             waiters: vec![256, 10_000],
+            failover_rounds: 5,
+            failover_peers: true,
         },
     };
-    let mut args = std::env::args().skip(1);
+    if failover_only {
+        options.sizes.failover_rounds = 5;
+    }
+    let mut args = std::env::args().skip(if failover_only { 2 } else { 1 });
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
@@ -56,13 +68,20 @@ fn parse() -> Result<Options, String> {
             "--zk" => options.zk = value()?,
             "--waiters" => options.sizes.waiters = list(&value()?)?,
             "--sessions" => options.sizes.sessions = list(&value()?)?,
-            "--rounds" => options.sizes.rounds = value()?.parse().map_err(|e| format!("{e}"))?,
+            "--rounds" => {
+                let rounds = value()?.parse().map_err(|e| format!("{e}"))?;
+                options.sizes.rounds = rounds;
+                options.sizes.failover_rounds = rounds;
+            }
+            "--no-peers" => options.sizes.failover_peers = false,
             "--smoke" => {
                 options.sizes = Sizes {
                     rounds: 5,
                     contended_ops: 8,
                     sessions: vec![1, 2],
                     waiters: vec![8],
+                    failover_rounds: 1,
+                    failover_peers: false,
                 };
                 options.docs = None;
             }
@@ -99,14 +118,19 @@ fn main() {
         }
         return;
     }
-    let options = match parse() {
+    let failover_only = args.get(1).map(String::as_str) == Some("failover");
+    let options = match parse(failover_only) {
         Ok(options) => options,
         Err(e) => {
             eprintln!("fairlock-bench: {e}");
             std::process::exit(2);
         }
     };
-    if let Err(e) = runtime.block_on(run(&options)) {
+    let result = match failover_only {
+        true => runtime.block_on(failover_only_run(&options)),
+        false => runtime.block_on(run(&options)),
+    };
+    if let Err(e) = result {
         eprintln!("fairlock-bench: {e}");
         std::process::exit(1);
     }
@@ -163,7 +187,18 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
     std::fs::write(&csv, run.csv())?;
     let svg = options.out.join("latency.svg");
     report::plot(&run, &svg)?;
-    let markdown = run.markdown(&svg);
+    eprintln!("failover");
+    let rows = failover::measure(
+        &options.etcd,
+        &options.zk,
+        sizes.failover_rounds,
+        sizes.failover_peers,
+    )
+    .await?;
+    let section = failover::markdown(&rows, &report::today());
+    let markdown =
+        run.markdown(&svg)
+            .replacen("\n## Targets", &format!("\n{section}\n## Targets"), 1);
     match &options.docs {
         Some(docs) => {
             std::fs::write(docs, &markdown)?;
@@ -175,6 +210,30 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
             );
         }
         None => println!("{markdown}"),
+    }
+    Ok(())
+}
+
+/// `fairlock-bench failover`: only the failover figures, spliced into the docs file.
+async fn failover_only_run(
+    options: &Options,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let sizes = &options.sizes;
+    let rows = failover::measure(
+        &options.etcd,
+        &options.zk,
+        sizes.failover_rounds,
+        sizes.failover_peers,
+    )
+    .await?;
+    let section = failover::markdown(&rows, &report::today());
+    match &options.docs {
+        Some(docs) => {
+            let text = std::fs::read_to_string(docs).unwrap_or_default();
+            std::fs::write(docs, failover::splice(&text, &section))?;
+            eprintln!("wrote the failover section of {}", docs.display());
+        }
+        None => println!("{section}"),
     }
     Ok(())
 }

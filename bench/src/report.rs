@@ -81,6 +81,11 @@ pub struct Run {
     environment: Vec<(String, String)>,
 }
 
+/// The date and time now (UTC), as the environment list shows it.
+pub fn today() -> String {
+    command_output("date", &["-u", "+%Y-%m-%d %H:%M"])
+}
+
 fn command_output(cmd: &str, args: &[&str]) -> String {
     std::process::Command::new(cmd)
         .args(args)

@@ -40,7 +40,7 @@ pub enum System {
     Kazoo(String),
 }
 
-fn unique(tag: &str) -> String {
+pub fn unique(tag: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -266,7 +266,7 @@ async fn fairlock(url: &str, sessions: usize, each: usize) -> Result<Sample, Box
 }
 
 /// The repository's root: this crate lives in its bench/ directory.
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("bench/ has a parent")

@@ -5,6 +5,8 @@
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH bench N   (benchmark)
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH contend S N
 //
+// -Dfairlock.session_ms=MS sets the session timeout (default 10000).
+//
 // Acquires the mutex (or leadership), prints "acquired", holds it until a line (or end of
 // file) arrives on stdin, releases (or closes the latch), prints "released" and exits.
 // The benchmark modes print one JSON line: {"elapsed_us": ..., "latencies_us": [...]}:
@@ -24,9 +26,12 @@ import org.apache.curator.framework.recipes.locks.InterProcessMutex;
 import org.apache.curator.retry.RetryOneTime;
 
 public class CuratorPeer {
+    // The session timeout (-Dfairlock.session_ms=2000 for the failover benchmark's kill -9).
+    static final int SESSION_MS = Integer.getInteger("fairlock.session_ms", 10000);
+
     static CuratorFramework connect(String connect) throws Exception {
         CuratorFramework client =
-            CuratorFrameworkFactory.newClient(connect, 10000, 5000, new RetryOneTime(100));
+            CuratorFrameworkFactory.newClient(connect, SESSION_MS, 5000, new RetryOneTime(100));
         client.start();
         client.blockUntilConnected();
         return client;
