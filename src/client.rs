@@ -15,7 +15,7 @@ use crate::key::KeyMap;
 use crate::lost::LostSignal;
 use crate::mutex::DistributedMutex;
 use crate::name::validate_name;
-use crate::queue::{QueueElection, QueueMutex};
+use crate::queue::{QueueElection, QueueMutex, QueueOptions};
 use crate::sequencer::{Sequencer, SequencerStatus};
 use crate::state::SessionState;
 
@@ -27,9 +27,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
         &self,
         name: String,
         holder: Arc<[u8]>,
-        keys: Arc<KeyMap>,
+        options: QueueOptions,
     ) -> Arc<dyn DistributedMutex>;
-    fn election(&self, name: String, keys: Arc<KeyMap>) -> Arc<dyn Election>;
+    fn election(&self, name: String, options: QueueOptions) -> Arc<dyn Election>;
     fn session_lost(&self) -> LostSignal;
     fn session_id(&self) -> String;
     async fn close(&self) -> Result<()>;
@@ -52,13 +52,13 @@ impl<B: SessionSource + KeySpace> Backend for Arc<B> {
         &self,
         name: String,
         holder: Arc<[u8]>,
-        keys: Arc<KeyMap>,
+        options: QueueOptions,
     ) -> Arc<dyn DistributedMutex> {
-        Arc::new(QueueMutex::new(self.clone(), name, holder, keys))
+        Arc::new(QueueMutex::new(self.clone(), name, holder, options))
     }
 
-    fn election(&self, name: String, keys: Arc<KeyMap>) -> Arc<dyn Election> {
-        Arc::new(QueueElection::new(self.clone(), name, keys))
+    fn election(&self, name: String, options: QueueOptions) -> Arc<dyn Election> {
+        Arc::new(QueueElection::new(self.clone(), name, options))
     }
 
     fn session_lost(&self) -> LostSignal {
@@ -145,6 +145,8 @@ pub struct Client {
     holder: Arc<[u8]>,
     /// Maps data keys onto the backend's keys.
     keys: Arc<KeyMap>,
+    /// See [`Config::lock_delay`].
+    lock_delay: Option<std::time::Duration>,
 }
 
 impl Client {
@@ -236,6 +238,14 @@ impl Client {
             kind: config.backend,
             holder: Arc::from(&[][..]),
             keys: Arc::new(KeyMap::new(config)),
+            lock_delay: config.lock_delay,
+        }
+    }
+
+    fn queue_options(&self) -> QueueOptions {
+        QueueOptions {
+            keys: self.keys.clone(),
+            lock_delay: self.lock_delay,
         }
     }
 
@@ -341,8 +351,8 @@ impl Client {
     /// [`Error::InvalidName`]; see [`validate_name`].
     pub fn mutex(&self, name: &str) -> Result<Arc<dyn DistributedMutex>> {
         validate_name(name)?;
-        let (holder, keys) = (self.holder.clone(), self.keys.clone());
-        Ok(self.backend.mutex(name.to_owned(), holder, keys))
+        let (holder, options) = (self.holder.clone(), self.queue_options());
+        Ok(self.backend.mutex(name.to_owned(), holder, options))
     }
 
     /// A client sharing this one's session whose lock entries carry `value`: who holds or
@@ -376,7 +386,7 @@ impl Client {
     /// [`Error::InvalidName`]; see [`validate_name`].
     pub fn election(&self, name: &str) -> Result<Arc<dyn Election>> {
         validate_name(name)?;
-        Ok(self.backend.election(name.to_owned(), self.keys.clone()))
+        Ok(self.backend.election(name.to_owned(), self.queue_options()))
     }
 
     /// A signal that completes when the current session is lost (expired, revoked, or

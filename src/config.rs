@@ -238,7 +238,7 @@ pub fn redact_url(url: &str) -> String {
 /// config checks them too.
 ///
 /// Query options: `ttl` (session TTL; `session_timeout` is an alias for ZooKeeper users),
-/// `connect_timeout`, `request_timeout`, `safety_margin` (see the field). Values are
+/// `connect_timeout`, `request_timeout`, `safety_margin`, `lock_delay` (see the fields). Values are
 /// seconds (`10`) or durations (`10s`, `1500ms`). `user:password@` before the hosts sets credentials
 /// (etcd user, ZooKeeper digest identity); security options: see [`TlsConfig`], [`AclPolicy`]
 /// and the `password_file` field.
@@ -269,6 +269,19 @@ pub struct Config {
     /// and the server's. `None`: a tenth of the TTL.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub safety_margin: Option<Duration>,
+    /// Lock-delay (opt-in; Chubby's idea): when a lock or leadership passes on because its
+    /// holder ended *uncleanly* (its session expired, or its entry was deleted from
+    /// outside), the next holder waits this long before it is told it holds, so that writes
+    /// the old holder still had in flight drain first. Never after a clean release (unlike
+    /// consul's lock-delay). Counted from the moment the unclean end is first noticed, on
+    /// the server's clock where the backend has one (etcd: a lease); a [`try_lock`] during
+    /// the delay is refused. Peers (etcdctl, Go, Curator, kazoo) neither apply nor trigger
+    /// it. At most [`Config::MAX_LOCK_DELAY`]; `None` (the default): no delay. See
+    /// docs/DESIGN.md, "Lock-delay".
+    ///
+    /// [`try_lock`]: crate::DistributedMutex::try_lock
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub lock_delay: Option<Duration>,
     /// User name for authentication (etcd user; ZooKeeper digest identity).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
@@ -299,6 +312,9 @@ impl Config {
     pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
     /// Default connect and request timeout: 5 s.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// The longest lock-delay: one minute, Chubby's and consul's bound. Writes still in
+    /// flight after that are better refused by fencing than waited for.
+    pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 
     fn default_ttl() -> Duration {
         Self::DEFAULT_TTL
@@ -318,6 +334,7 @@ impl Config {
             connect_timeout: Self::DEFAULT_TIMEOUT,
             request_timeout: Self::DEFAULT_TIMEOUT,
             safety_margin: None,
+            lock_delay: None,
             username: None,
             password: None,
             password_file: None,
@@ -364,6 +381,12 @@ impl Config {
     /// Sets the safety margin; see the field.
     pub fn with_safety_margin(mut self, margin: Duration) -> Self {
         self.safety_margin = Some(margin);
+        self
+    }
+
+    /// Sets the lock-delay; see the field.
+    pub fn with_lock_delay(mut self, delay: Duration) -> Self {
+        self.lock_delay = Some(delay);
         self
     }
 
@@ -477,6 +500,7 @@ impl Config {
                 ("connect_timeout", _) => config.connect_timeout = duration()?,
                 ("request_timeout", _) => config.request_timeout = duration()?,
                 ("safety_margin", _) => config.safety_margin = Some(duration()?),
+                ("lock_delay", _) => config.lock_delay = Some(duration()?),
                 ("password_file", _) => config.password_file = Some(value.into_owned()),
                 ("acl", _) => config.acl = value.parse()?,
                 ("tls", _) => match &*value {
@@ -527,6 +551,9 @@ impl Config {
         query.append_pair("request_timeout", &duration(self.request_timeout));
         if let Some(margin) = self.safety_margin {
             query.append_pair("safety_margin", &duration(margin));
+        }
+        if let Some(delay) = self.lock_delay {
+            query.append_pair("lock_delay", &duration(delay));
         }
         if let Some(path) = &self.password_file {
             query.append_pair("password_file", path);
@@ -587,6 +614,14 @@ impl Config {
                 "safety_margin must be less than half the ttl",
             ));
         }
+        if self
+            .lock_delay
+            .is_some_and(|d| d.is_zero() || d > Self::MAX_LOCK_DELAY)
+        {
+            return Err(Error::config(
+                "lock_delay must be positive and at most 60s (leave it out for none)",
+            ));
+        }
         if self.prefix.contains('\0') || self.prefix.split('/').any(|s| s == "." || s == "..") {
             return Err(Error::config(format!("bad prefix {:?}", self.prefix)));
         }
@@ -629,6 +664,7 @@ impl fmt::Debug for Config {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("safety_margin", &self.safety_margin)
+            .field("lock_delay", &self.lock_delay)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("password_file", &self.password_file)
@@ -757,6 +793,8 @@ struct ConfigFields {
     request_timeout: Duration,
     #[serde(default, with = "humantime_serde")]
     safety_margin: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    lock_delay: Option<Duration>,
     #[serde(default)]
     username: Option<String>,
     #[serde(default)]
@@ -781,6 +819,7 @@ impl TryFrom<ConfigFields> for Config {
             connect_timeout: f.connect_timeout,
             request_timeout: f.request_timeout,
             safety_margin: f.safety_margin,
+            lock_delay: f.lock_delay,
             username: f.username,
             password: f.password,
             password_file: f.password_file,
@@ -828,6 +867,18 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_lock_delay() {
+        assert_eq!(Config::from_url("etcd://h:1").unwrap().lock_delay, None);
+        let c = Config::from_url("zk://h:1/p?lock_delay=1500ms").unwrap();
+        assert_eq!(c.lock_delay, Some(Duration::from_millis(1500)));
+        let c = Config::from_url("memory://x?lock_delay=60").unwrap();
+        assert_eq!(c.lock_delay, Some(Config::MAX_LOCK_DELAY));
+        let json = r#"{"backend": "memory", "lock_delay": "5s"}"#;
+        let c: Config = serde_json::from_str(json).unwrap();
+        assert_eq!(c.lock_delay, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
     fn round_trips_through_url() {
         for url in [
             "etcd://h:1/p?ttl=10s&connect_timeout=5s&request_timeout=5s",
@@ -854,6 +905,8 @@ mod tests {
             "etcd://h:1/p?bogus=1",
             "etcd://h:1/a/../b",
             "zk://h:1/p?connect_timeout=0",
+            "zk://h:1/p?lock_delay=0",
+            "etcd://h:1/p?lock_delay=61s",
         ] {
             assert!(
                 matches!(Config::from_url(url), Err(Error::InvalidConfig(_))),
@@ -980,30 +1033,38 @@ mod tests {
                 prefix,
                 any::<bool>(),
                 (duration(), duration(), duration()),
-                prop::option::of(0u64..1000),
+                (
+                    prop::option::of(0u64..1000),
+                    prop::option::of(1u64..=60_000),
+                ),
             )
-                .prop_map(|(backend, endpoints, segments, slash, times, margin)| {
-                    let segments: Vec<String> = segments
-                        .into_iter()
-                        .map(|s| if s == "." || s == ".." { "x".into() } else { s })
-                        .collect();
-                    // etcd: a leading `/` is part of the prefix.
-                    let lead = if slash { "/" } else { "" };
-                    let prefix = format!("{lead}{}", segments.join("/"));
-                    let (ttl, connect, request) = times;
-                    let mut config = Config::new(backend)
-                        .with_prefix(prefix)
-                        .with_ttl(ttl.max(Duration::from_secs(1)))
-                        .with_connect_timeout(connect)
-                        .with_request_timeout(request);
-                    if let Some(ms) = margin {
-                        config = config.with_safety_margin(Duration::from_millis(ms));
-                    }
-                    if backend != BackendKind::Memory {
-                        config = config.with_endpoints(endpoints);
-                    }
-                    config
-                })
+                .prop_map(
+                    |(backend, endpoints, segments, slash, times, (margin, delay))| {
+                        let segments: Vec<String> = segments
+                            .into_iter()
+                            .map(|s| if s == "." || s == ".." { "x".into() } else { s })
+                            .collect();
+                        // etcd: a leading `/` is part of the prefix.
+                        let lead = if slash { "/" } else { "" };
+                        let prefix = format!("{lead}{}", segments.join("/"));
+                        let (ttl, connect, request) = times;
+                        let mut config = Config::new(backend)
+                            .with_prefix(prefix)
+                            .with_ttl(ttl.max(Duration::from_secs(1)))
+                            .with_connect_timeout(connect)
+                            .with_request_timeout(request);
+                        if let Some(ms) = margin {
+                            config = config.with_safety_margin(Duration::from_millis(ms));
+                        }
+                        if let Some(ms) = delay {
+                            config = config.with_lock_delay(Duration::from_millis(ms));
+                        }
+                        if backend != BackendKind::Memory {
+                            config = config.with_endpoints(endpoints);
+                        }
+                        config
+                    },
+                )
                 .prop_flat_map(|config| {
                     let text = "[a-zA-Z0-9 /&=%?#@:,+._-]{1,12}";
                     let file = prop::option::of(text);

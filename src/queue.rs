@@ -11,6 +11,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
@@ -18,7 +19,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{field, Instrument, Span};
 
 use crate::backend::{
-    session_error, Entry, KeySpace, QueueEntry, QueueKind, QueueSession, SessionSource,
+    session_error, Claim, Entry, KeySpace, QueueEntry, QueueKind, QueueSession, SessionSource,
 };
 use crate::election::{Election, Leader, Leadership};
 use crate::error::{Error, Result};
@@ -28,6 +29,16 @@ use crate::lost::{LossTrigger, LostReason};
 use crate::mutex::{Acquire, DistributedMutex};
 use crate::sequencer::Sequencer;
 
+/// What every queue of one client shares.
+#[derive(Clone)]
+pub(crate) struct QueueOptions {
+    /// Maps the data keys of guarded writes onto the backend's.
+    pub keys: Arc<KeyMap>,
+    /// How long a new holder waits after the previous one ended uncleanly (lock-delay; see
+    /// [`Config::lock_delay`](crate::Config::lock_delay)).
+    pub lock_delay: Option<Duration>,
+}
+
 /// Enqueues in the queue `name` and waits, as `mode` says, until the entry heads it; in an
 /// `acquire` span (debug), with the outcome as an event.
 async fn acquire<S: SessionSource>(
@@ -36,7 +47,7 @@ async fn acquire<S: SessionSource>(
     kind: QueueKind,
     value: &[u8],
     mode: Acquire,
-    keys: &Arc<KeyMap>,
+    options: &QueueOptions,
 ) -> Result<Option<LockGuard>> {
     let backend = <S::Session as QueueSession>::BACKEND;
     let kind_name = kind.name();
@@ -57,7 +68,7 @@ async fn acquire<S: SessionSource>(
         caller: &caller,
     };
     let acquiring = crate::metrics::acquiring(backend, kind_name, name);
-    let result = acquire_in(source, name, kind, value, mode, spans, keys)
+    let result = acquire_in(source, name, kind, value, mode, spans, options)
         .instrument(span.clone())
         .await;
     acquiring.finish(match (&result, mode) {
@@ -117,8 +128,9 @@ async fn acquire_in<S: SessionSource>(
     value: &[u8],
     mode: Acquire,
     spans: Spans<'_>,
-    keys: &Arc<KeyMap>,
+    options: &QueueOptions,
 ) -> Result<Option<LockGuard>> {
+    let delay = options.lock_delay;
     let deadline = match mode {
         Acquire::Timeout(timeout) => Some(Instant::now() + timeout),
         Acquire::Wait | Acquire::Try => None,
@@ -141,22 +153,24 @@ async fn acquire_in<S: SessionSource>(
             armed: true,
         };
         let outcome = match mode {
-            Acquire::Try => try_head(name, &mut pending).await,
-            Acquire::Wait => wait_turn(name, &mut pending, spans.acquire)
+            Acquire::Try => try_head(name, &mut pending, delay).await,
+            Acquire::Wait => wait_turn(name, &mut pending, spans.acquire, delay)
                 .await
                 .map(|()| true),
             Acquire::Timeout(_) => {
                 let deadline = deadline.unwrap_or_else(Instant::now);
-                tokio::time::timeout_at(deadline, wait_turn(name, &mut pending, spans.acquire))
+                let waiting = wait_turn(name, &mut pending, spans.acquire, delay);
+                tokio::time::timeout_at(deadline, waiting)
                     .await
                     .map_or(Ok(false), |r| r.map(|()| true))
             }
         };
         match outcome {
-            Ok(true) => return Ok(Some(pending.into_guard(name, spans, keys))),
+            Ok(true) => return Ok(Some(pending.into_guard(name, spans, &options.keys))),
             Ok(false) if mode == Acquire::Try => {
-                if pending.entry.stray_attempts {
-                    // Nothing was written, but an attempt still on its way might be.
+                if pending.entry.order != 0 || pending.entry.stray_attempts {
+                    // Written (refused during a lock-delay), or not written but an attempt
+                    // still on its way might be.
                     pending.remove().await;
                 } else {
                     pending.armed = false; // nothing was written
@@ -183,14 +197,77 @@ async fn acquire_in<S: SessionSource>(
     }
 }
 
-/// Takes the lock only if nobody holds or waits for it.
-async fn try_head<S: QueueSession>(name: &str, pending: &mut Pending<S>) -> Result<bool> {
+/// Takes the lock only if nobody holds or waits for it, and no lock-delay is running. A
+/// try never waits: during a lock-delay it is refused (its entry removed).
+async fn try_head<S: QueueSession>(
+    name: &str,
+    pending: &mut Pending<S>,
+    delay: Option<Duration>,
+) -> Result<bool> {
     let session = pending.session.clone();
     let head = session.enqueue_if_empty(name, &mut pending.entry).await?;
-    if head {
-        session.confirm_head(&pending.entry).await?;
+    if !head {
+        return Ok(false);
     }
-    Ok(head)
+    session.confirm_head(&pending.entry).await?;
+    let Some(delay) = delay else {
+        return Ok(true);
+    };
+    match session
+        .claim_holder(name, &mut pending.entry, delay)
+        .await?
+    {
+        Claim::Claimed => Ok(true),
+        Claim::Delayed(left) => {
+            tracing::debug!(left = ?left, "refused: a lock-delay is running");
+            Ok(false)
+        }
+    }
+}
+
+/// Lock-delay: once at the head, waits while the previous holder's unclean end is less
+/// than `delay` ago, then claims the holder record. The own session's loss and the own
+/// entry's deletion end the wait; cancel safe as the rest of the wait.
+async fn sit_out_delay<S: QueueSession>(
+    name: &str,
+    session: &Arc<S>,
+    entry: &mut Entry,
+    delay: Duration,
+) -> Result<()> {
+    let lost = session.trigger().signal();
+    // The own entry's deletion ends the wait at once, not when the delay is over.
+    let deleted = LossTrigger::new();
+    let entry_deleted = deleted.signal();
+    let mut watch = None;
+    loop {
+        let claim = tokio::select! {
+            biased;
+            reason = lost.wait() => return Err(session_error(reason)),
+            claim = session.claim_holder(name, entry, delay) => claim?,
+        };
+        let Claim::Delayed(left) = claim else {
+            return Ok(());
+        };
+        tracing::info!(
+            key = %entry.key,
+            left = ?left,
+            "the previous holder ended uncleanly: waiting out the lock-delay"
+        );
+        if watch.is_none() {
+            watch = Some(session.watch_own(entry, deleted.clone()));
+        }
+        tokio::select! {
+            biased;
+            reason = lost.wait() => return Err(session_error(reason)),
+            reason = entry_deleted.wait() => {
+                return Err(match session.trigger().signal().reason() {
+                    Some(session) => session_error(session),
+                    None => Error::LockLost(reason),
+                })
+            }
+            () = tokio::time::sleep(left) => {}
+        }
+    }
 }
 
 /// Enqueues and waits until the entry heads the queue. Cancel safe: `pending` keeps the
@@ -199,6 +276,7 @@ async fn wait_turn<S: QueueSession>(
     name: &str,
     pending: &mut Pending<S>,
     span: &Span,
+    delay: Option<Duration>,
 ) -> Result<()> {
     let session = pending.session.clone();
     let lost = session.trigger().signal();
@@ -224,7 +302,11 @@ async fn wait_turn<S: QueueSession>(
         crate::stats::read_queue();
         pred = session.predecessor(name, &pending.entry).await?;
     }
-    session.confirm_head(&pending.entry).await
+    session.confirm_head(&pending.entry).await?;
+    match delay {
+        Some(delay) => sit_out_delay(name, &session, &mut pending.entry, delay).await,
+        None => Ok(()),
+    }
 }
 
 /// A [`DistributedMutex`] over any backend.
@@ -233,16 +315,21 @@ pub(crate) struct QueueMutex<S: SessionSource> {
     name: String,
     /// The value each entry carries (who holds or waits).
     holder: Arc<[u8]>,
-    keys: Arc<KeyMap>,
+    options: QueueOptions,
 }
 
 impl<S: SessionSource> QueueMutex<S> {
-    pub(crate) fn new(source: Arc<S>, name: String, holder: Arc<[u8]>, keys: Arc<KeyMap>) -> Self {
+    pub(crate) fn new(
+        source: Arc<S>,
+        name: String,
+        holder: Arc<[u8]>,
+        options: QueueOptions,
+    ) -> Self {
         QueueMutex {
             source,
             name,
             holder,
-            keys,
+            options,
         }
     }
 }
@@ -269,7 +356,7 @@ impl<S: SessionSource> DistributedMutex for QueueMutex<S> {
             QueueKind::Lock,
             holder,
             mode,
-            &self.keys,
+            &self.options,
         )
         .await
     }
@@ -279,12 +366,16 @@ impl<S: SessionSource> DistributedMutex for QueueMutex<S> {
 pub(crate) struct QueueElection<S: SessionSource + KeySpace> {
     source: Arc<S>,
     name: String,
-    keys: Arc<KeyMap>,
+    options: QueueOptions,
 }
 
 impl<S: SessionSource + KeySpace> QueueElection<S> {
-    pub(crate) fn new(source: Arc<S>, name: String, keys: Arc<KeyMap>) -> Self {
-        QueueElection { source, name, keys }
+    pub(crate) fn new(source: Arc<S>, name: String, options: QueueOptions) -> Self {
+        QueueElection {
+            source,
+            name,
+            options,
+        }
     }
 }
 
@@ -312,7 +403,8 @@ impl<S: SessionSource + KeySpace> Election for QueueElection<S> {
 
     async fn campaign_with(&self, value: &[u8], mode: Acquire) -> Result<Option<Leadership>> {
         let kind = QueueKind::Election;
-        let guard = acquire(&*self.source, &self.name, kind, value, mode, &self.keys).await?;
+        let (source, options) = (&*self.source, &self.options);
+        let guard = acquire(source, &self.name, kind, value, mode, options).await?;
         Ok(guard.map(|guard| Leadership::new(guard, value.to_vec())))
     }
 

@@ -917,6 +917,143 @@ pub async fn late_write_of_a_paused_holder_is_refused_by_the_store(h: Arc<dyn Ha
     std::mem::forget(a_guard); // A "crashed" (abandoned): nothing left to release
 }
 
+/// Lock-delay: a clean release hands the lock on at once, to a waiter and to a later
+/// `try_lock` (consul applies its lock-delay here too; we must not).
+pub async fn lock_delay_not_applied_after_a_clean_release(h: Arc<dyn Harness>) {
+    let name = unique("delay-clean");
+    let delay = Duration::from_secs(60);
+    let (a, b) = (
+        h.client_with_lock_delay(delay).await,
+        h.client_with_lock_delay(delay).await,
+    );
+    let held = a.mutex(&name).unwrap().lock().await.unwrap();
+    let mutex = b.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    held.release().await.unwrap();
+    // Well before the delay (SOON is a third of it).
+    let next = soon("the waiter takes over at once", waiter).await.unwrap();
+    next.release().await.unwrap();
+    let again = a.mutex(&name).unwrap().try_lock().await.unwrap();
+    let again = again.expect("a try_lock right after a clean release is refused");
+    again.release().await.unwrap();
+    assert!(h.entries(&name).await.is_empty());
+}
+
+/// Lock-delay after an unclean end (`loss` ends holder `a`'s hold from outside): the next
+/// holder is told no sooner than the delay after the loss; a `try_lock` meanwhile is
+/// refused and leaves no entry; after that holder's clean release there is no delay.
+async fn lock_delay_after(h: Arc<dyn Harness>, tag: &str, expire: bool) {
+    let name = unique(tag);
+    let delay = Duration::from_secs(3);
+    let clients = [
+        h.client_with_lock_delay(delay).await,
+        h.client_with_lock_delay(delay).await,
+        h.client_with_lock_delay(delay).await,
+    ];
+    let [a, b, c] = &clients;
+    let held = a.mutex(&name).unwrap().lock().await.unwrap();
+    let mutex = b.mutex(&name).unwrap();
+    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    let before_loss = tokio::time::Instant::now();
+    if expire {
+        h.expire_session(a).await;
+    } else {
+        h.delete_entry(held.key()).await;
+    }
+    soon("the holder hears of its loss", held.lost()).await;
+    eventually("the lost entry is gone", || async {
+        h.entries(&name).await.len() == 1
+    })
+    .await;
+    // During the delay (nothing is held yet: the waiter sits it out).
+    if before_loss.elapsed() < delay / 2 {
+        assert!(!waiter.is_finished(), "no delay after an unclean end");
+        let tried = c.mutex(&name).unwrap().try_lock().await.unwrap();
+        assert!(
+            tried.is_none(),
+            "a try_lock during the lock-delay succeeded"
+        );
+        assert_eq!(
+            h.entries(&name).await.len(),
+            1,
+            "the refused try left an entry"
+        );
+    }
+    let next = soon("the waiter takes over after the delay", waiter)
+        .await
+        .unwrap();
+    let waited = before_loss.elapsed();
+    assert!(waited >= delay, "told it holds {waited:?} after the loss");
+    next.release().await.unwrap();
+    let again = c.mutex(&name).unwrap().try_lock().await.unwrap();
+    let again = again.expect("delayed after a clean release");
+    again.release().await.unwrap();
+    assert!(h.entries(&name).await.is_empty());
+    std::mem::forget(held);
+}
+
+pub async fn lock_delay_after_the_holder_expired(h: Arc<dyn Harness>) {
+    lock_delay_after(h, "delay-expired", true).await;
+}
+
+pub async fn lock_delay_after_the_holder_was_deleted(h: Arc<dyn Harness>) {
+    lock_delay_after(h, "delay-deleted", false).await;
+}
+
+/// A timeout and a cancellation during the lock-delay leave no entry; the delay counts
+/// towards `lock_timeout`.
+pub async fn lock_delay_cancel_and_timeout_leave_no_entry(h: Arc<dyn Harness>) {
+    let name = unique("delay-cancel");
+    let delay = Duration::from_secs(60);
+    let (a, b) = (
+        h.client_with_lock_delay(delay).await,
+        h.client_with_lock_delay(delay).await,
+    );
+    let held = a.mutex(&name).unwrap().lock().await.unwrap();
+    h.delete_entry(held.key()).await;
+    soon("the holder hears of its loss", held.lost()).await;
+    let mutex = b.mutex(&name).unwrap();
+    let started = tokio::time::Instant::now();
+    let got = mutex
+        .lock_timeout(Duration::from_millis(1500))
+        .await
+        .unwrap();
+    assert!(got.is_none(), "acquired during the lock-delay");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(
+        h.entries(&name).await.is_empty(),
+        "the timed-out entry is left"
+    );
+    let m = mutex.clone();
+    let waiting = tokio::spawn(async move { m.lock().await.map(drop) });
+    eventually("waiter queued", || async {
+        h.entries(&name).await.len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "acquired during the lock-delay");
+    waiting.abort();
+    let _ = waiting.await;
+    eventually("the cancelled entry is removed", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
+    assert!(mutex.try_lock().await.unwrap().is_none());
+    assert!(
+        h.entries(&name).await.is_empty(),
+        "the refused try left an entry"
+    );
+    std::mem::forget(held);
+}
+
 macro_rules! conformance {
     ($backend:ident, $harness:expr) => {
         mod $backend {
@@ -944,7 +1081,10 @@ macro_rules! conformance {
                 leader_loop_loss_during_the_work, leader_loop_contains_a_panic,
                 leader_loop_shutdown_while_campaigning, leader_loop_shutdown_while_leading,
                 leader_loop_resigns_then_requeues_when_the_work_returns,
-                leader_loop_reports_work_ignoring_cancellation);
+                leader_loop_reports_work_ignoring_cancellation,
+                lock_delay_not_applied_after_a_clean_release, lock_delay_after_the_holder_expired,
+                lock_delay_after_the_holder_was_deleted,
+                lock_delay_cancel_and_timeout_leave_no_entry);
         }
     };
     (@tests $($test:ident),*) => {

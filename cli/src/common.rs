@@ -98,15 +98,19 @@ pub fn config_from(url: &str) -> Result<Config, u8> {
 }
 
 /// Checks the URL, TTL and name, installs signal handlers and connects, opening a session;
-/// or returns the exit code for why not. `ttl` overrides the URL's.
+/// or returns the exit code for why not. `ttl` and `lock_delay` override the URL's.
 pub async fn connect(
     url: &str,
     ttl: Option<Duration>,
+    lock_delay: Option<Duration>,
     name: &str,
 ) -> Result<(Client, Signals), u8> {
     let mut config = config_from(url)?;
     if let Some(ttl) = ttl {
         config.ttl = ttl;
+    }
+    if lock_delay.is_some() {
+        config.lock_delay = lock_delay;
     }
     config.validate().map_err(|e| exit::report(&e))?;
     fairlock::validate_name(name).map_err(|e| exit::report(&e))?;

@@ -6,10 +6,11 @@ use crate::common::{self, Held, Signals};
 use crate::{exit, ElectArgs};
 
 pub async fn run(url: &str, args: ElectArgs) -> u8 {
-    let (client, mut signals) = match common::connect(url, args.hold.ttl, &args.name).await {
-        Ok(connected) => connected,
-        Err(code) => return code,
-    };
+    let (client, mut signals) =
+        match common::connect(url, args.hold.ttl, args.hold.lock_delay, &args.name).await {
+            Ok(connected) => connected,
+            Err(code) => return code,
+        };
     let code = lead_and_run(&client, &args, &mut signals).await;
     let _ = client.close().await;
     code

@@ -9,10 +9,11 @@ use crate::{exit, holder, LockArgs};
 
 pub async fn run(url: &str, args: LockArgs) -> u8 {
     let started = SystemTime::now();
-    let (client, mut signals) = match common::connect(url, args.hold.ttl, &args.name).await {
-        Ok(connected) => connected,
-        Err(code) => return code,
-    };
+    let (client, mut signals) =
+        match common::connect(url, args.hold.ttl, args.hold.lock_delay, &args.name).await {
+            Ok(connected) => connected,
+            Err(code) => return code,
+        };
     let code = hold_and_run(
         &client.with_holder_value(holder::value(started)),
         &args,

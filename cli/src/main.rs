@@ -114,6 +114,13 @@ struct HoldArgs {
     #[arg(long, value_name = "DURATION", env = "FAIRLOCK_TTL", value_parser = parse_duration)]
     ttl: Option<Duration>,
 
+    /// Lock-delay: after the previous holder ended uncleanly (crashed, expired, its entry
+    /// deleted), wait this long before COMMAND starts, so that its writes still in flight
+    /// drain (never after a clean release; at most 60s). Default: the URL's lock_delay,
+    /// else none.
+    #[arg(long, value_name = "DURATION", env = "FAIRLOCK_LOCK_DELAY", value_parser = parse_duration)]
+    lock_delay: Option<Duration>,
+
     /// After a loss, how long COMMAND gets between SIGTERM and SIGKILL.
     #[arg(
         long,

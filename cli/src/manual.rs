@@ -10,9 +10,9 @@ use crate::{exit, Cli};
 const ENVIRONMENT: &[(&str, &str)] = &[
     (
         "FAIRLOCK_BACKEND, FAIRLOCK_TTL, FAIRLOCK_TIMEOUT, FAIRLOCK_GRACE, \
-         FAIRLOCK_CONFLICT_EXIT_CODE",
-        "Defaults for --backend, --ttl, --timeout, --grace and --conflict-exit-code; a \
-         command-line option wins.",
+         FAIRLOCK_LOCK_DELAY, FAIRLOCK_CONFLICT_EXIT_CODE",
+        "Defaults for --backend, --ttl, --timeout, --grace, --lock-delay and \
+         --conflict-exit-code; a command-line option wins.",
     ),
     (
         "FAIRLOCK_USER, FAIRLOCK_PASSWORD, FAIRLOCK_PASSWORD_FILE",

@@ -302,6 +302,7 @@ async fn bare_fairlock_prints_usage_and_help_lists_exit_codes() {
         "[env: FAIRLOCK_TTL=]",
         "[env: FAIRLOCK_TIMEOUT=]",
         "[env: FAIRLOCK_GRACE=]",
+        "[env: FAIRLOCK_LOCK_DELAY=]",
         "[env: FAIRLOCK_CONFLICT_EXIT_CODE=]",
     ] {
         assert!(help.contains(expected), "{expected:?} not in {help}");
@@ -1018,6 +1019,7 @@ async fn options_come_from_the_environment(h: &dyn Harness) {
         ("FAIRLOCK_TIMEOUT", "soon"),
         ("FAIRLOCK_TTL", "-1"),
         ("FAIRLOCK_GRACE", "never"),
+        ("FAIRLOCK_LOCK_DELAY", "later"),
         ("FAIRLOCK_CONFLICT_EXIT_CODE", "256"),
     ] {
         let out = output(attempt(&[(var, value)], &["--try"])).await;
@@ -1029,6 +1031,39 @@ async fn options_come_from_the_environment(h: &dyn Harness) {
         "a refused attempt left an entry"
     );
     holder.kill().await.unwrap();
+}
+
+/// `--lock-delay` (here from FAIRLOCK_LOCK_DELAY): after a holder was killed -9, the next
+/// command starts no sooner than the delay after the holder's session ended (without it:
+/// at the session's 2 s TTL); an out-of-range delay is refused with exit 2.
+async fn lock_delay_follows_a_killed_holder(h: &dyn Harness) {
+    let name = unique("cli-lock-delay");
+    let mut cmd = fairlock(&h.url(2));
+    cmd.args(["lock", "--lock-delay", "4s", &name, "--", "sh", "-c"]);
+    let mut holder = cmd.arg("echo started; exec sleep 60").spawn().unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    let line = soon("holder starts", lines.next_line()).await.unwrap();
+    assert_eq!(line.as_deref(), Some("started"));
+    holder.kill().await.unwrap(); // SIGKILL: no release
+    let killed = std::time::Instant::now();
+    let mut next = fairlock(&h.url(10));
+    next.env("FAIRLOCK_LOCK_DELAY", "4s")
+        .args(["lock", &name, "--", "true"]);
+    let out = output(next).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let waited = killed.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4),
+        "started {waited:?} after the kill"
+    );
+    // A clean release: no delay for the next one (the lock-delay is 60 s).
+    let mut again = fairlock(&h.url(10));
+    again.args(["lock", "--try", "--lock-delay", "60s", &name, "--", "true"]);
+    let out = output(again).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut bad = fairlock(&h.url(10));
+    bad.args(["lock", "--lock-delay", "61s", &name, "--", "true"]);
+    assert_one_line_failure(&output(bad).await, 2);
 }
 
 /// `-c SHELL_COMMAND` runs through `sh -c` with the FAIRLOCK_* variables, for lock and elect.
@@ -1410,7 +1445,8 @@ macro_rules! cli_tests {
                 shell_command_runs_through_sh, status_shows_who_holds,
                 lock_without_command_holds_until_signalled,
                 lock_without_command_exits_74_when_lost, observe_ends_when_its_reader_goes,
-                check_exit_codes_follow_the_holder, elect_exports_its_sequencer);
+                check_exit_codes_follow_the_holder, elect_exports_its_sequencer,
+                lock_delay_follows_a_killed_holder);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {

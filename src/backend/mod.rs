@@ -106,6 +106,13 @@ pub(crate) struct Entry {
     /// holder's writes through it (guarded writes, proclaims).
     #[cfg_attr(not(any(feature = "etcd", feature = "zookeeper")), allow(dead_code))]
     pub written: Arc<tokio::sync::Mutex<Written>>,
+    /// The entry claimed its queue's holder record (lock-delay, see
+    /// [`QueueSession::claim_holder`]): its removal deletes the record in the same write.
+    pub holder_record: bool,
+    /// Lock-delay, for a backend without a clock of its own (ZooKeeper): the noticed
+    /// holder record this entry found (its version stamp) and when it first found it.
+    #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
+    pub delay_seen: Option<(i64, tokio::time::Instant)>,
 }
 
 /// The own entry as the holder's last write through it left it. A guarded write moves the
@@ -141,6 +148,8 @@ impl Entry {
             value: value.to_vec(),
             stray_attempts: false,
             written: Arc::default(),
+            holder_record: false,
+            delay_seen: None,
         }
     }
 }
@@ -156,6 +165,19 @@ pub(crate) struct Predecessor {
     /// a *new* entry, behind the waiter, and the one ahead is gone.
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub created: i64,
+}
+
+/// What the head of a queue found in the queue's holder record (lock-delay; see
+/// [`QueueSession::claim_holder`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// The record names the own entry now: the previous holder released cleanly (or there
+    /// was none), or the delay after its unclean end is over.
+    Claimed,
+    /// A previous holder ended without a clean release (its session expired, its entry was
+    /// deleted) and the delay since that was first noticed is not over: ask again after
+    /// this long at the earliest.
+    Delayed(std::time::Duration),
 }
 
 /// What a backend provides for one session. Every method must be bounded in time (the
@@ -194,6 +216,24 @@ pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
         let _ = own;
         Ok(())
     }
+
+    /// Lock-delay: claims the *holder record* of the queue of `name` (one per queue, beside
+    /// it) for `own`, now at the head, before it is reported held. A holder's clean release
+    /// deletes the record with its entry in one write (`remove` of an entry with
+    /// `holder_record` set), so a record naming another entry means that holder ended
+    /// uncleanly. The first head to find such a record marks it *noticed*, which starts the
+    /// delay (on the server's clock where the backend has one), and is told
+    /// [`Claim::Delayed`]; once the delay is over, a head replaces the record with its own.
+    /// Only while `own` exists (else the error `predecessor` gives); sets
+    /// `own.holder_record` when claimed. Cancel safe: an interrupted claim leaves at most a
+    /// record naming `own`, which a later head takes as an unclean end (a longer wait, never
+    /// a shorter one).
+    async fn claim_holder(
+        &self,
+        name: &str,
+        own: &mut Entry,
+        delay: std::time::Duration,
+    ) -> Result<Claim>;
 
     /// Replaces the value of `own`, only while it exists; [`Error::LockLost`] otherwise.
     async fn proclaim(&self, own: &Entry, value: &[u8]) -> Result<()>;

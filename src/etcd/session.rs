@@ -18,7 +18,7 @@ use super::request::{request, Retry};
 use super::watch::{DeleteWatch, Notify, WatchHub};
 use super::Settings;
 use crate::backend::QueueKind;
-use crate::backend::{remove_until_done, session_error, Entry, Predecessor, QueueSession};
+use crate::backend::{remove_until_done, session_error, Claim, Entry, Predecessor, QueueSession};
 use crate::clock::{BootInstant, Deadline};
 use crate::error::{Error, Result};
 use crate::guard::WriteOp;
@@ -165,6 +165,10 @@ impl EtcdSession {
             vec![delete, Op::delete(beside(&own.key, "written"))],
             vec![],
         );
+        if own.holder_record {
+            // A clean release: the holder record goes with the entry, in one write.
+            then.push(Op::delete(holder_record(&own.key)));
+        }
         if own.stray_attempts {
             // Gone already (deleted from outside, say)? A stray attempt may have created
             // the key again since, as another entry: it is this acquisition's, so it goes.
@@ -370,6 +374,15 @@ fn beside(key: &str, what: &str) -> Vec<u8> {
     format!("{queue}\u{0}{what}/{leaf}").into_bytes()
 }
 
+/// The holder record of the queue of entry `key` (lock-delay; `PREFIX/NAME<NUL>holder`,
+/// beside the queue as the markers are). Not on a lease: it must outlive a holder whose
+/// session expires. Its value names the holder's entry; empty, on a lease of the delay's
+/// length, it marks an unclean end noticed (the delay runs until the lease expires).
+fn holder_record(key: &str) -> Vec<u8> {
+    let queue = key.rsplit_once('/').map_or(key, |(queue, _)| queue);
+    format!("{queue}\u{0}holder").into_bytes()
+}
+
 /// The enqueue's condition that its entry was not withdrawn meanwhile.
 fn not_withdrawn(key: &str) -> Compare {
     Compare::create_revision(beside(key, "withdrawn"), 0)
@@ -526,6 +539,80 @@ impl QueueSession for EtcdSession {
         self.hub
             .deleted(&pred.key, pred.revision, pred.created)
             .await
+    }
+
+    /// The delay runs on the server's clock: the record of a noticed unclean end sits on a
+    /// lease of the delay's length (the server may round it up to its minimum TTL), so it
+    /// is gone exactly when the delay is over, for every client, `try_lock` included.
+    async fn claim_holder(&self, _name: &str, own: &mut Entry, delay: Duration) -> Result<Claim> {
+        let record = holder_record(&own.key);
+        let timeout = self.settings.request_timeout;
+        // Each round either claims, or finds the record changed by another head (there is
+        // one at a time, so only a few rounds: a race with an expiring lease).
+        for _ in 0..4 {
+            let put = Put::new(record.clone(), own.key.clone().into_bytes());
+            let txn = Txn::when([
+                fence(&own.key, own.token),
+                Compare::create_revision(record.clone(), 0),
+            ])
+            .then([Op::Put(put)])
+            .otherwise([
+                Op::Range(Range::key(own.key.as_bytes()).keys_only()),
+                Op::Range(Range::key(record.clone())),
+            ]);
+            let resp = self.txn(txn, Retry::Idempotent).await?;
+            if resp.succeeded {
+                own.holder_record = true;
+                return Ok(Claim::Claimed);
+            }
+            let own_now = range_response(&resp, 0)
+                .and_then(|kvs| kvs.first())
+                .filter(|kv| kv.create_revision == own.order);
+            if own_now.is_none() {
+                return Err(self.gone());
+            }
+            let Some(found) = range_response(&resp, 1).and_then(|kvs| kvs.first()) else {
+                continue; // gone meanwhile (its delay ended): claim again
+            };
+            if found.value == own.key.as_bytes() {
+                // An earlier attempt of this claim applied; its answer was lost.
+                own.holder_record = true;
+                return Ok(Claim::Claimed);
+            }
+            if found.value.is_empty() && found.lease != 0 {
+                // Noticed: the delay lasts as long as the record's lease. The server gives
+                // whole seconds, rounded down (0 in the last second of a live lease).
+                let lease = found.lease;
+                let ttl =
+                    request(timeout, Retry::Idempotent, || self.api.time_to_live(lease)).await?;
+                if ttl < 0 {
+                    continue; // just expired, and the record with it
+                }
+                return Ok(Claim::Delayed(Duration::from_secs(ttl as u64 + 1)));
+            }
+            // An unclean end, not noticed yet: the delay starts now, on a lease of its own.
+            // (A lease left unused by a lost race expires by itself, holding nothing; it
+            // is not revoked, since an unanswered attempt may have put the record on it.)
+            let secs = delay.as_secs_f64().ceil().max(1.0) as i64;
+            let (lease, granted) =
+                request(timeout, Retry::Idempotent, || self.api.grant(secs)).await?;
+            let noticed = Put::new(record.clone(), Vec::new()).with_lease(lease);
+            let txn = Txn::when([
+                fence(&own.key, own.token),
+                Compare::mod_revision(record.clone(), found.mod_revision),
+            ])
+            .then([Op::Put(noticed)]);
+            if self.txn(txn, Retry::Idempotent).await?.succeeded {
+                tracing::debug!(previous = %String::from_utf8_lossy(&found.value), "unclean end noticed");
+                return Ok(Claim::Delayed(
+                    Duration::from_secs(granted.max(secs) as u64),
+                ));
+            }
+        }
+        Err(Error::Backend {
+            backend: "etcd",
+            source: "the holder record kept changing".into(),
+        })
     }
 
     async fn proclaim(&self, own: &Entry, value: &[u8]) -> Result<()> {

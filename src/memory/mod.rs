@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use crate::backend::{Entry, Predecessor, QueueSession, SessionSlot, SessionSource};
+use crate::backend::{Claim, Entry, Predecessor, QueueSession, SessionSlot, SessionSource};
 use crate::backend::{KeySpace, QueueEntry, QueueKind};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -32,6 +32,12 @@ const LOCK_ROOT: &str = crate::key::MEMORY_LOCK_ROOT;
 
 fn queue_prefix(name: &str) -> String {
     format!("{LOCK_ROOT}/{name}/")
+}
+
+/// The queue prefix of an entry's key (`fairlock/NAME/`).
+fn queue_of(own: &Entry) -> String {
+    let queue = own.key.rsplit_once('/').map_or("", |(queue, _)| queue);
+    format!("{queue}/")
 }
 
 pub(crate) struct MemoryClient {
@@ -238,13 +244,20 @@ impl QueueSession for MemorySession {
         Ok(())
     }
 
+    async fn claim_holder(&self, name: &str, own: &mut Entry, delay: Duration) -> Result<Claim> {
+        let claim = self.store.claim_holder(&queue_prefix(name), own, delay);
+        let claim = claim.ok_or_else(|| self.gone())?;
+        own.holder_record = claim == Claim::Claimed;
+        Ok(claim)
+    }
+
     async fn remove(&self, own: &Entry) -> Result<bool> {
-        Ok(self.store.delete_entry(own))
+        Ok(self.store.delete_entry(&queue_of(own), own))
     }
 
     fn remove_in_background(self: &Arc<Self>, own: Entry) {
         // In-process: done at once, no waiting involved.
-        self.store.delete_entry(&own);
+        self.store.delete_entry(&queue_of(&own), &own);
     }
 
     fn watch_own(&self, own: &Entry, trigger: LossTrigger) -> OwnWatch {

@@ -5,9 +5,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::oneshot;
+use tokio::time::{Duration, Instant};
 
 use crate::backend::QueueEntry;
-use crate::backend::{Entry, Predecessor};
+use crate::backend::{Claim, Entry, Predecessor};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
 
@@ -23,9 +24,19 @@ pub(crate) enum Notify {
     Lost(LossTrigger),
 }
 
+/// A queue's holder record (lock-delay; see `QueueSession::claim_holder`).
+enum HolderRecord {
+    /// Claimed by the entry with this key and create revision.
+    Claimed(String, i64),
+    /// Its holder ended uncleanly; the delay started then.
+    Noticed(Instant),
+}
+
 struct State {
     revision: i64,
     kvs: BTreeMap<String, Kv>,
+    /// By queue prefix.
+    holders: HashMap<String, HolderRecord>,
     watchers: HashMap<String, Vec<(u64, Notify)>>,
     sessions: HashMap<u64, LossTrigger>,
     next_id: u64,
@@ -38,6 +49,7 @@ impl Default for State {
         State {
             revision: 0,
             kvs: BTreeMap::new(),
+            holders: HashMap::new(),
             watchers: HashMap::new(),
             sessions: HashMap::new(),
             next_id: 0,
@@ -245,14 +257,49 @@ impl MemoryStore {
             .collect()
     }
 
-    /// Deletes `own` if it is still the same entry (any entry at its key if unconfirmed).
-    pub(crate) fn delete_entry(&self, own: &Entry) -> bool {
+    /// Deletes `own` if it is still the same entry (any entry at its key if unconfirmed),
+    /// with the holder record of `prefix` if `own` claimed it: a clean release.
+    pub(crate) fn delete_entry(&self, prefix: &str, own: &Entry) -> bool {
         let mut state = self.state();
         if own.order == 0 || state.holds(own) {
+            let claimed = |record: &HolderRecord| {
+                matches!(record, HolderRecord::Claimed(key, order)
+                    if *key == own.key && *order == own.order)
+            };
+            if own.holder_record && state.holders.get(prefix).is_some_and(claimed) {
+                state.holders.remove(prefix);
+            }
             state.delete(&own.key)
         } else {
             false
         }
+    }
+
+    /// See `QueueSession::claim_holder`; `None` if `own` is gone.
+    pub(crate) fn claim_holder(&self, prefix: &str, own: &Entry, delay: Duration) -> Option<Claim> {
+        let mut state = self.state();
+        if !state.holds(own) {
+            return None;
+        }
+        let now = Instant::now();
+        let claim = match state.holders.get(prefix) {
+            Some(HolderRecord::Claimed(key, order)) if *key == own.key && *order == own.order => {
+                Claim::Claimed
+            }
+            Some(HolderRecord::Claimed(..)) => {
+                state
+                    .holders
+                    .insert(prefix.to_owned(), HolderRecord::Noticed(now));
+                return Some(Claim::Delayed(delay));
+            }
+            Some(HolderRecord::Noticed(at)) if now < *at + delay => {
+                return Some(Claim::Delayed(*at + delay - now));
+            }
+            Some(HolderRecord::Noticed(_)) | None => Claim::Claimed,
+        };
+        let record = HolderRecord::Claimed(own.key.clone(), own.order);
+        state.holders.insert(prefix.to_owned(), record);
+        Some(claim)
     }
 
     /// Registers `notify` for the deletion of `key`; notifies at once if it is gone.

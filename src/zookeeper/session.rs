@@ -38,7 +38,9 @@ use zookeeper_client as zk;
 use super::names;
 use super::{zk_error, Settings};
 use crate::backend::QueueKind;
-use crate::backend::{remove_until_done, session_error, Entry, Predecessor, QueueSession, Written};
+use crate::backend::{
+    remove_until_done, session_error, Claim, Entry, Predecessor, QueueSession, Written,
+};
 use crate::clock::BootInstant;
 use crate::error::{within, Error, Result};
 use crate::guard::WriteOp;
@@ -549,6 +551,43 @@ impl ZkSession {
         }
     }
 
+    /// A clean release under lock-delay: the own node and the holder record it claimed,
+    /// deleted in one multi-op. `None` if the record was gone (deleted from outside): then
+    /// the node is deleted alone.
+    async fn release_with_record(&self, client: &zk::Client, own: &Entry) -> Result<Option<bool>> {
+        let record = holder_record(own);
+        // As in `remove`: after an attempt cut by a connection failure, NoNode for our node
+        // is our own delete.
+        let cut = AtomicBool::new(false);
+        let attempt = || {
+            let mut writer = client.new_multi_writer();
+            let built = writer
+                .add_delete(&own.key, None)
+                .and_then(|()| writer.add_delete(&record, None));
+            let commit = built.map(|()| writer.commit());
+            let cut = &cut;
+            async move {
+                // As a check writer's outcome: the first op's failure is `CheckFailed`.
+                let done = multi(async { Ok(commit?.await?) }).await;
+                if done.as_ref().is_err_and(is_unanswered) {
+                    cut.store(true, Ordering::SeqCst);
+                }
+                done
+            }
+        };
+        match self.request(attempt).await? {
+            Ok(_) => Ok(Some(true)),
+            Err(zk::CheckWriteError::CheckFailed {
+                source: zk::Error::NoNode,
+            }) => Ok(Some(cut.load(Ordering::SeqCst))),
+            Err(zk::CheckWriteError::OperationFailed {
+                source: zk::Error::NoNode,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(self.error(e.into())),
+        }
+    }
+
     /// The children of lock `name`, listed after this call began. Listings are coalesced:
     /// at most one per lock name is in flight, and the callers that arrive meanwhile share
     /// the next one. Each of them started waiting before that listing began, so it sees
@@ -681,6 +720,28 @@ fn unshare(shared: Arc<Error>) -> Error {
 }
 
 /// The sequence number of a confirmed own entry (stored widened in `Entry::order`).
+/// The holder record of the queue of `own` (lock-delay): a persistent child of the lock
+/// node, named so that no peer takes it for a contender (kazoo matches names by pattern;
+/// Curator sorts it after every sequence number) and none of ours does
+/// ([`names::sequence`] finds no number in it).
+fn holder_record(own: &Entry) -> String {
+    let parent = own.key.rsplit_once('/').map_or("", |(parent, _)| parent);
+    format!("{parent}/fairlock-holder-{}", own.kind.name())
+}
+
+/// A multi-op's outcome, with connection failures as errors to retry (see [`retrying`]).
+async fn multi(
+    commit: impl std::future::Future<Output = Result<Vec<zk::MultiWriteResult>, zk::CheckWriteError>>,
+) -> Result<Result<Vec<zk::MultiWriteResult>, zk::CheckWriteError>, zk::Error> {
+    match commit.await {
+        Err(
+            zk::CheckWriteError::RequestFailed { source }
+            | zk::CheckWriteError::OperationFailed { source, .. },
+        ) if is_transport(&source) => Err(source),
+        other => Ok(other),
+    }
+}
+
 fn sequence_of(own: &Entry) -> i32 {
     own.order as i32 // set from an i32 by `create`: lossless
 }
@@ -991,6 +1052,101 @@ impl QueueSession for ZkSession {
         }
     }
 
+    /// ZooKeeper has no leases to time the delay: a noticed record's modification time
+    /// (the server's clock when the unclean end was noticed) is compared with the own
+    /// node's creation time (the server's clock too), which is recent for a `try_lock`; a
+    /// waiter that queued earlier counts the delay from when it first saw the record, on
+    /// its own clock (never sooner than the server's count, since it saw it after).
+    async fn claim_holder(&self, _name: &str, own: &mut Entry, delay: Duration) -> Result<Claim> {
+        let client = self.client()?;
+        let record = holder_record(own);
+        let persistent = persistent(&self.settings);
+        // While `own` exists: put `data` into the record (create it if `version` is None).
+        let write = |data: Vec<u8>, version: Option<i32>| {
+            let (client, own, record, persistent) = (&client, &own.key, &record, &persistent);
+            let attempt = move || {
+                let writer = client.new_check_writer(own, None).and_then(|mut w| {
+                    match version {
+                        None => w.add_create(record, &data, persistent)?,
+                        Some(v) => w.add_set_data(record, &data, Some(v))?,
+                    }
+                    Ok(w)
+                });
+                async move { multi(writer?.commit()).await }
+            };
+            self.request(attempt)
+        };
+        for _ in 0..4 {
+            match write(own.key.clone().into_bytes(), None).await? {
+                Ok(_) => {
+                    own.holder_record = true;
+                    return Ok(Claim::Claimed);
+                }
+                Err(zk::CheckWriteError::CheckFailed { .. }) => return Err(self.gone()),
+                Err(zk::CheckWriteError::OperationFailed {
+                    source: zk::Error::NodeExists,
+                    ..
+                }) => {}
+                Err(e) => return Err(self.error(e.into())),
+            }
+            let (data, stat) = match self.request(|| client.get_data(&record)).await {
+                Ok(found) => found,
+                Err(Error::Backend { source, .. }) if is_no_node(&*source) => continue,
+                Err(e) => return Err(e),
+            };
+            if data == own.key.as_bytes() {
+                // An earlier attempt of this claim applied; its answer was lost.
+                own.holder_record = true;
+                return Ok(Claim::Claimed);
+            }
+            let (data, version) = if data.is_empty() {
+                // Noticed: is the delay over?
+                let Some(created) = self.request(|| client.check_stat(&own.key)).await? else {
+                    return Err(self.gone());
+                };
+                let on_server = (created.ctime - stat.mtime).max(0) as u64;
+                let first_seen = match own.delay_seen {
+                    Some((mzxid, at)) if mzxid == stat.mzxid => at,
+                    _ => own.delay_seen.insert((stat.mzxid, Instant::now())).1,
+                };
+                let elapsed = Duration::from_millis(on_server).max(first_seen.elapsed());
+                if elapsed < delay {
+                    return Ok(Claim::Delayed(delay - elapsed));
+                }
+                (own.key.clone().into_bytes(), stat.version)
+            } else {
+                // An unclean end, not noticed yet: the delay starts now.
+                (Vec::new(), stat.version)
+            };
+            let noticing = data.is_empty();
+            match write(data, Some(version)).await? {
+                Ok(results) if noticing => {
+                    let mzxid = match results.last() {
+                        Some(zk::MultiWriteResult::SetData { stat }) => stat.mzxid,
+                        _ => 0,
+                    };
+                    own.delay_seen = Some((mzxid, Instant::now()));
+                    return Ok(Claim::Delayed(delay));
+                }
+                Ok(_) => {
+                    own.holder_record = true;
+                    return Ok(Claim::Claimed);
+                }
+                Err(zk::CheckWriteError::CheckFailed { .. }) => return Err(self.gone()),
+                // Changed or gone meanwhile: look again.
+                Err(zk::CheckWriteError::OperationFailed {
+                    source: zk::Error::BadVersion | zk::Error::NoNode,
+                    ..
+                }) => {}
+                Err(e) => return Err(self.error(e.into())),
+            }
+        }
+        Err(Error::Backend {
+            backend: "zookeeper",
+            source: "the holder record kept changing".into(),
+        })
+    }
+
     async fn proclaim(&self, own: &Entry, value: &[u8]) -> Result<()> {
         // Known lost: nothing is sent.
         if let Some(reason) = self.trigger.signal().reason() {
@@ -1034,6 +1190,12 @@ impl QueueSession for ZkSession {
         };
         // Sequential paths are never reused: deleting our path can only delete our node.
         let client = self.client()?;
+        if own.holder_record {
+            if let Some(removed) = self.release_with_record(&client, own).await? {
+                self.untrack(&path);
+                return Ok(removed);
+            }
+        }
         // An attempt cut by a connection failure (the server died, the session moved; also
         // the library's "no response from connection") may have deleted the node: then the
         // retry's NoNode is our own delete, not someone else's.

@@ -89,6 +89,14 @@ pub trait Harness: Send + Sync + 'static {
     async fn client_ttl(&self, ttl_secs: u64) -> Client {
         Client::connect(&self.url(ttl_secs)).await.expect("connect")
     }
+
+    /// A client with lock-delay `delay` (URL option `lock_delay`).
+    async fn client_with_lock_delay(&self, delay: Duration) -> Client {
+        let url = self.url(10);
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{sep}lock_delay={}ms", delay.as_millis());
+        Client::connect(&url).await.expect("connect")
+    }
 }
 
 pub struct MemoryHarness {
@@ -202,6 +210,24 @@ impl Harness for EtcdHarness {
     }
 }
 
+/// The queue nodes under lock node `path` (sequential: their names end in digits; not the
+/// lock-delay's holder record), sorted.
+#[cfg(feature = "zookeeper")]
+pub async fn zk_entries(raw: &zookeeper_client::Client, path: &str) -> Vec<String> {
+    match raw.list_children(path).await {
+        Ok(mut children) => {
+            children.retain(|c| c.ends_with(|ch: char| ch.is_ascii_digit()));
+            children.sort();
+            children
+                .into_iter()
+                .map(|c| format!("{path}/{c}"))
+                .collect()
+        }
+        Err(zookeeper_client::Error::NoNode) => Vec::new(),
+        Err(e) => panic!("list {path}: {e}"),
+    }
+}
+
 #[cfg(feature = "zookeeper")]
 pub fn zk_endpoint() -> String {
     std::env::var("FAIRLOCK_TEST_ZK").unwrap_or_else(|_| "127.0.0.1:2181".into())
@@ -250,18 +276,7 @@ impl Harness for ZkHarness {
     }
 
     async fn entries(&self, name: &str) -> Vec<String> {
-        let path = format!("{}/{name}", self.base);
-        match self.raw.list_children(&path).await {
-            Ok(mut children) => {
-                children.sort();
-                children
-                    .into_iter()
-                    .map(|c| format!("{path}/{c}"))
-                    .collect()
-            }
-            Err(zookeeper_client::Error::NoNode) => Vec::new(),
-            Err(e) => panic!("list {path}: {e}"),
-        }
+        zk_entries(&self.raw, &format!("{}/{name}", self.base)).await
     }
 
     async fn expire_session(&self, client: &Client) {
@@ -407,18 +422,7 @@ impl Harness for ZkSecureHarness {
     }
 
     async fn entries(&self, name: &str) -> Vec<String> {
-        let path = format!("{}/{name}", self.base);
-        match self.raw.list_children(&path).await {
-            Ok(mut children) => {
-                children.sort();
-                children
-                    .into_iter()
-                    .map(|c| format!("{path}/{c}"))
-                    .collect()
-            }
-            Err(zookeeper_client::Error::NoNode) => Vec::new(),
-            Err(e) => panic!("list {path}: {e}"),
-        }
+        zk_entries(&self.raw, &format!("{}/{name}", self.base)).await
     }
 
     async fn expire_session(&self, client: &Client) {
@@ -652,7 +656,8 @@ where
             while !states.changed().await.is_terminated() {}
         }
         let lost = client.session_lost();
-        if tokio::time::timeout(Duration::from_secs(2), lost)
+        // Generous: on a loaded machine the kicked-off connection may take a while to hear.
+        if tokio::time::timeout(Duration::from_secs(5), lost)
             .await
             .is_ok()
         {
