@@ -113,6 +113,10 @@ pub(crate) struct Entry {
     /// holder record this entry found (its version stamp) and when it first found it.
     #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
     pub delay_seen: Option<(i64, tokio::time::Instant)>,
+    /// ZooKeeper: the listing sent right behind the own node's create (one round trip)
+    /// showed the node at the head, so the create's answer already confirms it.
+    #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
+    pub head_at_create: bool,
 }
 
 /// The own entry as the holder's last write through it left it. A guarded write moves the
@@ -150,6 +154,7 @@ impl Entry {
             written: Arc::default(),
             holder_record: false,
             delay_seen: None,
+            head_at_create: false,
         }
     }
 }

@@ -388,19 +388,32 @@ impl ZkSession {
         Ok(None)
     }
 
-    /// Creates the own node (and the lock's parent znodes if needed). Each request honours
-    /// the request timeout and ends with the session; a create cut short leaves at most a
-    /// node that the caller's clean-up finds by its attempt marker.
-    async fn create(&self, name: &str, entry: &mut Entry) -> Result<()> {
+    /// Creates the own node (and the lock's parent znodes if needed) and lists the lock's
+    /// children after it. Each request honours the request timeout and ends with the
+    /// session; a create cut short leaves at most a node that the caller's clean-up finds
+    /// by its attempt marker.
+    ///
+    /// One round trip when nobody else lists this lock: ZooKeeper answers a session's
+    /// requests in the order sent, and the client sends each request when it is made, not
+    /// when awaited, so a listing sent right behind the create is answered after it and
+    /// holds the new node. Otherwise (or if that listing fails) the listing is the shared
+    /// one of [`Self::children`], which also begins after the create's answer.
+    async fn create_and_list(&self, name: &str, entry: &mut Entry) -> Result<Arc<Vec<String>>> {
+        let lead = self.join_listing(name, None);
         let client = self.client()?;
+        let path = self.lock_path(name);
         for _ in 0..3 {
             let sending = self.send_create(&client, entry)?;
+            let listing = lead.as_ref().map(|_| client.list_children(&path));
             let created = self.bounded(async { Ok(sending.await) }).await?;
-            let (path, stat) = match created {
+            // Only behind a create answered: after a lost connection the listing may have
+            // gone out on the next connection, not behind the create.
+            let listing = listing.filter(|_| created.is_ok());
+            let (node, stat) = match created {
                 Ok((stat, sequence)) => (format!("{}{sequence}", entry.key), stat),
                 Err(zk::Error::NoNode) => {
-                    let (lock_path, dirs) = (self.lock_path(name), containers(&self.settings));
-                    self.request(|| client.mkdir(&lock_path, &dirs)).await?;
+                    let dirs = containers(&self.settings);
+                    self.request(|| client.mkdir(&path, &dirs)).await?;
                     continue;
                 }
                 Err(e) if is_transport(&e) => match self.find_own(entry).await? {
@@ -409,18 +422,24 @@ impl ZkSession {
                 },
                 Err(e) => return Err(self.error(e)),
             };
-            entry.order = path
+            entry.order = node
                 .rsplit('/')
                 .next()
                 .and_then(|node| names::sequence(node, entry.kind))
                 .map(i64::from)
                 .ok_or_else(|| Error::Backend {
                     backend: "zookeeper",
-                    source: format!("unexpected node name {path}").into(),
+                    source: format!("unexpected node name {node}").into(),
                 })?;
-            entry.key = path;
+            entry.key = node;
             entry.token = stat.czxid as u64;
-            return Ok(());
+            if let Some(listing) = listing {
+                if let Ok(children) = self.bounded(async { Ok(listing.await) }).await? {
+                    return Ok(Arc::new(children));
+                }
+            }
+            drop(lead); // the shared listing below must not wait for this one
+            return self.children(name).await;
         }
         Err(Error::Backend {
             backend: "zookeeper",
@@ -595,31 +614,57 @@ impl ZkSession {
     /// enqueueing at once would each hold a copy of a thousand-name listing.
     async fn children(&self, name: &str) -> Result<Arc<Vec<String>>> {
         let (tx, rx) = oneshot::channel();
-        let lead = {
-            let mut listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
-            let next = listings.entry(name.to_owned()).or_default();
-            if next.running {
-                next.waiting.push(tx);
-                false
-            } else {
-                next.running = true;
-                true
-            }
-        };
-        if lead {
-            // Nobody listing: list inline (the uncontended path pays no task hand-off). Those
-            // who queue meanwhile get the next listing, from a task the hand-over starts,
-            // also if this future is dropped half-way.
-            let _handover = HandOver {
-                session: self.me.clone(),
-                name: name.to_owned(),
-            };
+        if let Some(_handover) = self.join_listing(name, Some(tx)) {
+            // Nobody listing: list inline (the uncontended path pays no task hand-off).
             return self.list(name).await.map(Arc::new);
         }
         match rx.await {
             Ok(listed) => listed.map_err(unshare),
             Err(_) => Err(self.gone_session()),
         }
+    }
+
+    /// Takes the lead of the listings of `name` if nobody lists it now: the caller lists
+    /// inline, and those who queue meanwhile get the next listing, from a task that the
+    /// returned hand-over starts when dropped (also if the caller's future is dropped
+    /// half-way). Otherwise queues `waiter`, if given, for that next listing.
+    fn join_listing(
+        &self,
+        name: &str,
+        waiter: Option<oneshot::Sender<Listed>>,
+    ) -> Option<HandOver> {
+        let mut listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
+        let next = listings.entry(name.to_owned()).or_default();
+        if next.running {
+            next.waiting.extend(waiter);
+            return None;
+        }
+        next.running = true;
+        Some(HandOver {
+            session: self.me.clone(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The entry directly ahead of `own` in `children` (a listing made after its create).
+    /// Fails if `own` is not among them.
+    fn predecessor_in(
+        &self,
+        name: &str,
+        own: &Entry,
+        children: &[String],
+    ) -> Result<Option<Predecessor>> {
+        let own_name = own.key.rsplit('/').next().unwrap_or_default();
+        if !children.iter().any(|c| c == own_name) {
+            return Err(self.gone());
+        }
+        let pred =
+            names::predecessor(sequence_of(own), children, own.kind).map(|child| Predecessor {
+                key: format!("{}/{child}", self.lock_path(name)),
+                revision: 0,
+                created: 0,
+            });
+        Ok(pred)
     }
 
     /// One listing, with retries and the request timeout.
@@ -993,8 +1038,9 @@ impl QueueSession for ZkSession {
         {
             return Ok(false);
         }
-        self.create(name, entry).await?;
-        if self.predecessor(name, entry).await?.is_none() {
+        let children = self.create_and_list(name, entry).await?;
+        if self.predecessor_in(name, entry, &children)?.is_none() {
+            entry.head_at_create = true;
             return Ok(true);
         }
         self.remove(entry).await?;
@@ -1003,23 +1049,15 @@ impl QueueSession for ZkSession {
     }
 
     async fn enqueue(&self, name: &str, entry: &mut Entry) -> Result<Option<Predecessor>> {
-        self.create(name, entry).await?;
-        self.predecessor(name, entry).await
+        let children = self.create_and_list(name, entry).await?;
+        let pred = self.predecessor_in(name, entry, &children)?;
+        entry.head_at_create = pred.is_none();
+        Ok(pred)
     }
 
     async fn predecessor(&self, name: &str, own: &Entry) -> Result<Option<Predecessor>> {
         let children = self.children(name).await?;
-        let own_name = own.key.rsplit('/').next().unwrap_or_default();
-        if !children.iter().any(|c| c == own_name) {
-            return Err(self.gone());
-        }
-        let pred =
-            names::predecessor(sequence_of(own), &children, own.kind).map(|child| Predecessor {
-                key: format!("{}/{child}", self.lock_path(name)),
-                revision: 0,
-                created: 0,
-            });
-        Ok(pred)
+        self.predecessor_in(name, own, &children)
     }
 
     async fn deleted(&self, pred: &Predecessor) -> Result<()> {
@@ -1040,8 +1078,10 @@ impl QueueSession for ZkSession {
     /// An elected leader's node must belong to this very session (Curator's LeaderLatch
     /// double leaders came from trusting a node after a reconnect).
     async fn confirm_head(&self, own: &Entry) -> Result<()> {
-        if own.kind == QueueKind::Lock {
-            return Ok(()); // the children listing already showed the node
+        if own.kind == QueueKind::Lock || own.head_at_create {
+            // The children listing showed the node; at create, the create's own answer
+            // (in this session) showed whose it is.
+            return Ok(());
         }
         let client = self.client()?;
         match self.request(|| client.get_data(&own.key)).await {
