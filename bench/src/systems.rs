@@ -28,7 +28,8 @@ pub enum System {
     EtcdLockRpc(String),
     /// ZooKeeper: create ephemeral sequential + delete.
     ZkFloor(String),
-    /// ZooKeeper: fairlock's three requests issued raw (create, list children, delete).
+    /// ZooKeeper: fairlock's three requests issued raw (create and list children pipelined,
+    /// then delete).
     ZkSameRequests(String),
     /// zookeeper-client's `Client::lock` (Curator naming) + delete.
     ZkRecipe(String),
@@ -422,8 +423,11 @@ impl PairRunner for ZkSameRequests {
         let ZkDir { client, dir } = &self.0;
         let prefix = format!("{dir}/_c_0-lock-");
         let ephemeral = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
-        let (_, sequence) = client.create(&prefix, b"", &ephemeral).await?;
-        client.list_children(dir).await?;
+        // The listing is sent right behind the create, before its answer, as fairlock does.
+        let created = client.create(&prefix, b"", &ephemeral);
+        let listed = client.list_children(dir);
+        let (_, sequence) = created.await?;
+        listed.await?;
         client.delete(&format!("{prefix}{sequence}"), None).await?;
         Ok(())
     }
