@@ -113,8 +113,9 @@ pub(crate) struct Entry {
     /// holder record this entry found (its version stamp) and when it first found it.
     #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
     pub delay_seen: Option<(i64, tokio::time::Instant)>,
-    /// ZooKeeper: the listing sent right behind the own node's create (one round trip)
-    /// showed the node at the head, so the create's answer already confirms it.
+    /// ZooKeeper: the first listing after the own node's create showed it at the head. The
+    /// node's owner is known from then (the create's answer in this session, or the
+    /// protected-create recovery's owner check), so the head needs no confirming read.
     #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
     pub head_at_create: bool,
 }

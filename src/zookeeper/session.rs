@@ -1079,8 +1079,8 @@ impl QueueSession for ZkSession {
     /// double leaders came from trusting a node after a reconnect).
     async fn confirm_head(&self, own: &Entry) -> Result<()> {
         if own.kind == QueueKind::Lock || own.head_at_create {
-            // The children listing showed the node; at create, the create's own answer
-            // (in this session) showed whose it is.
+            // The children listing showed the node; headed at create, its owner was
+            // checked by the create itself (see `Entry::head_at_create`).
             return Ok(());
         }
         let client = self.client()?;
