@@ -8,6 +8,7 @@ static WAKEUPS: AtomicU64 = AtomicU64::new(0);
 static QUEUE_READS: AtomicU64 = AtomicU64::new(0);
 static WATCH_CHECKS: AtomicU64 = AtomicU64::new(0);
 static HEAD_READS: AtomicU64 = AtomicU64::new(0);
+static WATCH_DOUBTS: AtomicU64 = AtomicU64::new(0);
 
 /// A snapshot of fairlock's counters, summed over every client of this process since it
 /// started. Subtract two snapshots to measure an interval (saturating: a snapshot taken
@@ -33,6 +34,10 @@ pub struct Stats {
     /// Reads of an election's head by [`Election::observe`](crate::Election::observe)
     /// streams (etcd): one when a stream starts and one each time the head's watch ends.
     pub head_reads: u64,
+    /// Waiters' watches whose first confirming pair of creations could not show the watch
+    /// synced (etcd: a write landed while the server registered it), so that another pair
+    /// was created or the candidates kept.
+    pub watch_doubts: u64,
 }
 
 impl std::ops::Sub for Stats {
@@ -46,6 +51,7 @@ impl std::ops::Sub for Stats {
             queue_reads: self.queue_reads.saturating_sub(earlier.queue_reads),
             watch_checks: self.watch_checks.saturating_sub(earlier.watch_checks),
             head_reads: self.head_reads.saturating_sub(earlier.head_reads),
+            watch_doubts: self.watch_doubts.saturating_sub(earlier.watch_doubts),
         }
     }
 }
@@ -60,6 +66,7 @@ pub fn stats() -> Stats {
         queue_reads: QUEUE_READS.load(Ordering::Relaxed),
         watch_checks: WATCH_CHECKS.load(Ordering::Relaxed),
         head_reads: HEAD_READS.load(Ordering::Relaxed),
+        watch_doubts: WATCH_DOUBTS.load(Ordering::Relaxed),
     }
 }
 
@@ -82,6 +89,11 @@ pub(crate) fn watch_checked() {
 
 pub(crate) fn read_queue() {
     QUEUE_READS.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub(crate) fn watch_doubted() {
+    WATCH_DOUBTS.fetch_add(1, Ordering::Relaxed);
 }
 
 #[cfg_attr(not(feature = "etcd"), allow(dead_code))]

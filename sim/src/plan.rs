@@ -60,6 +60,10 @@ impl Plan {
                         Duration::from_millis(1500),
                     );
                 }
+                if rng.bool() {
+                    // etcd's creation "from now" racing a write (unsynced, unannounced).
+                    faults.racing_watches = 0.2;
+                }
                 if rng.u8(..3) == 0 {
                     faults.drop = 0.01;
                     faults.lose_reply = 0.01;

@@ -22,6 +22,21 @@
 //! compaction at exactly that revision could drop the deletion's tombstone without
 //! reporting the watch as compacted.)
 //!
+//! "From now" is not always synced, though. etcd (3.4 and later) reads the store's
+//! revision when a creation arrives (`wsrev`, which its answer carries), and registers the
+//! watch from `wsrev + 1` a moment later: a write that commits in between leaves the watch
+//! *unsynced*, its events held for the sync loop, and nothing in the answer says so. Under
+//! contention that is about one creation in fifty, and every waiter queued behind the
+//! stalled one waits those 100 ms too. So a waiter's watch is *confirmed*: two creations
+//! of the same watch go out back to back, and etcd handles one stream's requests one after
+//! the other. If the second read the same revision as the first, no write committed
+//! between the first's read and the second's, so none before the first registered: the
+//! first is synced, and the second is cancelled. Otherwise a second pair goes out; if that
+//! cannot tell either, every candidate is kept (each delivers the deletion, the unsynced
+//! ones later). A candidate that proves synced after the first had its gap covered up to
+//! its own start by a read, as above. This costs a creation and a cancellation per wait, no
+//! read; holders' own-key watches, where 100 ms do not matter, are not confirmed.
+//!
 //! When the stream breaks (server restart, leader change, network), the hub reopens it and
 //! re-creates every watch from `alive_at` itself, so a deletion that happened in between is
 //! replayed, not lost. A watch the server cancels (its start revision compacted, or a
@@ -85,6 +100,8 @@ enum Command {
         from: i64,
         created: i64,
         notify: Notify,
+        /// Confirm the watch synced (see the module docs).
+        confirm: bool,
     },
     Cancel {
         id: i64,
@@ -175,6 +192,17 @@ impl WatchHub {
         created: i64,
         notify: Notify,
     ) -> DeleteWatch {
+        self.register(key, alive_at, created, notify, false)
+    }
+
+    fn register(
+        &self,
+        key: &str,
+        alive_at: i64,
+        created: i64,
+        notify: Notify,
+        confirm: bool,
+    ) -> DeleteWatch {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let _ = self.commands.send(Command::Watch {
             id,
@@ -182,6 +210,7 @@ impl WatchHub {
             from: alive_at,
             created,
             notify,
+            confirm,
         });
         DeleteWatch {
             id,
@@ -190,13 +219,14 @@ impl WatchHub {
     }
 
     /// Waits until the entry at `key` with create revision `created`, which existed at
-    /// revision `alive_at`, is deleted.
+    /// revision `alive_at`, is deleted. The watch is confirmed synced (see the module docs):
+    /// a waiter's wake-up is on the queue's critical path.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future cancels the watch.
     pub(crate) async fn deleted(&self, key: &str, alive_at: i64, created: i64) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        let _watch = self.watch_delete(key, alive_at, created, Notify::Once(tx));
+        let _watch = self.register(key, alive_at, created, Notify::Once(tx), true);
         rx.await.unwrap_or_else(|_| {
             Err(Error::Backend {
                 backend: "etcd",
@@ -223,7 +253,27 @@ struct Watch {
     read: Option<Read>,
     /// Resyncs and failed reads so far: the next retry waits longer.
     retries: u32,
+    /// Confirm its creations from now synced (see the module docs).
+    confirm: bool,
+    /// Further creations of it on the current stream: candidates, until one is confirmed.
+    spares: Vec<i64>,
+    /// The confirming pair of creations in flight.
+    pair: Option<Pair>,
 }
+
+/// Two creations of one watch sent back to back, to learn whether the first is synced.
+#[derive(Clone, Copy)]
+struct Pair {
+    first: i64,
+    /// The revision the first's answer carries, once answered.
+    first_read: Option<i64>,
+    second: i64,
+    /// Which pair this is: 1, then [`PAIRS`] at most.
+    round: u32,
+}
+
+/// Confirming pairs per watch, before its candidates are simply kept.
+const PAIRS: u32 = 2;
 
 #[derive(Clone, Copy)]
 struct Read {
@@ -354,6 +404,7 @@ impl HubTask {
                 from,
                 created,
                 notify,
+                confirm,
             } => {
                 let watch = Watch {
                     key,
@@ -365,12 +416,16 @@ impl HubTask {
                     from_now: false,
                     read: None,
                     retries: 0,
+                    confirm,
+                    spares: Vec::new(),
+                    pair: None,
                 };
                 self.watches.insert(id, watch);
                 self.create(id);
             }
             Command::Cancel { id } => {
-                if let Some(watch) = self.watches.remove(&id) {
+                if let Some(mut watch) = self.watches.remove(&id) {
+                    self.retire_spares(&mut watch);
                     self.retire(watch.server);
                 }
             }
@@ -402,9 +457,18 @@ impl HubTask {
         }
     }
 
+    /// Cancels every candidate of `watch` but its main creation, and ends its confirming.
+    fn retire_spares(&mut self, watch: &mut Watch) {
+        watch.pair = None;
+        for spare in std::mem::take(&mut watch.spares) {
+            self.retire(Some(spare));
+        }
+    }
+
     /// Reports watch `id`'s entry deleted and drops the watch.
     fn deleted(&mut self, id: i64) {
-        if let Some(watch) = self.watches.remove(&id) {
+        if let Some(mut watch) = self.watches.remove(&id) {
+            self.retire_spares(&mut watch);
             self.retire(watch.server);
             watch.notify.deleted();
         }
@@ -429,6 +493,89 @@ impl HubTask {
             .send(Request::Create(server, watch.key.clone(), start));
         self.routes.insert(server, id);
         self.creating.push_back(server);
+        self.start_confirming(id, server, 1);
+    }
+
+    /// If watch `id` is to be confirmed and its creation `first` (just sent) starts from
+    /// now, sends a second creation right behind it (see the module docs).
+    fn start_confirming(&mut self, id: i64, first: i64, round: u32) {
+        let Some(watch) = self.watches.get(&id) else {
+            return;
+        };
+        if !watch.confirm || !watch.from_now {
+            return;
+        }
+        let Some(second) = self.create_spare(id) else {
+            return;
+        };
+        if let Some(watch) = self.watches.get_mut(&id) {
+            watch.pair = Some(Pair {
+                first,
+                first_read: None,
+                second,
+                round,
+            });
+        }
+    }
+
+    /// Sends one more creation of watch `id` from now, as a spare candidate.
+    fn create_spare(&mut self, id: i64) -> Option<i64> {
+        let stream = self.stream.as_ref()?;
+        let watch = self.watches.get_mut(&id)?;
+        let server = server_id(&mut self.next_server_id, id);
+        let _ = stream
+            .requests
+            .send(Request::Create(server, watch.key.clone(), 0));
+        watch.spares.push(server);
+        self.routes.insert(server, id);
+        self.creating.push_back(server);
+        Some(server)
+    }
+
+    /// Creation `server` of watch `id` was answered with the revision etcd read when it
+    /// arrived: part of a confirming pair, it may settle which candidate is synced.
+    fn confirming(&mut self, id: i64, server: i64, read: i64) {
+        let Some(watch) = self.watches.get_mut(&id) else {
+            return;
+        };
+        let Some(mut pair) = watch.pair else {
+            return;
+        };
+        if server == pair.first {
+            pair.first_read = Some(read);
+            watch.pair = Some(pair);
+            return;
+        }
+        if server != pair.second {
+            return;
+        }
+        watch.pair = None;
+        if pair.first_read == Some(read) {
+            // No write between the two reads: the first registered synced. Keep it alone.
+            let others: Vec<i64> = watch
+                .spares
+                .drain(..)
+                .chain(watch.server)
+                .filter(|&s| s != pair.first)
+                .collect();
+            let was_main = watch.server == Some(pair.first);
+            watch.server = Some(pair.first);
+            for other in others {
+                self.retire(Some(other));
+            }
+            if !was_main {
+                self.cover(id, read);
+            }
+            return;
+        }
+        if pair.round == 1 {
+            crate::stats::watch_doubted();
+        }
+        if pair.round < PAIRS {
+            if let Some(first) = self.create_spare(id) {
+                self.start_confirming(id, first, pair.round + 1);
+            }
+        }
     }
 
     fn want_stream(&mut self) {
@@ -486,6 +633,19 @@ impl HubTask {
         if refused && mutant::active(Mutant::ReusedWatchIds) {
             return;
         }
+        if let Some(watch) = self.watches.get_mut(&id) {
+            if watch.server != Some(server) {
+                // A spare candidate: a refused one is dropped, the main creation decides.
+                if refused {
+                    self.routes.remove(&server);
+                    watch.spares.retain(|&s| s != server);
+                    watch.pair = None;
+                } else {
+                    self.confirming(id, server, response.revision);
+                }
+                return;
+            }
+        }
         if refused {
             let reason = &response.cancel_reason;
             tracing::debug!("etcd refused watch {server}: {reason}");
@@ -496,6 +656,7 @@ impl HubTask {
             return;
         }
         self.check_gap(id, response.revision);
+        self.confirming(id, server, response.revision);
     }
 
     /// The stream's token may have expired: authenticate again in a task of its own, then
@@ -531,7 +692,18 @@ impl HubTask {
         let Some(watch) = self.watches.get_mut(&id) else {
             return;
         };
-        if !std::mem::take(&mut watch.from_now) || revision <= watch.from {
+        if !std::mem::take(&mut watch.from_now) {
+            return;
+        }
+        self.cover(id, revision);
+    }
+
+    /// Reads watch `id`'s key unless the entry is known to have existed at `revision`.
+    fn cover(&mut self, id: i64, revision: i64) {
+        let Some(watch) = self.watches.get_mut(&id) else {
+            return;
+        };
+        if revision <= watch.from {
             return;
         }
         crate::stats::watch_checked();
@@ -545,6 +717,8 @@ impl HubTask {
             return;
         };
         let (server, delay) = (watch.server.take(), watch.next_delay());
+        let mut spares = std::mem::take(&mut watch.spares);
+        watch.pair = None;
         tracing::debug!(
             key = %String::from_utf8_lossy(&watch.key),
             retry_in = ?delay,
@@ -554,6 +728,9 @@ impl HubTask {
             self.routes.retain(|_, hub| *hub != id);
         } else {
             self.retire(server);
+            for spare in spares.drain(..) {
+                self.retire(Some(spare));
+            }
         }
         self.read(id, true, delay);
     }
@@ -613,7 +790,8 @@ impl HubTask {
                 watch.from = watch.from.max(revision);
                 self.create(id);
             }
-            Outcome::Alive(_) => {} // the gap is covered
+            // The gap is covered; later candidates need cover only past this.
+            Outcome::Alive(revision) => watch.from = watch.from.max(revision),
             _ => {
                 let delay = watch.next_delay();
                 self.read(id, read.resync, delay);
@@ -630,6 +808,8 @@ impl HubTask {
         self.creating.clear();
         for watch in self.watches.values_mut() {
             watch.server = None;
+            watch.spares.clear();
+            watch.pair = None;
         }
         self.schedule_retry();
     }
@@ -695,6 +875,14 @@ impl HubTask {
             requests,
             responses,
         });
+        // The creation that opened the stream went out with it: its confirming second now.
+        let opener = self
+            .watches
+            .iter()
+            .find_map(|(&id, w)| w.server.filter(|_| w.from_now).map(|s| (id, s)));
+        if let Some((id, server)) = opener {
+            self.start_confirming(id, server, 1);
+        }
         let due: Vec<i64> = self
             .watches
             .iter()

@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use crate::mutant::Mutant;
 pub use go::{GoMutex, GoSession};
 pub use model::{Change, KeyInfo, MIN_TTL};
-pub use net::{Faults, Observed, SimConn, SimEtcd, View, RESET_AFTER};
+pub use net::{Faults, Observed, SimConn, SimEtcd, View, RESET_AFTER, SYNC_INTERVAL};
 
 thread_local! {
     static CLOCK: Cell<Option<tokio::time::Instant>> = const { Cell::new(None) };

@@ -10,6 +10,10 @@
 //! - Range reads filter by create revision, sort, then limit.
 //! - Watches from now (or the future) are *synced* and hear every write at once; watches
 //!   from the past are *unsynced* and are caught up by a sync loop (etcd: every 100 ms);
+//!   "now" is the revision the stream read when the creation arrived (etcd 3.4's
+//!   `wsrev`, which the creation's answer carries): a creation *racing* a write registers
+//!   after it, so from the past, unsynced, with nothing in its answer to tell; the stream's
+//!   later requests wait behind it, as etcd's one receiving loop per stream does;
 //!   one whose start revision was compacted is cancelled there (`compact_revision` set) and
 //!   its id stays taken on the stream until the client cancels it: a creation with a taken
 //!   id is refused (created and canceled, watch id -1, "duplicate watch ID").
@@ -19,7 +23,7 @@
 //! - A keep-alive answers the granted TTL, or 0 if the lease is gone; time-to-live answers
 //!   the whole seconds left (0 in the last second), or -1 if the lease is gone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -101,6 +105,17 @@ struct Stream {
     /// cancels them.
     compacted: BTreeSet<i64>,
     next_id: i64,
+    /// A racing creation that read the revision and registers after the next write.
+    held: Option<(WatchCreate, i64)>,
+    /// The requests that arrived behind it, in order.
+    backlog: VecDeque<Behind>,
+}
+
+/// A request waiting behind a racing creation.
+enum Behind {
+    /// A creation, and whether it races too.
+    Create(WatchCreate, bool),
+    Cancel(i64),
 }
 
 impl Stream {
@@ -486,6 +501,36 @@ impl Model {
         self.changes.push(Change::Compacted { revision: at });
     }
 
+    /// Registers the racing creations that waited for a write (or a sync loop's run), and
+    /// then what their streams received behind them.
+    fn release_held(&mut self) {
+        let held: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.held.is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        for sid in held {
+            let Some((create, wsrev)) = self.streams.get_mut(&sid).and_then(|s| s.held.take())
+            else {
+                continue;
+            };
+            self.register_watch(sid, &create, wsrev);
+            // Until the stream is gone, a creation races again, or nothing is left.
+            while let Some(next) = self
+                .streams
+                .get_mut(&sid)
+                .filter(|s| s.held.is_none())
+                .and_then(|s| s.backlog.pop_front())
+            {
+                match next {
+                    Behind::Create(create, racing) => self.create_watch(sid, &create, racing),
+                    Behind::Cancel(id) => self.cancel_watch(sid, id),
+                }
+            }
+        }
+    }
+
     /// Records `events` at `revision` and tells the synced watchers.
     fn publish(&mut self, revision: i64, events: Vec<Event>) {
         if events.is_empty() {
@@ -511,6 +556,7 @@ impl Model {
         }
         self.history
             .extend(events.into_iter().map(|e| (revision, e)));
+        self.release_held();
     }
 
     /// A new watch stream of connection `conn`; its messages go to `outbox`.
@@ -528,6 +574,8 @@ impl Model {
                 watchers: BTreeMap::new(),
                 compacted: BTreeSet::new(),
                 next_id: 1,
+                held: None,
+                backlog: VecDeque::new(),
             },
         );
         self.next_stream
@@ -537,8 +585,28 @@ impl Model {
         self.streams.remove(&stream);
     }
 
-    pub(crate) fn create_watch(&mut self, stream: u64, create: &WatchCreate) {
-        let revision = self.revision;
+    /// A creation arrives on `stream`; a `racing` one from now registers only after the
+    /// next write (or the next sync loop's run, whichever is first).
+    pub(crate) fn create_watch(&mut self, stream: u64, create: &WatchCreate, racing: bool) {
+        let wsrev = self.revision;
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if s.held.is_some() {
+            s.backlog.push_back(Behind::Create(create.clone(), racing));
+            return;
+        }
+        if racing && create.start_revision == 0 {
+            s.held = Some((create.clone(), wsrev));
+            return;
+        }
+        self.register_watch(stream, create, wsrev);
+    }
+
+    /// Registers a creation that read revision `wsrev` on arrival.
+    fn register_watch(&mut self, stream: u64, create: &WatchCreate, wsrev: i64) {
+        let revision = wsrev;
+        let current = self.revision;
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
         };
@@ -561,19 +629,20 @@ impl Model {
             });
             return;
         }
-        let synced = create.start_revision == 0 || create.start_revision > revision;
+        // etcd's receiving loop turns "now" into `wsrev + 1` before it registers.
+        let start = if create.start_revision == 0 {
+            wsrev + 1
+        } else {
+            create.start_revision
+        };
         s.watchers.insert(
             id,
             Watcher {
                 key: create.key.clone(),
                 prefix: create.prefix,
                 deletes_only: create.deletes_only,
-                next: if synced {
-                    revision + 1
-                } else {
-                    create.start_revision
-                },
-                synced,
+                next: start,
+                synced: start > current,
             },
         );
         let _ = s.outbox.send(WatchResponse {
@@ -589,6 +658,10 @@ impl Model {
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
         };
+        if s.held.is_some() {
+            s.backlog.push_back(Behind::Cancel(id));
+            return;
+        }
         if s.watchers.remove(&id).is_some() || s.compacted.remove(&id) {
             let _ = s.outbox.send(WatchResponse {
                 watch_id: id,
@@ -629,6 +702,7 @@ impl Model {
     /// The sync loop: catches the unsynced watchers up, or cancels those whose start was
     /// compacted away.
     pub(crate) fn sync_watchers(&mut self) {
+        self.release_held();
         let (revision, compacted) = (self.revision, self.compacted);
         for stream in self.streams.values_mut() {
             let mut gone = Vec::new();
@@ -729,12 +803,12 @@ mod tests {
             watch_id: 7,
             deletes_only: true,
         };
-        m.create_watch(stream, &from_past);
+        m.create_watch(stream, &from_past, false);
         assert!(rx.try_recv().unwrap().created);
         m.sync_watchers();
         let cancelled = rx.try_recv().unwrap();
         assert!(cancelled.canceled && cancelled.compact_revision == 3);
-        m.create_watch(stream, &from_past);
+        m.create_watch(stream, &from_past, false);
         let refused = rx.try_recv().unwrap();
         assert_eq!((refused.watch_id, refused.canceled), (-1, true));
         m.cancel_watch(stream, 7);
@@ -745,7 +819,51 @@ mod tests {
                 start_revision: 0,
                 ..from_past
             },
+            false,
         );
         assert_eq!(rx.try_recv().unwrap().watch_id, 7);
+    }
+
+    /// etcd 3.4: a creation from now that a write overtakes registers from the past,
+    /// unsynced, and its answer names the revision it read; requests behind it wait.
+    #[test]
+    fn a_creation_racing_a_write_is_unsynced_until_the_sync_loop() {
+        let mut m = Model::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stream = m.open_stream(0, tx);
+        m.put(0, Put::new("k", "1")).unwrap();
+        let now = |id| WatchCreate {
+            key: b"k".to_vec(),
+            prefix: false,
+            start_revision: 0,
+            watch_id: id,
+            deletes_only: true,
+        };
+        let read = m.revision;
+        m.create_watch(stream, &now(1), true);
+        m.create_watch(stream, &now(2), false);
+        assert!(rx.try_recv().is_err(), "held until the next write");
+        m.put(0, Put::new("other", "x")).unwrap();
+        let (first, second) = (rx.try_recv().unwrap(), rx.try_recv().unwrap());
+        assert_eq!(
+            (first.watch_id, first.revision),
+            (1, read),
+            "answers what it read"
+        );
+        assert_eq!((second.watch_id, second.revision), (2, read + 1));
+        m.txn(0, &Txn::default().then([Op::Delete { key: b"k".to_vec() }]))
+            .unwrap();
+        let event = rx.try_recv().unwrap();
+        assert_eq!(
+            event.watch_id, 2,
+            "only the synced watch hears the deletion at once"
+        );
+        assert!(rx.try_recv().is_err());
+        m.sync_watchers();
+        assert_eq!(
+            rx.try_recv().unwrap().watch_id,
+            1,
+            "the sync loop catches up the other"
+        );
     }
 }

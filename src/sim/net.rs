@@ -36,7 +36,7 @@ use crate::etcd::api::{
 pub const RESET_AFTER: Duration = Duration::from_secs(8);
 
 /// How often the server's loop expires leases and syncs unsynced watchers (etcd: 100 ms).
-const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 /// One link's fault settings. The default is a healthy loopback link.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -54,6 +54,9 @@ pub struct Faults {
     pub lose_reply: f64,
     /// The chance that a request is applied and never answered.
     pub hang: f64,
+    /// The chance that a watch creation from now races a write: it registers after the
+    /// next write, unsynced, and its answer cannot tell (see the model's docs).
+    pub racing_watches: f64,
 }
 
 impl Default for Faults {
@@ -65,6 +68,7 @@ impl Default for Faults {
             drop: 0.0,
             lose_reply: 0.0,
             hang: 0.0,
+            racing_watches: 0.0,
         }
     }
 }
@@ -216,6 +220,7 @@ impl SimEtcd {
                 link_changed: Notify::new(),
                 faults: Mutex::new(Faults::default()),
                 streams: Mutex::new(Vec::new()),
+                race_next: AtomicBool::new(false),
             }),
         }
     }
@@ -274,6 +279,8 @@ struct Conn {
     faults: Mutex<Faults>,
     /// The watch streams opened on this connection, to break them on demand.
     streams: Mutex<Vec<CancellationToken>>,
+    /// The next watch creation from now races a write, whatever the faults say.
+    race_next: AtomicBool,
 }
 
 /// What becomes of one request.
@@ -292,6 +299,19 @@ impl Conn {
 
     fn delay(&self) -> Duration {
         self.world.delay(&self.faults())
+    }
+
+    /// Whether creation `create` races a write (drawn only where the faults allow races,
+    /// so that other runs draw as before).
+    fn races(&self, create: &WatchCreate) -> bool {
+        if create.start_revision != 0 {
+            return false;
+        }
+        if self.race_next.swap(false, Ordering::Relaxed) {
+            return true;
+        }
+        let chance = self.faults().racing_watches;
+        chance > 0.0 && self.world.draw() < chance
     }
 
     fn fate(&self) -> Fate {
@@ -486,6 +506,12 @@ impl SimConn {
         });
     }
 
+    /// Makes the next watch creation from now on this connection race a write: it
+    /// registers after the next write (or the next sync loop's run), unsynced.
+    pub fn race_next_watch(&self) {
+        self.conn.race_next.store(true, Ordering::Relaxed);
+    }
+
     /// Resets the connection: messages in flight are lost, streams end.
     pub fn reset(&self) {
         self.conn.change_link(|link| link.epoch += 1);
@@ -647,11 +673,12 @@ impl EtcdApi for SimConn {
             .conn
             .tracing()
             .then(|| format!("watch open {}", text(&first.key)));
+        let racing = self.conn.races(&first);
         let stream = self
             .conn
             .send(what, move |m, _| {
                 let stream = m.open_stream(id, outbox);
-                m.create_watch(stream, &first);
+                m.create_watch(stream, &first, racing);
                 Ok(stream)
             })
             .await?;
@@ -776,8 +803,9 @@ impl Pipe {
                 return;
             }
             let stream = self.stream;
+            let racing = matches!(&request, Uplink::Create(c) if self.conn.races(c));
             self.conn.world.apply(|m| match &request {
-                Uplink::Create(create) => m.create_watch(stream, create),
+                Uplink::Create(create) => m.create_watch(stream, create, racing),
                 Uplink::Cancel(id) => m.cancel_watch(stream, *id),
             });
         }
