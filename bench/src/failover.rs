@@ -308,17 +308,3 @@ pub fn markdown(rows: &[Row], date: &str) -> String {
     md.push('\n');
     md
 }
-
-/// Replaces the section in `text` (or appends it).
-pub fn splice(text: &str, section: &str) -> String {
-    match (text.find(BEGIN), text.find(END)) {
-        (Some(begin), Some(end)) if begin < end => {
-            let after = &text[end + END.len()..];
-            format!("{}{}{}", &text[..begin], section.trim_end(), after)
-        }
-        _ => format!(
-            "{}\n{section}",
-            text.trim_end_matches('\n').to_owned() + "\n"
-        ),
-    }
-}

@@ -6,10 +6,14 @@
 //!                [--rounds N] [--sessions 1,8,32] [--waiters 256,10000]
 //! fairlock-bench failover [--rounds N] [--docs FILE] [--no-peers] [--etcd HOST:PORT] [--zk HOST:PORT]
 //!                                          (only the failover figures, spliced into FILE)
+//! fairlock-bench many [--window-ms N] [--docs FILE] [--etcd HOST:PORT] [--zk HOST:PORT]
+//!                                          (only the many-locks figures, spliced into FILE)
 //! fairlock-bench waiters URL COUNT        (internal: one waiters run, in its own process)
+//! fairlock-bench many-child …              (internal: one process of a many-locks run)
 //! ```
 
 mod failover;
+mod many;
 mod report;
 mod systems;
 mod waiters;
@@ -30,6 +34,7 @@ struct Sizes {
     failover_rounds: usize,
     /// Whether the failover figures include Curator's LeaderLatch.
     failover_peers: bool,
+    many: many::ManySizes,
 }
 
 struct Options {
@@ -40,7 +45,7 @@ struct Options {
     sizes: Sizes,
 }
 
-fn parse(failover_only: bool) -> Result<Options, String> {
+fn parse(subcommand: bool) -> Result<Options, String> {
     let mut options = Options {
         out: PathBuf::from("docs/bench"),
         docs: Some(PathBuf::from("docs/BENCHMARKS.md")),
@@ -53,12 +58,14 @@ fn parse(failover_only: bool) -> Result<Options, String> {
             waiters: vec![256, 10_000],
             failover_rounds: 5,
             failover_peers: true,
+            many: many::ManySizes {
+                window: Duration::from_secs(4),
+                in_flight: vec![1, 16, 64],
+                processes: vec![1, 4],
+            },
         },
     };
-    if failover_only {
-        options.sizes.failover_rounds = 5;
-    }
-    let mut args = std::env::args().skip(if failover_only { 2 } else { 1 });
+    let mut args = std::env::args().skip(if subcommand { 2 } else { 1 });
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
@@ -74,6 +81,12 @@ fn parse(failover_only: bool) -> Result<Options, String> {
                 options.sizes.failover_rounds = rounds;
             }
             "--no-peers" => options.sizes.failover_peers = false,
+            "--in-flight" => options.sizes.many.in_flight = list(&value()?)?,
+            "--processes" => options.sizes.many.processes = list(&value()?)?,
+            "--window-ms" => {
+                let ms = value()?.parse().map_err(|e| format!("{e}"))?;
+                options.sizes.many.window = Duration::from_millis(ms);
+            }
             "--smoke" => {
                 options.sizes = Sizes {
                     rounds: 5,
@@ -82,6 +95,11 @@ fn parse(failover_only: bool) -> Result<Options, String> {
                     waiters: vec![8],
                     failover_rounds: 1,
                     failover_peers: false,
+                    many: many::ManySizes {
+                        window: Duration::from_millis(200),
+                        in_flight: vec![4],
+                        processes: vec![1],
+                    },
                 };
                 options.docs = None;
             }
@@ -118,17 +136,31 @@ fn main() {
         }
         return;
     }
-    let failover_only = args.get(1).map(String::as_str) == Some("failover");
-    let options = match parse(failover_only) {
+    if args.get(1).map(String::as_str) == Some("many-child") {
+        match runtime.block_on(many::child(&args[2..])) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("fairlock-bench many-child: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    let only = args
+        .get(1)
+        .map(String::as_str)
+        .filter(|a| ["failover", "many"].contains(a));
+    let options = match parse(only.is_some()) {
         Ok(options) => options,
         Err(e) => {
             eprintln!("fairlock-bench: {e}");
             std::process::exit(2);
         }
     };
-    let result = match failover_only {
-        true => runtime.block_on(failover_only_run(&options)),
-        false => runtime.block_on(run(&options)),
+    let result = match only {
+        Some("failover") => runtime.block_on(failover_only_run(&options)),
+        Some(_) => runtime.block_on(many_only_run(&options)),
+        None => runtime.block_on(run(&options)),
     };
     if let Err(e) = result {
         eprintln!("fairlock-bench: {e}");
@@ -196,9 +228,13 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
     )
     .await?;
     let section = failover::markdown(&rows, &report::today());
-    let markdown =
-        run.markdown(&svg)
-            .replacen("\n## Targets", &format!("\n{section}\n## Targets"), 1);
+    let many_rows = many::measure(&options.etcd, &options.zk, &sizes.many).await?;
+    let many_section = many::markdown(&many_rows, &sizes.many, &report::today());
+    let markdown = run.markdown(&svg).replacen(
+        "\n## Targets",
+        &format!("\n{section}\n{many_section}\n## Targets"),
+        1,
+    );
     match &options.docs {
         Some(docs) => {
             std::fs::write(docs, &markdown)?;
@@ -227,11 +263,29 @@ async fn failover_only_run(
     )
     .await?;
     let section = failover::markdown(&rows, &report::today());
+    splice_into(options, &section, failover::BEGIN, failover::END)
+}
+
+/// `fairlock-bench many`: only the many-locks figures, spliced into the docs file.
+async fn many_only_run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let sizes = &options.sizes.many;
+    let rows = many::measure(&options.etcd, &options.zk, sizes).await?;
+    let section = many::markdown(&rows, sizes, &report::today());
+    splice_into(options, &section, many::BEGIN, many::END)
+}
+
+/// Replaces the section between `begin` and `end` of the docs file (or prints it).
+fn splice_into(
+    options: &Options,
+    section: &str,
+    begin: &str,
+    end: &str,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     match &options.docs {
         Some(docs) => {
             let text = std::fs::read_to_string(docs).unwrap_or_default();
-            std::fs::write(docs, failover::splice(&text, &section))?;
-            eprintln!("wrote the failover section of {}", docs.display());
+            std::fs::write(docs, report::splice(&text, section, begin, end))?;
+            eprintln!("wrote a section of {}", docs.display());
         }
         None => println!("{section}"),
     }

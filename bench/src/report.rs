@@ -460,3 +460,17 @@ pub fn plot(run: &Run, path: &Path) -> Result<(), Box<dyn std::error::Error + Se
     root.present()?;
     Ok(())
 }
+
+/// Replaces the section from `begin` to `end` in `text` (or appends it).
+pub fn splice(text: &str, section: &str, begin: &str, end: &str) -> String {
+    match (text.find(begin), text.find(end)) {
+        (Some(b), Some(e)) if b < e => {
+            let after = &text[e + end.len()..];
+            format!("{}{}{}", &text[..b], section.trim_end(), after)
+        }
+        _ => format!(
+            "{}\n{section}",
+            text.trim_end_matches('\n').to_owned() + "\n"
+        ),
+    }
+}
