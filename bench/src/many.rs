@@ -322,45 +322,9 @@ struct EtcdSame(EtcdFloor);
 #[async_trait::async_trait]
 impl Pairs for EtcdSame {
     async fn pair(&self, _i: usize, name: &str) -> Result<(), BoxError> {
-        use etcd_client::{
-            Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-        };
         let EtcdFloor { client, lease } = &self.0;
-        let mut kv = client.kv_client();
-        let prefix = format!("fairlock-bench-same/{name}/");
-        let key = format!("{prefix}{lease:x}-0");
-        let marker = format!("fairlock-bench-same/{name}\u{0}withdrawn/{lease:x}-0");
-        let newest = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Descend)
-            .with_limit(2)
-            .with_keys_only();
-        let enqueue = Txn::new()
-            .when([
-                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
-                Compare::create_revision(marker.as_str(), CompareOp::Equal, 0),
-            ])
-            .and_then([
-                TxnOp::put(key.as_str(), "", Some(PutOptions::new().with_lease(*lease))),
-                TxnOp::get(prefix.as_str(), Some(newest)),
-            ])
-            .or_else([TxnOp::get(key.as_str(), None)]);
-        let revision = kv.txn(enqueue).await?.header().map_or(0, |h| h.revision());
-        let release = Txn::new()
-            .when([Compare::create_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                revision,
-            )])
-            .and_then([
-                TxnOp::delete(key.as_str(), None),
-                TxnOp::delete(
-                    format!("fairlock-bench-same/{name}\u{0}written/{lease:x}-0"),
-                    None,
-                ),
-            ]);
-        kv.txn(release).await?;
-        Ok(())
+        let queue = format!("fairlock-bench-same/{name}");
+        crate::systems::etcd_fairlock_txns(&mut client.kv_client(), &queue, *lease).await
     }
 
     async fn finish(&self) -> Result<(), BoxError> {

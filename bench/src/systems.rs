@@ -369,7 +369,7 @@ struct EtcdSameRequests {
 impl EtcdSameRequests {
     async fn new(endpoint: &str) -> Result<Self, BoxError> {
         let floor = EtcdFloor::new(endpoint).await?;
-        let prefix = format!("{}/", unique("etcd-txns"));
+        let prefix = unique("etcd-txns");
         Ok(EtcdSameRequests { floor, prefix })
     }
 }
@@ -377,42 +377,58 @@ impl EtcdSameRequests {
 #[async_trait::async_trait]
 impl PairRunner for EtcdSameRequests {
     async fn pair(&mut self) -> Result<(), BoxError> {
-        use etcd_client::{
-            Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-        };
         let mut kv = self.floor.client.kv_client();
-        let key = format!("{}{:x}-0", self.prefix, self.floor.lease);
-        let newest = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Descend)
-            .with_limit(2)
-            .with_keys_only();
-        let enqueue = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([
-                TxnOp::put(
-                    key.as_str(),
-                    "",
-                    Some(PutOptions::new().with_lease(self.floor.lease)),
-                ),
-                TxnOp::get(self.prefix.as_str(), Some(newest)),
-            ])
-            .or_else([TxnOp::get(key.as_str(), None)]);
-        let revision = kv.txn(enqueue).await?.header().map_or(0, |h| h.revision());
-        let release = Txn::new()
-            .when([Compare::create_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                revision,
-            )])
-            .and_then([TxnOp::delete(key.as_str(), None)]);
-        kv.txn(release).await?;
-        Ok(())
+        etcd_fairlock_txns(&mut kv, &self.prefix, self.floor.lease).await
     }
 
     async fn finish(self: Box<Self>) -> Result<(), BoxError> {
         Box::new(self.floor).finish().await
     }
+}
+
+/// fairlock's two etcd Txns for one acquire+release in the queue `queue` (its prefix
+/// without the trailing slash), issued raw: the enqueue (create the own key if absent and
+/// not withdrawn; read the two newest keys) and the release (delete the key if it is
+/// still this entry, with its written-marker).
+pub async fn etcd_fairlock_txns(
+    kv: &mut etcd_client::KvClient,
+    queue: &str,
+    lease: i64,
+) -> Result<(), BoxError> {
+    use etcd_client::{
+        Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    };
+    let prefix = format!("{queue}/");
+    let key = format!("{prefix}{lease:x}-0");
+    let beside = |what: &str| format!("{queue}\u{0}{what}/{lease:x}-0");
+    let newest = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_limit(2)
+        .with_keys_only();
+    let enqueue = Txn::new()
+        .when([
+            Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            Compare::create_revision(beside("withdrawn"), CompareOp::Equal, 0),
+        ])
+        .and_then([
+            TxnOp::put(key.as_str(), "", Some(PutOptions::new().with_lease(lease))),
+            TxnOp::get(prefix.as_str(), Some(newest)),
+        ])
+        .or_else([TxnOp::get(key.as_str(), None)]);
+    let revision = kv.txn(enqueue).await?.header().map_or(0, |h| h.revision());
+    let release = Txn::new()
+        .when([Compare::create_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            revision,
+        )])
+        .and_then([
+            TxnOp::delete(key.as_str(), None),
+            TxnOp::delete(beside("written"), None),
+        ]);
+    kv.txn(release).await?;
+    Ok(())
 }
 
 struct ZkSameRequests(ZkDir);
