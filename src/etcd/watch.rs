@@ -497,12 +497,14 @@ impl HubTask {
     }
 
     /// If watch `id` is to be confirmed and its creation `first` (just sent) starts from
-    /// now, sends a second creation right behind it (see the module docs).
+    /// now, sends a second creation right behind it (see the module docs). Round 1 pairs
+    /// the main creation, which may replay from `from` instead; later rounds pair a spare,
+    /// always from now.
     fn start_confirming(&mut self, id: i64, first: i64, round: u32) {
         let Some(watch) = self.watches.get(&id) else {
             return;
         };
-        if !watch.confirm || !watch.from_now {
+        if !watch.confirm || (round == 1 && !watch.from_now) {
             return;
         }
         let Some(second) = self.create_spare(id) else {

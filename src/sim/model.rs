@@ -241,6 +241,12 @@ impl Model {
         self.leases.keys().copied().collect()
     }
 
+    /// How many watches connection `conn`'s streams have registered (held ones not yet).
+    pub(crate) fn watchers(&self, conn: u32) -> usize {
+        let streams = self.streams.values().filter(|s| s.conn == conn);
+        streams.map(|s| s.watchers.len()).sum()
+    }
+
     fn range_of<'a>(
         &'a self,
         key: &'a [u8],

@@ -113,6 +113,11 @@ impl View<'_> {
     pub fn leases(&self) -> Vec<i64> {
         self.0.leases()
     }
+
+    /// How many watches connection `conn` ([`SimConn::id`]) has registered on the server.
+    pub fn watchers(&self, conn: u32) -> usize {
+        self.0.watchers(conn)
+    }
 }
 
 type Observer = Box<dyn FnMut(&View<'_>, Observed<'_>) + Send>;
