@@ -3,12 +3,16 @@
 //!
 //! ```text
 //! fairlock-bench [--out DIR] [--docs FILE] [--smoke] [--etcd HOST:PORT] [--zk HOST:PORT]
-//!                [--rounds N] [--sessions 1,8,32] [--waiters 256,10000]
+//!                [--rounds N] [--sessions 1,8,32] [--waiters 256,10000] [--repeats 3]
+//!                [--idle-waiters 100] [--idle-ms 5000]
 //! fairlock-bench failover [--rounds N] [--docs FILE] [--no-peers] [--etcd HOST:PORT] [--zk HOST:PORT]
 //!                                          (only the failover figures, spliced into FILE)
 //! fairlock-bench many [--window-ms N] [--docs FILE] [--etcd HOST:PORT] [--zk HOST:PORT]
 //!                                          (only the many-locks figures, spliced into FILE)
+//! fairlock-bench waiting [--idle-waiters N] [--idle-ms N] [--docs FILE] [--etcd HOST:PORT] [--zk HOST:PORT]
+//!                                          (only the waiting waiters' CPU, spliced into FILE)
 //! fairlock-bench waiters URL COUNT        (internal: one waiters run, in its own process)
+//! fairlock-bench idle URL COUNT MS        (internal: one idle run, in its own process)
 //! fairlock-bench many-child …              (internal: one process of a many-locks run)
 //! ```
 
@@ -35,6 +39,11 @@ struct Sizes {
     /// Whether the failover figures include Curator's LeaderLatch.
     failover_peers: bool,
     many: many::ManySizes,
+    /// Waiters queued in the idle run, and how long it measures each state.
+    idle_waiters: usize,
+    idle_window: Duration,
+    /// Runs of the uncontended and contended scenarios (the first, and repeats for the spread).
+    repeats: usize,
 }
 
 struct Options {
@@ -63,6 +72,9 @@ fn parse(subcommand: bool) -> Result<Options, String> {
                 in_flight: vec![1, 16, 64],
                 processes: vec![1, 4],
             },
+            idle_waiters: 100,
+            idle_window: Duration::from_secs(5),
+            repeats: 3,
         },
     };
     let mut args = std::env::args().skip(if subcommand { 2 } else { 1 });
@@ -83,6 +95,16 @@ fn parse(subcommand: bool) -> Result<Options, String> {
             "--no-peers" => options.sizes.failover_peers = false,
             "--in-flight" => options.sizes.many.in_flight = list(&value()?)?,
             "--processes" => options.sizes.many.processes = list(&value()?)?,
+            "--repeats" => {
+                options.sizes.repeats = value()?.parse().map_err(|e| format!("{e}"))?;
+            }
+            "--idle-waiters" => {
+                options.sizes.idle_waiters = value()?.parse().map_err(|e| format!("{e}"))?;
+            }
+            "--idle-ms" => {
+                let ms = value()?.parse().map_err(|e| format!("{e}"))?;
+                options.sizes.idle_window = Duration::from_millis(ms);
+            }
             "--window-ms" => {
                 let ms = value()?.parse().map_err(|e| format!("{e}"))?;
                 options.sizes.many.window = Duration::from_millis(ms);
@@ -100,6 +122,9 @@ fn parse(subcommand: bool) -> Result<Options, String> {
                         in_flight: vec![4],
                         processes: vec![1],
                     },
+                    idle_waiters: 4,
+                    idle_window: Duration::from_millis(200),
+                    repeats: 2,
                 };
                 options.docs = None;
             }
@@ -136,6 +161,21 @@ fn main() {
         }
         return;
     }
+    if args.get(1).map(String::as_str) == Some("idle") {
+        let (url, count, ms) = (&args[2], args[3].parse(), args[4].parse());
+        let (Ok(count), Ok(ms)) = (count, ms) else {
+            eprintln!("fairlock-bench idle URL COUNT MS");
+            std::process::exit(2);
+        };
+        match runtime.block_on(waiters::idle_here(url, count, Duration::from_millis(ms))) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("fairlock-bench idle: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("many-child") {
         match runtime.block_on(many::child(&args[2..])) {
             Ok(json) => println!("{json}"),
@@ -149,7 +189,7 @@ fn main() {
     let only = args
         .get(1)
         .map(String::as_str)
-        .filter(|a| ["failover", "many"].contains(a));
+        .filter(|a| ["failover", "many", "waiting"].contains(a));
     let options = match parse(only.is_some()) {
         Ok(options) => options,
         Err(e) => {
@@ -159,6 +199,7 @@ fn main() {
     };
     let result = match only {
         Some("failover") => runtime.block_on(failover_only_run(&options)),
+        Some("waiting") => runtime.block_on(waiting_only_run(&options)),
         Some(_) => runtime.block_on(many_only_run(&options)),
         None => runtime.block_on(run(&options)),
     };
@@ -173,6 +214,68 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
     let sizes = &options.sizes;
     let mut run = Run::new(&options.etcd, &options.zk);
 
+    measure_pairs(&systems, sizes, &mut run).await?;
+    for &count in &sizes.waiters {
+        for system in systems.iter().filter(|s| s.queues_waiters()) {
+            eprintln!("waiters: {} x{count}", system.name());
+            // Queueing thousands at once keeps the server busy for seconds: give requests and
+            // the session room (the defaults, 5 s and 10 s, are for interactive use).
+            let url = format!("{}?ttl=30&request_timeout=60s", system.url());
+            let result = waiters::run_child(&url, count).await?;
+            run.push(Measurement::waiters(system, count, result));
+        }
+    }
+    std::fs::create_dir_all(&options.out)?;
+    let csv = options.out.join("results.csv");
+    std::fs::write(&csv, run.csv())?;
+    let svg = options.out.join("latency.svg");
+    report::plot(&run, &svg)?;
+    eprintln!("failover");
+    let rows = failover::measure(
+        &options.etcd,
+        &options.zk,
+        sizes.failover_rounds,
+        sizes.failover_peers,
+    )
+    .await?;
+    let section = failover::markdown(&rows, &report::today());
+    let many_rows = many::measure(&options.etcd, &options.zk, &sizes.many).await?;
+    let many_section = many::markdown(&many_rows, &sizes.many, &report::today());
+    let idle_section = waiting_section(options).await?;
+    // The spread: the judged scenarios again, after everything else.
+    let mut repeats = Vec::new();
+    for r in 1..sizes.repeats {
+        eprintln!("repeat {r} of the uncontended and contended scenarios");
+        let mut again = Run::new(&options.etcd, &options.zk);
+        measure_pairs(&systems, sizes, &mut again).await?;
+        repeats.push(again);
+    }
+    let markdown = run.markdown(&svg, &repeats).replacen(
+        "\n## Targets",
+        &format!("\n{section}\n{many_section}\n{idle_section}\n## Targets"),
+        1,
+    );
+    match &options.docs {
+        Some(docs) => {
+            std::fs::write(docs, &markdown)?;
+            eprintln!(
+                "wrote {}, {} and {}",
+                docs.display(),
+                csv.display(),
+                svg.display()
+            );
+        }
+        None => println!("{markdown}"),
+    }
+    Ok(())
+}
+
+/// The uncontended and contended scenarios, the ones the targets judge, into `run`.
+async fn measure_pairs(
+    systems: &[System],
+    sizes: &Sizes,
+    run: &mut Run,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // Uncontended: the in-process systems interleaved in blocks (fair against drift), then
     // the peers, each in its own process.
     eprintln!("uncontended: floors, etcd Lock RPC, zookeeper-client lock, fairlock");
@@ -204,49 +307,6 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
             run.push(Measurement::contended(system, sessions, sample));
         }
     }
-    for &count in &sizes.waiters {
-        for system in systems.iter().filter(|s| s.queues_waiters()) {
-            eprintln!("waiters: {} x{count}", system.name());
-            // Queueing thousands at once keeps the server busy for seconds: give requests and
-            // the session room (the defaults, 5 s and 10 s, are for interactive use).
-            let url = format!("{}?ttl=30&request_timeout=60s", system.url());
-            let result = waiters::run_child(&url, count).await?;
-            run.push(Measurement::waiters(system, count, result));
-        }
-    }
-    std::fs::create_dir_all(&options.out)?;
-    let csv = options.out.join("results.csv");
-    std::fs::write(&csv, run.csv())?;
-    let svg = options.out.join("latency.svg");
-    report::plot(&run, &svg)?;
-    eprintln!("failover");
-    let rows = failover::measure(
-        &options.etcd,
-        &options.zk,
-        sizes.failover_rounds,
-        sizes.failover_peers,
-    )
-    .await?;
-    let section = failover::markdown(&rows, &report::today());
-    let many_rows = many::measure(&options.etcd, &options.zk, &sizes.many).await?;
-    let many_section = many::markdown(&many_rows, &sizes.many, &report::today());
-    let markdown = run.markdown(&svg).replacen(
-        "\n## Targets",
-        &format!("\n{section}\n{many_section}\n## Targets"),
-        1,
-    );
-    match &options.docs {
-        Some(docs) => {
-            std::fs::write(docs, &markdown)?;
-            eprintln!(
-                "wrote {}, {} and {}",
-                docs.display(),
-                csv.display(),
-                svg.display()
-            );
-        }
-        None => println!("{markdown}"),
-    }
     Ok(())
 }
 
@@ -272,6 +332,29 @@ async fn many_only_run(options: &Options) -> Result<(), Box<dyn std::error::Erro
     let rows = many::measure(&options.etcd, &options.zk, sizes).await?;
     let section = many::markdown(&rows, sizes, &report::today());
     splice_into(options, &section, many::BEGIN, many::END)
+}
+
+/// The waiting waiters' CPU section.
+async fn waiting_section(
+    options: &Options,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let sizes = &options.sizes;
+    let (count, window) = (sizes.idle_waiters, sizes.idle_window);
+    let rows = waiters::idle(&options.etcd, &options.zk, count, window).await?;
+    Ok(waiters::idle_markdown(
+        &rows,
+        count,
+        window,
+        &report::today(),
+    ))
+}
+
+/// `fairlock-bench waiting`: only the waiting waiters' CPU, spliced into the docs file.
+async fn waiting_only_run(
+    options: &Options,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let section = waiting_section(options).await?;
+    splice_into(options, &section, waiters::IDLE_BEGIN, waiters::IDLE_END)
 }
 
 /// Replaces the section between `begin` and `end` of the docs file (or prints it).

@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fairlock::Client;
 use zookeeper_client as zk;
 
+use crate::systems::cpu_time;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Distinct lock names per run, shared out among the processes.
@@ -232,20 +234,6 @@ async fn run_tasks(
         task.await??;
     }
     Ok(done.load(Ordering::Relaxed))
-}
-
-/// The process's CPU time so far (user + system, every thread).
-fn cpu_time() -> Duration {
-    use nix::sys::resource::{getrusage, UsageWho};
-    match getrusage(UsageWho::RUSAGE_SELF) {
-        Ok(usage) => {
-            let tv = |t: nix::sys::time::TimeVal| {
-                Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
-            };
-            tv(usage.user_time()) + tv(usage.system_time())
-        }
-        Err(_) => Duration::ZERO,
-    }
 }
 
 /// One system's acquire+release pair on name `i`.

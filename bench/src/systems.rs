@@ -11,10 +11,29 @@ use zookeeper_client as zk;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Latencies of the timed operations, and the wall time of the whole scenario.
+/// Latencies of the timed operations, the wall time of the whole scenario, and the client
+/// process's CPU time (user + system, every thread) over the timed part.
 pub struct Sample {
     pub latencies: Vec<Duration>,
     pub elapsed: Duration,
+    pub cpu: Duration,
+}
+
+/// Untimed acquisitions each session makes before a contended run's timed part.
+const CONTENDED_WARMUP: usize = 5;
+
+/// The process's CPU time so far (user + system, every thread).
+pub fn cpu_time() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let tv = |t: nix::sys::time::TimeVal| {
+                Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+            };
+            tv(usage.user_time()) + tv(usage.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
 }
 
 const WARMUP: usize = 20;
@@ -190,9 +209,12 @@ async fn etcd_lock_rpc(endpoint: &str, sessions: usize, each: usize) -> Result<S
     for &lease in &leases {
         let (mut locks, name, barrier) = (client.lock_client(), name.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
             let mut latencies = Vec::with_capacity(each);
-            for _ in 0..each {
+            for i in 0..CONTENDED_WARMUP + each {
+                if i == CONTENDED_WARMUP {
+                    barrier.wait().await;
+                    barrier.wait().await;
+                }
                 let t0 = Instant::now();
                 let options = etcd_client::LockOptions::new().with_lease(lease);
                 let key = locks
@@ -200,7 +222,9 @@ async fn etcd_lock_rpc(endpoint: &str, sessions: usize, each: usize) -> Result<S
                     .await?
                     .key()
                     .to_vec();
-                latencies.push(t0.elapsed());
+                if i >= CONTENDED_WARMUP {
+                    latencies.push(t0.elapsed());
+                }
                 locks.unlock(key).await?;
             }
             Ok(latencies)
@@ -215,10 +239,14 @@ async fn etcd_lock_rpc(endpoint: &str, sessions: usize, each: usize) -> Result<S
 
 type Waits = tokio::task::JoinHandle<Result<Vec<Duration>, BoxError>>;
 
-/// Releases session tasks waiting at `barrier` and collects their timed waits.
+/// Waits for the session tasks to finish their warm-up at `barrier` (the first of two
+/// waits), starts the clocks, releases them together (the second) and collects their
+/// timed waits.
 async fn start_together(barrier: &Barrier, tasks: Vec<Waits>) -> Result<Sample, BoxError> {
     barrier.wait().await;
+    let cpu = cpu_time();
     let start = Instant::now();
+    barrier.wait().await;
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await??);
@@ -226,6 +254,7 @@ async fn start_together(barrier: &Barrier, tasks: Vec<Waits>) -> Result<Sample, 
     Ok(Sample {
         latencies,
         elapsed: start.elapsed(),
+        cpu: cpu_time().saturating_sub(cpu),
     })
 }
 
@@ -248,12 +277,17 @@ async fn fairlock(url: &str, sessions: usize, each: usize) -> Result<Sample, Box
     for client in &clients {
         let (mutex, barrier) = (client.mutex(&name)?, barrier.clone());
         tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
             let mut latencies = Vec::with_capacity(each);
-            for _ in 0..each {
+            for i in 0..CONTENDED_WARMUP + each {
+                if i == CONTENDED_WARMUP {
+                    barrier.wait().await;
+                    barrier.wait().await;
+                }
                 let t0 = Instant::now();
                 let guard = mutex.lock().await?;
-                latencies.push(t0.elapsed());
+                if i >= CONTENDED_WARMUP {
+                    latencies.push(t0.elapsed());
+                }
                 guard.release().await?;
             }
             Ok(latencies)
@@ -274,7 +308,7 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-fn curator(endpoint: &str, args: &[&str]) -> Result<tokio::process::Command, BoxError> {
+pub fn curator(endpoint: &str, args: &[&str]) -> Result<tokio::process::Command, BoxError> {
     let classpath = std::fs::read_to_string(repo().join("target/peers/classpath"))
         .map_err(|_| "the Curator peer is missing: run scripts/peers")?;
     let mut cmd = tokio::process::Command::new("java");
@@ -284,7 +318,7 @@ fn curator(endpoint: &str, args: &[&str]) -> Result<tokio::process::Command, Box
     Ok(cmd)
 }
 
-fn kazoo(endpoint: &str, args: &[&str]) -> Result<tokio::process::Command, BoxError> {
+pub fn kazoo(endpoint: &str, args: &[&str]) -> Result<tokio::process::Command, BoxError> {
     let python = repo().join(".services/venv/bin/python");
     if !python.exists() {
         return Err("the kazoo peer is missing: run scripts/peers".into());
@@ -318,6 +352,7 @@ async fn peer(cmd: Result<tokio::process::Command, BoxError>) -> Result<Sample, 
             .map(micros)
             .collect(),
         elapsed: micros(&report["elapsed_us"]),
+        cpu: micros(&report["cpu_us"]),
     })
 }
 
@@ -603,6 +638,7 @@ pub async fn interleaved(
             let sample = Sample {
                 latencies: Vec::with_capacity(rounds),
                 elapsed: Duration::ZERO,
+                cpu: Duration::ZERO,
             };
             (*i, sample)
         })
@@ -611,13 +647,16 @@ pub async fn interleaved(
     while done < rounds {
         let n = block.min(rounds - done);
         for ((_, runner), (_, sample)) in runners.iter_mut().zip(samples.iter_mut()) {
-            let start = Instant::now();
+            // Only this runner works during its block: the process's CPU time in the block
+            // is its own (plus the others' idle upkeep, a lease keep-alive or a ping).
+            let (start, cpu) = (Instant::now(), cpu_time());
             for _ in 0..n {
                 let t0 = Instant::now();
                 runner.pair().await?;
                 sample.latencies.push(t0.elapsed());
             }
             sample.elapsed += start.elapsed();
+            sample.cpu += cpu_time().saturating_sub(cpu);
         }
         done += n;
     }

@@ -4,16 +4,22 @@
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH latch ID  LeaderLatch
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH bench N   (benchmark)
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH contend S N
+//   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH idle K MS
 //
 // -Dfairlock.session_ms=MS sets the session timeout (default 10000).
 //
 // Acquires the mutex (or leadership), prints "acquired", holds it until a line (or end of
 // file) arrives on stdin, releases (or closes the latch), prints "released" and exits.
-// The benchmark modes print one JSON line: {"elapsed_us": ..., "latencies_us": [...]}:
-// "bench" times N uncontended acquire+release pairs (after 50 for warm-up); "contend" runs
-// S clients (one session each) doing N acquire+release each on one lock, timing each wait.
+// The benchmark modes print one JSON line: {"elapsed_us": ..., "cpu_us": ..., "latencies_us":
+// [...]}, cpu_us being the process's CPU time (every thread, JIT and GC included) over the
+// timed part: "bench" times N uncontended acquire+release pairs (after 200 for warm-up);
+// "contend" runs S clients (one session each) doing N acquire+release each on one lock,
+// timing each wait (after 5 each for warm-up); "idle" holds the lock, queues K waiters
+// (threads of one client) behind it and reports the CPU time of queueing them and of MS
+// milliseconds before and after, as {"enqueue_cpu_us", "alone_cpu_us", "waiting_cpu_us"}.
 import java.io.BufferedReader;
 import java.io.InputStreamReader;
+import java.lang.management.ManagementFactory;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
@@ -37,8 +43,15 @@ public class CuratorPeer {
         return client;
     }
 
-    static void report(long elapsedNanos, List<Long> latencies) {
+    // The process's CPU time (user + system, every thread), in nanoseconds.
+    static long cpuNanos() {
+        return ((com.sun.management.OperatingSystemMXBean)
+                ManagementFactory.getOperatingSystemMXBean()).getProcessCpuTime();
+    }
+
+    static void report(long elapsedNanos, long cpuNanos, List<Long> latencies) {
         StringBuilder out = new StringBuilder("{\"elapsed_us\": " + elapsedNanos / 1000);
+        out.append(", \"cpu_us\": ").append(cpuNanos / 1000);
         out.append(", \"latencies_us\": [");
         for (int i = 0; i < latencies.size(); i++) {
             out.append(i == 0 ? "" : ",").append(latencies.get(i));
@@ -49,11 +62,12 @@ public class CuratorPeer {
 
     static void bench(CuratorFramework client, String path, int n) throws Exception {
         InterProcessMutex mutex = new InterProcessMutex(client, path);
-        for (int i = 0; i < 50; i++) {
+        for (int i = 0; i < 200; i++) {
             mutex.acquire();
             mutex.release();
         }
         List<Long> latencies = new ArrayList<>();
+        long cpu = cpuNanos();
         long start = System.nanoTime();
         for (int i = 0; i < n; i++) {
             long t0 = System.nanoTime();
@@ -61,7 +75,7 @@ public class CuratorPeer {
             mutex.release();
             latencies.add((System.nanoTime() - t0) / 1000);
         }
-        report(System.nanoTime() - start, latencies);
+        report(System.nanoTime() - start, cpuNanos() - cpu, latencies);
     }
 
     static void contend(String connect, String path, int sessions, int n) throws Exception {
@@ -70,12 +84,18 @@ public class CuratorPeer {
         for (int s = 0; s < sessions; s++) {
             clients.add(connect(connect));
         }
+        CountDownLatch warm = new CountDownLatch(sessions);
         CountDownLatch go = new CountDownLatch(1);
         List<Thread> threads = new ArrayList<>();
         for (CuratorFramework c : clients) {
             Thread t = new Thread(() -> {
                 try {
                     InterProcessMutex mutex = new InterProcessMutex(c, path);
+                    for (int i = 0; i < 5; i++) {
+                        mutex.acquire();
+                        mutex.release();
+                    }
+                    warm.countDown();
                     go.await();
                     for (int i = 0; i < n; i++) {
                         long t0 = System.nanoTime();
@@ -90,15 +110,49 @@ public class CuratorPeer {
             t.start();
             threads.add(t);
         }
+        warm.await();
+        long cpu = cpuNanos();
         long start = System.nanoTime();
         go.countDown();
         for (Thread t : threads) {
             t.join();
         }
-        report(System.nanoTime() - start, latencies);
+        report(System.nanoTime() - start, cpuNanos() - cpu, latencies);
         for (CuratorFramework c : clients) {
             c.close();
         }
+    }
+
+    static void idle(CuratorFramework client, String path, int waiters, long ms) throws Exception {
+        InterProcessMutex holder = new InterProcessMutex(client, path);
+        holder.acquire();
+        long cpu = cpuNanos();
+        Thread.sleep(ms);
+        long alone = cpuNanos() - cpu;
+        cpu = cpuNanos();
+        for (int i = 0; i < waiters; i++) {
+            Thread t = new Thread(() -> {
+                try {
+                    new InterProcessMutex(client, path).acquire();
+                } catch (Exception e) {
+                    // The process exits with the lock still held.
+                }
+            });
+            t.setDaemon(true);
+            t.start();
+        }
+        // Queued: every waiter's node is in the lock's directory.
+        while (client.getChildren().forPath(path).size() < waiters + 1) {
+            Thread.sleep(10);
+        }
+        long enqueue = cpuNanos() - cpu;
+        Thread.sleep(500); // as fairlock-bench's idle run: let the last watches be set
+        cpu = cpuNanos();
+        Thread.sleep(ms);
+        long waiting = cpuNanos() - cpu;
+        System.out.println("{\"enqueue_cpu_us\": " + enqueue / 1000 + ", \"alone_cpu_us\": "
+            + alone / 1000 + ", \"waiting_cpu_us\": " + waiting / 1000 + "}");
+        System.out.flush();
     }
 
     public static void main(String[] args) throws Exception {
@@ -107,6 +161,10 @@ public class CuratorPeer {
             return;
         }
         CuratorFramework client = connect(args[0]);
+        if (args.length > 2 && args[2].equals("idle")) {
+            idle(client, args[1], Integer.parseInt(args[3]), Long.parseLong(args[4]));
+            System.exit(0);
+        }
         if (args.length > 2 && args[2].equals("bench")) {
             bench(client, args[1], Integer.parseInt(args[3]));
             client.close();

@@ -4,14 +4,20 @@ scripts/peers makes).
     python kazoo_peer.py CONNECT LOCK_PATH                  hold the lock
     python kazoo_peer.py CONNECT LOCK_PATH bench N          benchmark, uncontended
     python kazoo_peer.py CONNECT LOCK_PATH contend S N      benchmark, S sessions
+    python kazoo_peer.py CONNECT LOCK_PATH idle K MS        benchmark, K waiting waiters
 
 Holding: acquires kazoo's Lock(LOCK_PATH) with extra_lock_patterns=["-lock-"] (so
 Curator-named nodes count as contenders), prints "acquired", holds the lock until a line (or
 end of file) arrives on stdin, releases, prints "released" and exits.
 
-The benchmark modes print one JSON line: {"elapsed_us": ..., "latencies_us": [...]}.
+The benchmark modes print one JSON line: {"elapsed_us": ..., "cpu_us": ..., "latencies_us":
+[...]}, cpu_us being the process's CPU time (every thread) over the timed part, after a
+warm-up (200 pairs; 5 acquisitions per session). "idle" holds the lock, queues K waiters
+(threads of one client) behind it and prints the CPU time of queueing them and of MS
+milliseconds before and after: {"enqueue_cpu_us", "alone_cpu_us", "waiting_cpu_us"}.
 """
 import json
+import os
 import sys
 import threading
 import time
@@ -29,24 +35,30 @@ def lock(client, path):
     return client.Lock(path, "kazoo-peer", extra_lock_patterns=["-lock-"])
 
 
-def report(elapsed, latencies):
-    print(json.dumps({"elapsed_us": int(elapsed * 1e6), "latencies_us": latencies}), flush=True)
+def report(elapsed, cpu, latencies):
+    print(
+        json.dumps(
+            {"elapsed_us": int(elapsed * 1e6), "cpu_us": int(cpu * 1e6), "latencies_us": latencies}
+        ),
+        flush=True,
+    )
 
 
 def bench(hosts, path, n):
     client = connect(hosts)
     mutex = lock(client, path)
-    for _ in range(50):
+    for _ in range(200):
         mutex.acquire()
         mutex.release()
     latencies = []
+    cpu = time.process_time()
     start = time.perf_counter()
     for _ in range(n):
         t0 = time.perf_counter()
         mutex.acquire()
         mutex.release()
         latencies.append(int((time.perf_counter() - t0) * 1e6))
-    report(time.perf_counter() - start, latencies)
+    report(time.perf_counter() - start, time.process_time() - cpu, latencies)
     client.stop()
     client.close()
 
@@ -54,10 +66,15 @@ def bench(hosts, path, n):
 def contend(hosts, path, sessions, n):
     clients = [connect(hosts) for _ in range(sessions)]
     latencies = []
+    warm = threading.Barrier(sessions + 1)
     go = threading.Event()
 
     def run(client):
         mutex = lock(client, path)
+        for _ in range(5):
+            mutex.acquire()
+            mutex.release()
+        warm.wait()
         go.wait()
         for _ in range(n):
             t0 = time.perf_counter()
@@ -68,14 +85,44 @@ def contend(hosts, path, sessions, n):
     threads = [threading.Thread(target=run, args=(c,)) for c in clients]
     for t in threads:
         t.start()
+    warm.wait()
+    cpu = time.process_time()
     start = time.perf_counter()
     go.set()
     for t in threads:
         t.join()
-    report(time.perf_counter() - start, latencies)
+    report(time.perf_counter() - start, time.process_time() - cpu, latencies)
     for c in clients:
         c.stop()
         c.close()
+
+
+def idle(hosts, path, waiters, ms):
+    client = connect(hosts)
+    lock(client, path).acquire()
+    cpu = time.process_time()
+    time.sleep(ms / 1000)
+    alone = time.process_time() - cpu
+    cpu = time.process_time()
+    for _ in range(waiters):
+        threading.Thread(target=lock(client, path).acquire, daemon=True).start()
+    # Queued: every waiter's node is in the lock's directory.
+    while len(client.get_children(path)) < waiters + 1:
+        time.sleep(0.01)
+    enqueue = time.process_time() - cpu
+    time.sleep(0.5)  # as fairlock-bench's idle run: let the last watches be set
+    cpu = time.process_time()
+    time.sleep(ms / 1000)
+    waiting = time.process_time() - cpu
+    us = lambda t: int(t * 1e6)
+    print(
+        json.dumps(
+            {"enqueue_cpu_us": us(enqueue), "alone_cpu_us": us(alone), "waiting_cpu_us": us(waiting)}
+        ),
+        flush=True,
+    )
+    # The waiters' threads block in acquire: leave without waiting for them.
+    os._exit(0)
 
 
 def hold(hosts, path):
@@ -97,6 +144,8 @@ def main():
         bench(hosts, path, int(sys.argv[4]))
     elif mode == "contend":
         contend(hosts, path, int(sys.argv[4]), int(sys.argv[5]))
+    elif mode == "idle":
+        idle(hosts, path, int(sys.argv[4]), int(sys.argv[5]))
     else:
         hold(hosts, path)
 
