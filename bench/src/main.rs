@@ -2,7 +2,7 @@
 //! servers, in one run. See docs/BENCHMARKS.md; `scripts/bench` runs it.
 //!
 //! ```text
-//! fairlock-bench [--out DIR] [--docs FILE] [--smoke] [--etcd HOST:PORT] [--zk HOST:PORT]
+//! fairlock-bench [--out DIR] [--docs FILE] [--smoke] [--cluster] [--etcd HOST:PORT] [--zk HOST:PORT]
 //!                [--rounds N] [--sessions 1,8,32] [--waiters 256,10000] [--repeats 3]
 //!                [--idle-waiters 100] [--idle-ms 5000]
 //! fairlock-bench failover [--rounds N] [--docs FILE] [--no-peers] [--etcd HOST:PORT] [--zk HOST:PORT]
@@ -47,6 +47,8 @@ struct Sizes {
 }
 
 struct Options {
+    /// Against the 3-node clusters (`--cluster`).
+    cluster: bool,
     out: PathBuf,
     docs: Option<PathBuf>,
     etcd: String,
@@ -56,6 +58,7 @@ struct Options {
 
 fn parse(subcommand: bool) -> Result<Options, String> {
     let mut options = Options {
+        cluster: false,
         out: PathBuf::from("docs/bench"),
         docs: Some(PathBuf::from("docs/BENCHMARKS.md")),
         etcd: "127.0.0.1:2379".into(),
@@ -82,6 +85,7 @@ fn parse(subcommand: bool) -> Result<Options, String> {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
             "--out" => options.out = PathBuf::from(value()?),
+            "--cluster" => options.cluster = true,
             "--docs" => options.docs = Some(PathBuf::from(value()?)),
             "--etcd" => options.etcd = value()?,
             "--zk" => options.zk = value()?,
@@ -213,6 +217,7 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
     let systems = System::all(&options.etcd, &options.zk);
     let sizes = &options.sizes;
     let mut run = Run::new(&options.etcd, &options.zk);
+    run.cluster = options.cluster;
 
     measure_pairs(&systems, sizes, &mut run).await?;
     for &count in &sizes.waiters {
@@ -250,11 +255,8 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
         measure_pairs(&systems, sizes, &mut again).await?;
         repeats.push(again);
     }
-    let markdown = run.markdown(&svg, &repeats).replacen(
-        "\n## Targets",
-        &format!("\n{section}\n{many_section}\n{idle_section}\n## Targets"),
-        1,
-    );
+    let sections = format!("{section}\n{many_section}\n{idle_section}");
+    let markdown = run.markdown(&svg, &sections, &repeats);
     match &options.docs {
         Some(docs) => {
             std::fs::write(docs, &markdown)?;
