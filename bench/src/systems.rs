@@ -212,20 +212,25 @@ async fn etcd_lock_rpc(endpoint: &str, sessions: usize, each: usize) -> Result<S
             let mut latencies = Vec::with_capacity(each);
             for i in 0..CONTENDED_WARMUP + each {
                 if i == CONTENDED_WARMUP {
-                    barrier.wait().await;
-                    barrier.wait().await;
+                    together(&barrier).await;
                 }
-                let t0 = Instant::now();
-                let options = etcd_client::LockOptions::new().with_lease(lease);
-                let key = locks
-                    .lock(name.as_str(), Some(options))
-                    .await?
-                    .key()
-                    .to_vec();
-                if i >= CONTENDED_WARMUP {
-                    latencies.push(t0.elapsed());
+                let pass = async {
+                    let t0 = Instant::now();
+                    let options = etcd_client::LockOptions::new().with_lease(lease);
+                    let key = locks
+                        .lock(name.as_str(), Some(options))
+                        .await?
+                        .key()
+                        .to_vec();
+                    let waited = t0.elapsed();
+                    locks.unlock(key).await?;
+                    Ok::<_, BoxError>(waited)
+                };
+                match pass.await {
+                    Ok(waited) if i >= CONTENDED_WARMUP => latencies.push(waited),
+                    Ok(_) => {}
+                    Err(e) => return failed(e, i, &barrier).await,
                 }
-                locks.unlock(key).await?;
             }
             Ok(latencies)
         }));
@@ -238,6 +243,21 @@ async fn etcd_lock_rpc(endpoint: &str, sessions: usize, each: usize) -> Result<S
 }
 
 type Waits = tokio::task::JoinHandle<Result<Vec<Duration>, BoxError>>;
+
+/// A session task's two waits at the start barrier: warm-up done, then the clocks started.
+async fn together(barrier: &Barrier) {
+    barrier.wait().await;
+    barrier.wait().await;
+}
+
+/// A session task's failure in pass `i`: one that fails during its warm-up still passes
+/// the start barrier, which would otherwise hold every other task and the clock for ever.
+async fn failed(e: BoxError, i: usize, barrier: &Barrier) -> Result<Vec<Duration>, BoxError> {
+    if i < CONTENDED_WARMUP {
+        together(barrier).await;
+    }
+    Err(e)
+}
 
 /// Waits for the session tasks to finish their warm-up at `barrier` (the first of two
 /// waits), starts the clocks, releases them together (the second) and collects their
@@ -280,15 +300,20 @@ async fn fairlock(url: &str, sessions: usize, each: usize) -> Result<Sample, Box
             let mut latencies = Vec::with_capacity(each);
             for i in 0..CONTENDED_WARMUP + each {
                 if i == CONTENDED_WARMUP {
-                    barrier.wait().await;
-                    barrier.wait().await;
+                    together(&barrier).await;
                 }
-                let t0 = Instant::now();
-                let guard = mutex.lock().await?;
-                if i >= CONTENDED_WARMUP {
-                    latencies.push(t0.elapsed());
+                let pass = async {
+                    let t0 = Instant::now();
+                    let guard = mutex.lock().await?;
+                    let waited = t0.elapsed();
+                    guard.release().await?;
+                    Ok::<_, BoxError>(waited)
+                };
+                match pass.await {
+                    Ok(waited) if i >= CONTENDED_WARMUP => latencies.push(waited),
+                    Ok(_) => {}
+                    Err(e) => return failed(e, i, &barrier).await,
                 }
-                guard.release().await?;
             }
             Ok(latencies)
         }));
