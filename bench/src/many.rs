@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fairlock::Client;
 use zookeeper_client as zk;
 
-use crate::systems::cpu_time;
+use crate::systems::with_cpu;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -183,15 +183,9 @@ pub async fn child(args: &[String]) -> Result<String, BoxError> {
     let wait = start.saturating_sub(unix_now());
     let late = wait.is_zero();
     tokio::time::sleep(wait).await;
-    let cpu_before = cpu_time();
-    let pairs = run_tasks(
-        &pair,
-        &names,
-        in_flight,
-        Some(tokio::time::Instant::now() + window),
-    )
-    .await?;
-    let cpu = cpu_time().saturating_sub(cpu_before);
+    let deadline = tokio::time::Instant::now() + window;
+    let (pairs, cpu) = with_cpu(run_tasks(&pair, &names, in_flight, Some(deadline))).await;
+    let pairs = pairs?;
     pair.finish().await?;
     Ok(serde_json::json!({
         "pairs": pairs,

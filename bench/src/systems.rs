@@ -36,6 +36,32 @@ pub fn cpu_time() -> Duration {
     }
 }
 
+/// `future`'s output and the process's CPU time while it ran (every task of the process
+/// counts: measure one thing at a time).
+pub async fn with_cpu<T>(future: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let before = cpu_time();
+    let output = future.await;
+    (output, cpu_time().saturating_sub(before))
+}
+
+/// Runs a child process (a peer, or one of this harness's own child modes) with stdin
+/// closed and stderr shown, and reads the one JSON value it prints; `what` names it in
+/// the error.
+pub async fn child_json(
+    cmd: Result<tokio::process::Command, BoxError>,
+    what: &str,
+) -> Result<serde_json::Value, BoxError> {
+    let out = cmd?
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(format!("{what} failed: {}", out.status).into());
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 const WARMUP: usize = 20;
 
 pub enum System {
@@ -358,16 +384,7 @@ pub fn kazoo(endpoint: &str, args: &[&str]) -> Result<tokio::process::Command, B
 
 /// Runs a peer's benchmark mode and reads its one JSON line.
 async fn peer(cmd: Result<tokio::process::Command, BoxError>) -> Result<Sample, BoxError> {
-    let out = cmd?
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .await?;
-    if !out.status.success() {
-        return Err(format!("peer failed: {}", out.status).into());
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(line.trim())?;
+    let report = child_json(cmd, "peer").await?;
     let micros = |v: &serde_json::Value| Duration::from_micros(v.as_u64().unwrap_or(0));
     Ok(Sample {
         latencies: report["latencies_us"]

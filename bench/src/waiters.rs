@@ -10,7 +10,7 @@ use fairlock::{BackendKind, Client, Config, DistributedMutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::systems::cpu_time;
+use crate::systems::{child_json, with_cpu};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Waiter = tokio::task::JoinHandle<Result<(), fairlock::Error>>;
@@ -38,15 +38,9 @@ const IDLE: Duration = Duration::from_secs(2);
 /// Starts `fairlock-bench waiters URL COUNT` and reads its result.
 pub async fn run_child(url: &str, count: usize) -> Result<WaitersResult, BoxError> {
     crate::settle().await;
-    let out = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["waiters", url, &count.to_string()])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .await?;
-    if !out.status.success() {
-        return Err(format!("waiters run failed: {}", out.status).into());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.args(["waiters", url, &count.to_string()]);
+    let v = child_json(Ok(cmd), "waiters run").await?;
     let n = |key: &str| v[key].as_u64().unwrap_or(0);
     Ok(WaitersResult {
         enqueue: Duration::from_micros(n("enqueue_us")),
@@ -70,21 +64,23 @@ pub async fn run_here(url: &str, count: usize) -> Result<String, BoxError> {
     let mutex = client.mutex(&name)?;
     let holder = mutex.lock().await?;
 
-    let (started, cpu) = (Instant::now(), cpu_time());
-    let tasks = queue(&mutex, count).await?;
-    let (enqueue, enqueue_cpu) = (started.elapsed(), cpu_time().saturating_sub(cpu));
-    let cpu = cpu_time();
-    tokio::time::sleep(IDLE).await;
-    let idle_cpu = cpu_time().saturating_sub(cpu);
+    let started = Instant::now();
+    let (tasks, enqueue_cpu) = with_cpu(queue(&mutex, count)).await;
+    let (tasks, enqueue) = (tasks?, started.elapsed());
+    let ((), idle_cpu) = with_cpu(tokio::time::sleep(IDLE)).await;
 
     let notifications_before = server_notifications(&config).await;
     let queued = fairlock::stats();
-    let (started, cpu) = (Instant::now(), cpu_time());
-    holder.release().await?;
-    for task in tasks {
-        task.await??;
-    }
-    let (drain, drain_cpu) = (started.elapsed(), cpu_time().saturating_sub(cpu));
+    let started = Instant::now();
+    let (drained, drain_cpu) = with_cpu(async {
+        holder.release().await?;
+        for task in tasks {
+            task.await??;
+        }
+        Ok::<_, BoxError>(())
+    })
+    .await;
+    let (drain, ()) = (started.elapsed(), drained?);
     let after = fairlock::stats() - queued;
     let notifications = match (notifications_before, server_notifications(&config).await) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before)),
@@ -145,16 +141,11 @@ pub async fn idle_here(url: &str, count: usize, window: Duration) -> Result<Stri
     let client = Client::connect(url).await?;
     let mutex = client.mutex(&format!("idle-{}", std::process::id()))?;
     let holder = mutex.lock().await?;
-    let cpu = cpu_time();
-    tokio::time::sleep(window).await;
-    let alone = cpu_time().saturating_sub(cpu);
-    let cpu = cpu_time();
-    let tasks = queue(&mutex, count).await?;
-    let enqueue = cpu_time().saturating_sub(cpu);
+    let ((), alone) = with_cpu(tokio::time::sleep(window)).await;
+    let (tasks, enqueue) = with_cpu(queue(&mutex, count)).await;
+    let tasks = tasks?;
     tokio::time::sleep(IDLE_SETTLE).await;
-    let cpu = cpu_time();
-    tokio::time::sleep(window).await;
-    let waiting = cpu_time().saturating_sub(cpu);
+    let ((), waiting) = with_cpu(tokio::time::sleep(window)).await;
     for task in &tasks {
         task.abort();
     }
@@ -255,15 +246,7 @@ pub async fn idle(
     for (system, cmd) in commands {
         eprintln!("idle: {system} x{count}");
         crate::settle().await;
-        let out = cmd?
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .await?;
-        if !out.status.success() {
-            return Err(format!("idle run of {system} failed: {}", out.status).into());
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let v = child_json(cmd, &format!("idle run of {system}")).await?;
         let us = |key: &str| Duration::from_micros(v[key].as_u64().unwrap_or(0));
         rows.push(IdleRow {
             system: system.to_owned(),
