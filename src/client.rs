@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::backend::{KeySpace, QueueEntry, QueueKind, QueueSession, SessionSource};
+use crate::backend::{KeySpace, QueueEntry, QueueKind, QueueSession, SessionSource, Side};
 use crate::config::{BackendKind, Config};
 use crate::election::Election;
 use crate::error::{Error, Result};
@@ -16,6 +16,7 @@ use crate::lost::LostSignal;
 use crate::mutex::DistributedMutex;
 use crate::name::validate_name;
 use crate::queue::{QueueElection, QueueMutex, QueueOptions};
+use crate::rwlock::ReadWriteLock;
 use crate::sequencer::{Sequencer, SequencerStatus};
 use crate::state::SessionState;
 
@@ -26,6 +27,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn mutex(
         &self,
         name: String,
+        side: Side,
         holder: Arc<[u8]>,
         options: QueueOptions,
     ) -> Arc<dyn DistributedMutex>;
@@ -51,10 +53,11 @@ impl<B: SessionSource + KeySpace> Backend for Arc<B> {
     fn mutex(
         &self,
         name: String,
+        side: Side,
         holder: Arc<[u8]>,
         options: QueueOptions,
     ) -> Arc<dyn DistributedMutex> {
-        Arc::new(QueueMutex::new(self.clone(), name, holder, options))
+        Arc::new(QueueMutex::new(self.clone(), name, side, holder, options))
     }
 
     fn election(&self, name: String, options: QueueOptions) -> Arc<dyn Election> {
@@ -352,7 +355,35 @@ impl Client {
     pub fn mutex(&self, name: &str) -> Result<Arc<dyn DistributedMutex>> {
         validate_name(name)?;
         let (holder, options) = (self.holder.clone(), self.queue_options());
-        Ok(self.backend.mutex(name.to_owned(), holder, options))
+        Ok(self
+            .backend
+            .mutex(name.to_owned(), Side::Mutex, holder, options))
+    }
+
+    /// The read-write lock named `name`: readers share it, a writer holds it alone; see
+    /// [`ReadWriteLock`]. Creating it costs nothing. Its queue is the one of the mutex of
+    /// the same name, whose holders count as writers.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidName`]; see [`validate_name`].
+    /// - [`Error::InvalidConfig`]: the client has a
+    ///   [`lock_delay`](crate::Config::lock_delay), which read-write locks do not support.
+    pub fn rw_lock(&self, name: &str) -> Result<ReadWriteLock> {
+        validate_name(name)?;
+        if self.lock_delay.is_some() {
+            return Err(Error::config(
+                "read-write locks do not support a lock-delay; use a client without one",
+            ));
+        }
+        let side = |side| {
+            let (holder, options) = (self.holder.clone(), self.queue_options());
+            self.backend.mutex(name.to_owned(), side, holder, options)
+        };
+        Ok(ReadWriteLock::new(
+            name.to_owned(),
+            side(Side::Read),
+            side(Side::Write),
+        ))
     }
 
     /// A client sharing this one's session whose lock entries carry `value`: who holds or

@@ -77,6 +77,7 @@ mod mutex;
 mod name;
 mod queue;
 mod reentrant;
+mod rwlock;
 mod sequencer;
 mod state;
 mod stats;
@@ -108,6 +109,7 @@ pub use lost::{LostReason, LostSignal};
 pub use mutex::{Acquire, DistributedMutex};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use reentrant::ReentrantGuard;
+pub use rwlock::ReadWriteLock;
 pub use sequencer::{Sequencer, SequencerStatus};
 pub use state::SessionState;
 #[cfg(feature = "test-util")]

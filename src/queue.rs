@@ -19,7 +19,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{field, Instrument, Span};
 
 use crate::backend::{
-    session_error, Claim, Entry, KeySpace, QueueEntry, QueueKind, QueueSession, SessionSource,
+    session_error, Claim, Entry, KeySpace, QueueEntry, QueueKind, QueueSession, SessionSource, Side,
 };
 use crate::election::{Election, Leader, Leadership};
 use crate::error::{Error, Result};
@@ -39,16 +39,25 @@ pub(crate) struct QueueOptions {
     pub lock_delay: Option<Duration>,
 }
 
-/// Enqueues in the queue `name` and waits, as `mode` says, until the entry heads it; in an
-/// `acquire` span (debug), with the outcome as an event.
+/// The queue an acquisition joins: its name, kind and side.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    name: &'a str,
+    kind: QueueKind,
+    side: Side,
+}
+
+/// Enqueues in the queue `name` and waits, as `mode` says, until the entry holds (heads the
+/// queue, or for a reader has no exclusive entry ahead); in an `acquire` span (debug), with
+/// the outcome as an event.
 async fn acquire<S: SessionSource>(
     source: &S,
-    name: &str,
-    kind: QueueKind,
+    place: Place<'_>,
     value: &[u8],
     mode: Acquire,
     options: &QueueOptions,
 ) -> Result<Option<LockGuard>> {
+    let Place { name, kind, side } = place;
     let backend = <S::Session as QueueSession>::BACKEND;
     let kind_name = kind.name();
     // The hold span outlives this one: it becomes a sibling under the caller's span, not a
@@ -58,6 +67,7 @@ async fn acquire<S: SessionSource>(
         "acquire",
         name,
         kind = kind_name,
+        side = side.name(),
         backend,
         mode = mode_name(mode),
         key = field::Empty,
@@ -68,7 +78,7 @@ async fn acquire<S: SessionSource>(
         caller: &caller,
     };
     let acquiring = crate::metrics::acquiring(backend, kind_name, name);
-    let result = acquire_in(source, name, kind, value, mode, spans, options)
+    let result = acquire_in(source, place, value, mode, spans, options)
         .instrument(span.clone())
         .await;
     acquiring.finish(match (&result, mode) {
@@ -123,13 +133,13 @@ fn mode_name(mode: Acquire) -> &'static str {
 
 async fn acquire_in<S: SessionSource>(
     source: &S,
-    name: &str,
-    kind: QueueKind,
+    place: Place<'_>,
     value: &[u8],
     mode: Acquire,
     spans: Spans<'_>,
     options: &QueueOptions,
 ) -> Result<Option<LockGuard>> {
+    let Place { name, kind, side } = place;
     let delay = options.lock_delay;
     let deadline = match mode {
         Acquire::Timeout(timeout) => Some(Instant::now() + timeout),
@@ -146,7 +156,7 @@ async fn acquire_in<S: SessionSource>(
             },
             None => source.session().await?,
         };
-        let entry = session.new_entry(name, kind, value);
+        let entry = session.new_entry(name, kind, side, value);
         let mut pending = Pending {
             session,
             entry,
@@ -309,10 +319,11 @@ async fn wait_turn<S: QueueSession>(
     }
 }
 
-/// A [`DistributedMutex`] over any backend.
+/// A [`DistributedMutex`] over any backend: a mutex, or one side of a read-write lock.
 pub(crate) struct QueueMutex<S: SessionSource> {
     source: Arc<S>,
     name: String,
+    side: Side,
     /// The value each entry carries (who holds or waits).
     holder: Arc<[u8]>,
     options: QueueOptions,
@@ -322,12 +333,14 @@ impl<S: SessionSource> QueueMutex<S> {
     pub(crate) fn new(
         source: Arc<S>,
         name: String,
+        side: Side,
         holder: Arc<[u8]>,
         options: QueueOptions,
     ) -> Self {
         QueueMutex {
             source,
             name,
+            side,
             holder,
             options,
         }
@@ -338,6 +351,7 @@ impl<S: SessionSource> fmt::Debug for QueueMutex<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DistributedMutex")
             .field("name", &self.name)
+            .field("side", &self.side.name())
             .finish_non_exhaustive()
     }
 }
@@ -349,16 +363,12 @@ impl<S: SessionSource> DistributedMutex for QueueMutex<S> {
     }
 
     async fn acquire(&self, mode: Acquire) -> Result<Option<LockGuard>> {
-        let (name, holder) = (&self.name, &self.holder);
-        acquire(
-            &*self.source,
-            name,
-            QueueKind::Lock,
-            holder,
-            mode,
-            &self.options,
-        )
-        .await
+        let place = Place {
+            name: &self.name,
+            kind: QueueKind::Lock,
+            side: self.side,
+        };
+        acquire(&*self.source, place, &self.holder, mode, &self.options).await
     }
 }
 
@@ -402,9 +412,12 @@ impl<S: SessionSource + KeySpace> Election for QueueElection<S> {
     }
 
     async fn campaign_with(&self, value: &[u8], mode: Acquire) -> Result<Option<Leadership>> {
-        let kind = QueueKind::Election;
-        let (source, options) = (&*self.source, &self.options);
-        let guard = acquire(source, &self.name, kind, value, mode, options).await?;
+        let place = Place {
+            name: &self.name,
+            kind: QueueKind::Election,
+            side: Side::Mutex,
+        };
+        let guard = acquire(&*self.source, place, value, mode, &self.options).await?;
         Ok(guard.map(|guard| Leadership::new(guard, value.to_vec())))
     }
 

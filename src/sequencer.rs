@@ -275,13 +275,16 @@ pub enum SequencerStatus {
 }
 
 impl SequencerStatus {
-    /// The status of `sequencer` when `head` heads its queue.
-    pub(crate) fn of_head(sequencer: &Sequencer, head: Option<&QueueEntry>) -> Self {
-        match head {
-            Some(head) if head.key == sequencer.key && head.fencing_token == sequencer.token => {
-                SequencerStatus::Current
-            }
-            Some(head) if head.fencing_token > sequencer.token => SequencerStatus::Superseded,
+    /// The status of `sequencer` in `queue` (listed in order; for an exclusive entry its
+    /// head is enough): current if its entry is there and holds (see
+    /// [`QueueEntry::holds`]), superseded if a newer entry heads the queue.
+    pub(crate) fn of_queue(sequencer: &Sequencer, queue: &[QueueEntry]) -> Self {
+        let own = queue
+            .iter()
+            .find(|e| e.key == sequencer.key && e.fencing_token == sequencer.token);
+        match (own, queue.first()) {
+            (Some(own), _) if own.holds(queue) => SequencerStatus::Current,
+            (_, Some(head)) if head.fencing_token > sequencer.token => SequencerStatus::Superseded,
             _ => SequencerStatus::Lost,
         }
     }
@@ -406,8 +409,9 @@ mod tests {
             fencing_token: token,
             session: String::new(),
             value: Vec::new(),
+            shared: key.contains("read"),
         };
-        let status = |head: Option<QueueEntry>| SequencerStatus::of_head(&s, head.as_ref());
+        let status = |head: Option<QueueEntry>| SequencerStatus::of_queue(&s, head.as_slice());
         assert_eq!(
             status(Some(entry("p/n/own", 4711))),
             SequencerStatus::Current
@@ -423,6 +427,32 @@ mod tests {
         );
         assert_eq!(status(None), SequencerStatus::Lost);
         assert_eq!(status(Some(entry("p/n/old", 4000))), SequencerStatus::Lost);
+    }
+
+    #[test]
+    fn a_reader_is_current_behind_readers_only() {
+        let s = sequencer("n", "p/n/read-own");
+        let entry = |key: &str, token| QueueEntry {
+            key: key.into(),
+            fencing_token: token,
+            session: String::new(),
+            value: Vec::new(),
+            shared: key.contains("read"),
+        };
+        let own = entry("p/n/read-own", 4711);
+        let status = |queue: &[QueueEntry]| SequencerStatus::of_queue(&s, queue);
+        let older_reader = entry("p/n/read-old", 4000);
+        assert_eq!(
+            status(&[older_reader.clone(), own.clone()]),
+            SequencerStatus::Current
+        );
+        // Behind a writer it waits: it does not hold.
+        let writer = entry("p/n/writer", 4500);
+        assert_eq!(status(&[writer, own.clone()]), SequencerStatus::Lost);
+        // Gone, and a newer writer holds.
+        let newer = entry("p/n/newer", 4800);
+        assert_eq!(status(&[newer]), SequencerStatus::Superseded);
+        assert_eq!(status(&[older_reader]), SequencerStatus::Lost);
     }
 
     #[test]

@@ -8,6 +8,8 @@ mod common;
 // The SQL store of examples/fenced_sql, which fences writes by token.
 #[path = "conformance/leader.rs"]
 mod leader;
+#[path = "conformance/rwlock.rs"]
+mod rwlock;
 #[path = "../examples/fenced_sql/store.rs"]
 mod store;
 
@@ -21,6 +23,7 @@ use fairlock::{
 };
 use futures::StreamExt;
 use leader::*;
+use rwlock::*;
 
 /// 16 contenders on separate sessions increment a counter with a deliberate
 /// read–sleep–write race; under the lock no update may be lost and no two may overlap.
@@ -1084,7 +1087,11 @@ macro_rules! conformance {
                 leader_loop_reports_work_ignoring_cancellation,
                 lock_delay_not_applied_after_a_clean_release, lock_delay_after_the_holder_expired,
                 lock_delay_after_the_holder_was_deleted,
-                lock_delay_cancel_and_timeout_leave_no_entry);
+                lock_delay_cancel_and_timeout_leave_no_entry,
+                rw_writers_exclude_everyone, rw_readers_share,
+                rw_fifo_between_readers_and_writers, rw_try_timeout_and_cancel_leave_no_entry,
+                rw_crashed_holder_replaced_after_ttl, rw_fencing_guarded_writes_and_checks,
+                rw_lock_delay_refused);
         }
     };
     (@tests $($test:ident),*) => {

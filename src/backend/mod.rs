@@ -40,6 +40,36 @@ impl QueueKind {
     }
 }
 
+/// How an entry takes its place in a lock queue: exclusively (a mutex's or a writer's
+/// entry: it waits for every entry ahead), or shared (a reader's: it waits only for the
+/// exclusive entries ahead). Elections' entries are exclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Side {
+    /// A [`DistributedMutex`](crate::DistributedMutex)'s (or a candidate's) entry.
+    Mutex,
+    /// The write side of a [`ReadWriteLock`](crate::ReadWriteLock): exclusive, and named as
+    /// a writer where the peers tell writers from mutexes (Curator's `__WRIT__`).
+    Write,
+    /// The read side of a [`ReadWriteLock`](crate::ReadWriteLock): shared among readers.
+    Read,
+}
+
+impl Side {
+    /// Whether entries of this side share the lock with each other.
+    pub(crate) fn is_shared(self) -> bool {
+        self == Side::Read
+    }
+
+    /// Its name in traces and `Debug`: `mutex`, `write` or `read`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Side::Mutex => "mutex",
+            Side::Write => "write",
+            Side::Read => "read",
+        }
+    }
+}
+
 /// One entry of a queue, as [`Client::queue`](crate::Client::queue) lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -52,6 +82,22 @@ pub struct QueueEntry {
     pub session: String,
     /// The value stored with the entry (a candidate's value; empty for locks).
     pub value: Vec<u8>,
+    /// A reader's entry (the shared side of a [`ReadWriteLock`](crate::ReadWriteLock),
+    /// also kazoo's `ReadLock` and Curator's read lock): it holds together with the readers
+    /// around it while no exclusive entry (a mutex's, a writer's) is ahead of it.
+    pub shared: bool,
+}
+
+impl QueueEntry {
+    /// Whether this entry holds the lock in `queue` (listed in order, which contains it):
+    /// it is first, or, if shared, no exclusive entry is ahead of it.
+    pub fn holds(&self, queue: &[QueueEntry]) -> bool {
+        let mut ahead = queue.iter().take_while(|e| e.key != self.key);
+        match self.shared {
+            true => ahead.all(|e| e.shared),
+            false => ahead.next().is_none(),
+        }
+    }
 }
 
 /// The plain key-value side of a backend: data reads and writes, and queue listings.
@@ -95,6 +141,8 @@ pub(crate) struct Entry {
     /// A lock's or an election's entry.
     #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
     pub kind: QueueKind,
+    /// Exclusive or shared, in a lock queue.
+    pub side: Side,
     /// The value stored with the entry (a candidate's value; empty for locks).
     pub value: Vec<u8>,
     /// More than one attempt of the request that created it was sent (etcd: hedged or
@@ -144,12 +192,13 @@ pub(crate) struct Written {
 
 impl Entry {
     /// A provisional entry, before the backend confirmed it.
-    pub(crate) fn new(key: String, kind: QueueKind, value: &[u8]) -> Self {
+    pub(crate) fn new(key: String, kind: QueueKind, side: Side, value: &[u8]) -> Self {
         Entry {
             key,
             token: 0,
             order: 0,
             kind,
+            side,
             value: value.to_vec(),
             stray_attempts: false,
             written: Arc::default(),
@@ -201,16 +250,20 @@ pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
     /// The session's loss trigger; guards hang their own triggers below it.
     fn trigger(&self) -> &LossTrigger;
 
-    /// A provisional entry in the queue `name` of `kind`, before anything is written.
-    fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry;
+    /// A provisional entry in the queue `name` of `kind`, on `side`, before anything is
+    /// written.
+    fn new_entry(&self, name: &str, kind: QueueKind, side: Side, value: &[u8]) -> Entry;
 
-    /// Creates the entry only if the queue of `name` is empty.
+    /// Creates the entry only if no entry of the queue of `name` would be ahead of it (for
+    /// a shared entry: no exclusive one).
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool>;
 
-    /// Appends the entry to the queue of `name`; returns the predecessor, if any.
+    /// Appends the entry to the queue of `name`; returns the predecessor, if any: the
+    /// nearest entry ahead of it (for a shared entry, the nearest exclusive one).
     async fn enqueue(&self, name: &str, entry: &mut Entry) -> Result<Option<Predecessor>>;
 
-    /// The entry directly ahead of `own`, re-read. Fails if `own` no longer exists.
+    /// The predecessor of `own` (as [`enqueue`](Self::enqueue) defines it), re-read. Fails
+    /// if `own` no longer exists.
     async fn predecessor(&self, name: &str, own: &Entry) -> Result<Option<Predecessor>>;
 
     /// Completes once `pred` is deleted.

@@ -31,11 +31,14 @@ pub(crate) enum Sort {
     CreateDescending,
 }
 
-/// A range read of one key, or of every key under a prefix.
+/// A range read of one key, of every key under a prefix, or of the keys from `key` up to
+/// (not including) `end`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Range {
     pub key: Vec<u8>,
     pub prefix: bool,
+    /// The end of the range, if it is neither one key nor a prefix.
+    pub end: Option<Vec<u8>>,
     pub sort: Sort,
     /// At most this many keys (0: all).
     pub limit: i64,
@@ -51,6 +54,7 @@ impl Range {
         Range {
             key: key.into(),
             prefix: false,
+            end: None,
             sort: Sort::Key,
             limit: 0,
             max_create_revision: 0,
@@ -63,6 +67,14 @@ impl Range {
         Range {
             prefix: true,
             ..Range::key(prefix)
+        }
+    }
+
+    /// Every key from `start` up to (not including) `end`.
+    pub(crate) fn between(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> Self {
+        Range {
+            end: Some(end.into()),
+            ..Range::key(start)
         }
     }
 
@@ -97,13 +109,14 @@ pub(crate) enum Target {
     Version,
 }
 
-/// `target(key) == value` (over every key under `key` if `prefix`). A missing key compares
-/// as 0.
+/// `target(key) == value` (over every key under `key` if `prefix`, or from `key` up to
+/// `end`). A missing key compares as 0.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Compare {
     pub target: Target,
     pub key: Vec<u8>,
     pub prefix: bool,
+    pub end: Option<Vec<u8>>,
     pub value: i64,
 }
 
@@ -113,6 +126,7 @@ impl Compare {
             target: Target::CreateRevision,
             key: key.into(),
             prefix: false,
+            end: None,
             value,
         }
     }
@@ -124,12 +138,13 @@ impl Compare {
         }
     }
 
-    /// No key starts with `prefix`.
-    pub(crate) fn prefix_empty(prefix: impl Into<Vec<u8>>) -> Self {
+    /// No key lies in `range` (a prefix or a range up to an end).
+    pub(crate) fn range_empty(range: &Range) -> Self {
         Compare {
             target: Target::Version,
-            key: prefix.into(),
-            prefix: true,
+            key: range.key.clone(),
+            prefix: range.prefix,
+            end: range.end.clone(),
             value: 0,
         }
     }
@@ -349,18 +364,20 @@ impl From<&Compare> for EtcdCompare {
             Target::ModRevision => EtcdCompare::mod_revision(key, CompareOp::Equal, c.value),
             Target::Version => EtcdCompare::version(key, CompareOp::Equal, c.value),
         };
-        if c.prefix {
-            compare.with_prefix()
-        } else {
-            compare
+        match &c.end {
+            Some(end) => compare.with_range(end.clone()),
+            None if c.prefix => compare.with_prefix(),
+            None => compare,
         }
     }
 }
 
 fn get_options(range: &Range) -> GetOptions {
     let mut options = GetOptions::new();
-    if range.prefix {
-        options = options.with_prefix();
+    match &range.end {
+        Some(end) => options = options.with_range(end.clone()),
+        None if range.prefix => options = options.with_prefix(),
+        None => {}
     }
     options = match range.sort {
         Sort::Key => options,

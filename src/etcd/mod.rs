@@ -453,11 +453,14 @@ impl KeySpace for EtcdClient {
         Ok(self.read_queue(name, limit).await?.0)
     }
 
-    /// The queue's head in one range request, linearizable (etcd's default).
+    /// The queue's head (a reader's: the whole queue) in one range request, linearizable
+    /// (etcd's default).
     async fn check(&self, sequencer: &Sequencer) -> Result<SequencerStatus> {
         sequencer.entry_in(&self.queue_prefix(sequencer.name()))?;
-        let (head, _) = self.read_queue(sequencer.name(), Some(1)).await?;
-        Ok(SequencerStatus::of_head(sequencer, head.first()))
+        let reader = session::is_reader(sequencer.key().as_bytes());
+        let limit = (!reader).then_some(1);
+        let (queue, _) = self.read_queue(sequencer.name(), limit).await?;
+        Ok(SequencerStatus::of_queue(sequencer, &queue))
     }
 
     async fn watch_head(
@@ -526,6 +529,7 @@ impl EtcdClient {
                 key: String::from_utf8_lossy(&kv.key).into_owned(),
                 fencing_token: kv.create_revision as u64,
                 session: format!("{:x}", kv.lease),
+                shared: session::is_reader(&kv.key),
                 value: kv.value,
             })
             .collect();

@@ -4,6 +4,11 @@
 //! key per waiter under `PREFIX/NAME/`, attached to the waiter's lease; the queue order is
 //! the keys' create revision. Unlike Go, each acquisition gets its own key
 //! (`<lease hex>-<n>`), so concurrent waiters of one session hold separate places.
+//!
+//! Readers of a read-write lock NAME queue in the same place, as `read-<lease hex>-<n>`
+//! (see [`exclusive_ranges`]): writers, mutexes, `etcdctl lock` and Go's Mutex wait for
+//! every key ahead of theirs, readers included; a reader waits only for the nearest
+//! exclusive key ahead of it, which it finds with two range reads that leave readers out.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +23,9 @@ use super::request::{request, Retry};
 use super::watch::{DeleteWatch, Notify, WatchHub};
 use super::Settings;
 use crate::backend::QueueKind;
-use crate::backend::{remove_until_done, session_error, Claim, Entry, Predecessor, QueueSession};
+use crate::backend::{
+    remove_until_done, session_error, Claim, Entry, Predecessor, QueueSession, Side,
+};
 use crate::clock::{BootInstant, Deadline};
 use crate::error::{Error, Result};
 use crate::guard::WriteOp;
@@ -100,6 +107,15 @@ impl EtcdSession {
 
     fn prefix(&self, name: &str) -> String {
         format!("{}/{name}/", self.settings.prefix)
+    }
+
+    /// The key ranges of queue `name` whose entries an entry of `side` waits for.
+    fn ranges_ahead(&self, name: &str, side: Side) -> Vec<Range> {
+        let prefix = self.prefix(name);
+        match side.is_shared() {
+            true => exclusive_ranges(&prefix).into(),
+            false => vec![Range::prefix(prefix)],
+        }
     }
 
     /// One Txn, failing over between members as `retry` allows (see `request.rs` for why
@@ -402,15 +418,50 @@ fn malformed() -> Error {
     }
 }
 
-/// The newest key of `prefix` created before `before`.
-fn predecessor_query(prefix: &str, before: i64) -> Op {
+/// The newest key of `range` created before `before`.
+fn predecessor_query(range: Range, before: i64) -> Op {
     Op::Range(
-        Range::prefix(prefix)
+        range
             .sorted(Sort::CreateDescending)
             .created_at_most(before - 1)
             .limit(1)
             .keys_only(),
     )
+}
+
+/// How a reader's key begins after the queue prefix. Every other key of a queue begins
+/// with a hex digit (fairlock's `<lease hex>-<n>`, etcdctl's and Go's `<lease hex>`), which
+/// sorts before `r`: the readers are one key range.
+const READER: &str = "read-";
+
+/// The key ranges of queue `prefix` (which ends in `/`) outside the readers': the keys
+/// before `read-` and those from `read.` (`-` + 1) to the end of the prefix.
+fn exclusive_ranges(prefix: &str) -> [Range; 2] {
+    let queue = prefix.strip_suffix('/').unwrap_or(prefix);
+    [
+        Range::between(prefix, format!("{prefix}{READER}")),
+        Range::between(format!("{prefix}read."), format!("{queue}0")),
+    ]
+}
+
+/// Whether `key` (of the queue `PREFIX/NAME/`) is a reader's.
+pub(super) fn is_reader(key: &[u8]) -> bool {
+    let leaf = key.rsplit(|b| *b == b'/').next().unwrap_or_default();
+    leaf.starts_with(READER.as_bytes())
+}
+
+/// The newest of the keys that answers `first..` of `resp` hold, other than `own`.
+fn newest_other<'a>(resp: &'a TxnResponse, first: usize, own: &[u8]) -> Result<Option<&'a Kv>> {
+    let mut newest: Option<&Kv> = None;
+    for i in first..resp.responses.len() {
+        let kvs = range_response(resp, i).ok_or_else(malformed)?;
+        if let Some(kv) = kvs.iter().find(|kv| kv.key != own) {
+            if newest.is_none_or(|n| kv.create_revision > n.create_revision) {
+                newest = Some(kv);
+            }
+        }
+    }
+    Ok(newest)
 }
 
 /// The key `kv`, read at `revision`, as a predecessor: it is that key *with that create
@@ -435,29 +486,31 @@ impl QueueSession for EtcdSession {
         &self.trigger
     }
 
-    fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry {
+    fn new_entry(&self, name: &str, kind: QueueKind, side: Side, value: &[u8]) -> Entry {
         let n = self.next_entry.fetch_add(1, Ordering::Relaxed);
+        let reader = if side.is_shared() { READER } else { "" };
         Entry::new(
-            format!("{}{:x}-{n}", self.prefix(name), self.lease),
+            format!("{}{reader}{:x}-{n}", self.prefix(name), self.lease),
             kind,
+            side,
             value,
         )
     }
 
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {
         self.check_alive()?;
-        // "No key under the prefix": a range compare over an empty range compares a zero
+        // "No key in the ranges ahead": a range compare over an empty range compares a zero
         // key, whose version is 0.
-        let prefix = self.prefix(name);
+        let mut when: Vec<Compare> = (self.ranges_ahead(name, entry.side).iter())
+            .map(Compare::range_empty)
+            .collect();
+        when.push(not_withdrawn(&entry.key));
         // Else read the own key back: if a retried attempt finds it, the first attempt put
         // it (into an empty queue) and only its answer was lost.
         let put = Put::new(entry.key.as_bytes(), entry.value.clone()).with_lease(self.lease);
-        let txn = Txn::when([
-            Compare::prefix_empty(prefix.as_bytes()),
-            not_withdrawn(&entry.key),
-        ])
-        .then([Op::Put(put)])
-        .otherwise([Op::Range(Range::key(entry.key.as_bytes()).keys_only())]);
+        let txn = Txn::when(when)
+            .then([Op::Put(put)])
+            .otherwise([Op::Range(Range::key(entry.key.as_bytes()).keys_only())]);
         let (resp, attempts) = self.counted_txn(txn, Retry::Idempotent).await?;
         entry.stray_attempts = attempts > 1;
         if !resp.succeeded {
@@ -484,18 +537,19 @@ impl QueueSession for EtcdSession {
 
     async fn enqueue(&self, name: &str, entry: &mut Entry) -> Result<Option<Predecessor>> {
         self.check_alive()?;
-        let prefix = self.prefix(name);
         let key = entry.key.as_bytes();
         // One round trip: create the key if new (a retried request finds it instead) and
-        // read the two newest keys; at the txn's revision the own key is the newest, so the
-        // other one, if any, is the predecessor.
-        let newest = Range::prefix(prefix.as_bytes())
-            .sorted(Sort::CreateDescending)
-            .limit(2)
-            .keys_only();
+        // read the two newest keys of each range ahead; at the txn's revision the own key
+        // is the newest, so the newest other one, if any, is the predecessor.
+        let newest = (self.ranges_ahead(name, entry.side).into_iter())
+            .map(|range| Op::Range(range.sorted(Sort::CreateDescending).limit(2).keys_only()));
         let put = Put::new(key, entry.value.clone()).with_lease(self.lease);
         let txn = Txn::when([Compare::create_revision(key, 0), not_withdrawn(&entry.key)])
-            .then([Op::Put(put), Op::Range(newest)])
+            .then(
+                std::iter::once(Op::Put(put))
+                    .chain(newest)
+                    .collect::<Vec<_>>(),
+            )
             .otherwise([Op::Range(Range::key(key))]);
         let (resp, attempts) = self.counted_txn(txn, Retry::Idempotent).await?;
         entry.stray_attempts = attempts > 1;
@@ -509,20 +563,17 @@ impl QueueSession for EtcdSession {
         }
         entry.order = resp.revision;
         entry.token = resp.revision as u64;
-        let newest = range_response(&resp, 1).ok_or_else(malformed)?;
-        Ok(newest
-            .iter()
-            .find(|kv| kv.key != key)
-            .map(|kv| to_predecessor(kv, resp.revision)))
+        let newest = newest_other(&resp, 1, key)?;
+        Ok(newest.map(|kv| to_predecessor(kv, resp.revision)))
     }
 
     async fn predecessor(&self, name: &str, own: &Entry) -> Result<Option<Predecessor>> {
         // One read-only txn: does the own key still exist (the post-wait check), and which
         // key is now directly ahead of it.
-        let txn = Txn::default().then([
-            Op::Range(Range::key(own.key.as_bytes()).keys_only()),
-            predecessor_query(&self.prefix(name), own.order),
-        ]);
+        let ahead = (self.ranges_ahead(name, own.side).into_iter())
+            .map(|range| predecessor_query(range, own.order));
+        let own_key = Op::Range(Range::key(own.key.as_bytes()).keys_only());
+        let txn = Txn::default().then(std::iter::once(own_key).chain(ahead).collect::<Vec<_>>());
         let resp = self.txn(txn, Retry::Idempotent).await?;
         let own_kv = range_response(&resp, 0).ok_or_else(malformed)?;
         let gone = own_kv
@@ -531,8 +582,8 @@ impl QueueSession for EtcdSession {
         if gone && !mutant::active(Mutant::NoPostWaitCheck) {
             return Err(self.gone());
         }
-        let ahead = range_response(&resp, 1).ok_or_else(malformed)?;
-        Ok(ahead.first().map(|kv| to_predecessor(kv, resp.revision)))
+        let ahead = newest_other(&resp, 1, own.key.as_bytes())?;
+        Ok(ahead.map(|kv| to_predecessor(kv, resp.revision)))
     }
 
     async fn deleted(&self, pred: &Predecessor) -> Result<()> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use crate::backend::{Claim, Entry, Predecessor, QueueSession, SessionSlot, SessionSource};
+use crate::backend::{Claim, Entry, Predecessor, QueueSession, SessionSlot, SessionSource, Side};
 use crate::backend::{KeySpace, QueueEntry, QueueKind};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -101,8 +101,10 @@ impl KeySpace for MemoryClient {
     async fn check(&self, sequencer: &Sequencer) -> Result<SequencerStatus> {
         let prefix = queue_prefix(sequencer.name());
         sequencer.entry_in(&prefix)?;
-        let head = self.store.queue(&prefix).into_iter().next();
-        Ok(SequencerStatus::of_head(sequencer, head.as_ref()))
+        Ok(SequencerStatus::of_queue(
+            sequencer,
+            &self.store.queue(&prefix),
+        ))
     }
 
     async fn watch_head(
@@ -192,11 +194,13 @@ impl QueueSession for MemorySession {
         &self.trigger
     }
 
-    fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry {
+    fn new_entry(&self, name: &str, kind: QueueKind, side: Side, value: &[u8]) -> Entry {
         let seq = self.next_entry.fetch_add(1, Ordering::Relaxed);
+        let reader = if side.is_shared() { store::READER } else { "" };
         Entry::new(
-            format!("{}{:x}-{seq}", queue_prefix(name), self.id),
+            format!("{}{reader}{:x}-{seq}", queue_prefix(name), self.id),
             kind,
+            side,
             value,
         )
     }
@@ -204,10 +208,7 @@ impl QueueSession for MemorySession {
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {
         self.check_alive()?;
         let prefix = queue_prefix(name);
-        match self
-            .store
-            .create_if_empty(&prefix, &entry.key, &entry.value, self.id)
-        {
+        match self.store.create_if_empty(&prefix, entry, self.id) {
             Some(revision) => {
                 entry.order = revision;
                 entry.token = revision as u64;

@@ -8,9 +8,25 @@ use tokio::sync::oneshot;
 use tokio::time::{Duration, Instant};
 
 use crate::backend::QueueEntry;
-use crate::backend::{Claim, Entry, Predecessor};
+use crate::backend::{Claim, Entry, Predecessor, Side};
 use crate::guard::WriteOp;
 use crate::lost::{LossTrigger, LostReason};
+
+/// How a reader's key begins after the queue prefix (`fairlock/NAME/read-<id>-<n>`), as on
+/// etcd.
+pub(crate) const READER: &str = "read-";
+
+/// Whether the entry `key` is a reader's.
+fn is_reader(key: &str) -> bool {
+    key.rsplit('/')
+        .next()
+        .is_some_and(|leaf| leaf.starts_with(READER))
+}
+
+/// Whether an entry at `key` is one an entry of `side` waits for (when ahead of it).
+fn waits_for(side: Side, key: &str) -> bool {
+    !side.is_shared() || !is_reader(key)
+}
 
 struct Kv {
     value: Vec<u8>,
@@ -195,18 +211,13 @@ impl MemoryStore {
         self.state().put(key, value, session)
     }
 
-    pub(crate) fn create_if_empty(
-        &self,
-        prefix: &str,
-        key: &str,
-        value: &[u8],
-        session: u64,
-    ) -> Option<i64> {
+    /// Creates `own` only if no entry would be ahead of it.
+    pub(crate) fn create_if_empty(&self, prefix: &str, own: &Entry, session: u64) -> Option<i64> {
         let mut state = self.state();
-        if state.entries(prefix).next().is_some() {
+        if state.entries(prefix).any(|(k, _)| waits_for(own.side, k)) {
             return None;
         }
-        Some(state.put(key, value.to_vec(), Some(session)))
+        Some(state.put(&own.key, own.value.clone(), Some(session)))
     }
 
     /// Replaces the value of `own` if it is still the same entry.
@@ -224,7 +235,8 @@ impl MemoryStore {
         self.state().changed.subscribe()
     }
 
-    /// `None` if `own` is gone; else the newest entry created before it, if any.
+    /// `None` if `own` is gone; else the newest entry created before it that it waits for,
+    /// if any.
     pub(crate) fn predecessor(&self, prefix: &str, own: &Entry) -> Option<Option<Predecessor>> {
         let state = self.state();
         if !state.holds(own) {
@@ -232,7 +244,7 @@ impl MemoryStore {
         }
         let pred = state
             .entries(prefix)
-            .filter(|(_, kv)| kv.create_revision < own.order)
+            .filter(|(k, kv)| kv.create_revision < own.order && waits_for(own.side, k))
             .max_by_key(|(_, kv)| kv.create_revision)
             .map(|(k, kv)| Predecessor {
                 key: k.clone(),
@@ -253,6 +265,7 @@ impl MemoryStore {
                 fencing_token: kv.create_revision as u64,
                 session: kv.session.map(|s| format!("{s:x}")).unwrap_or_default(),
                 value: kv.value.clone(),
+                shared: is_reader(k),
             })
             .collect()
     }

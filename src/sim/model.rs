@@ -212,6 +212,14 @@ fn prefix_matches(key: &[u8], range: &[u8], prefix: bool) -> bool {
     }
 }
 
+/// Whether `key` lies in the range from `start`: one key, a prefix, or up to `end`.
+fn in_range(key: &[u8], start: &[u8], prefix: bool, end: Option<&[u8]>) -> bool {
+    match end {
+        Some(end) => key < end,
+        None => prefix_matches(key, start, prefix),
+    }
+}
+
 impl Model {
     pub(crate) fn revision(&self) -> i64 {
         self.revision
@@ -251,11 +259,12 @@ impl Model {
         &'a self,
         key: &'a [u8],
         prefix: bool,
+        end: Option<&'a [u8]>,
     ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Stored)> + 'a {
-        // Every key with the prefix sorts at or after the prefix itself, contiguously.
+        // Every key of the range sorts at or after its start, contiguously.
         self.kvs
             .range(key.to_vec()..)
-            .take_while(move |(k, _)| prefix_matches(k, key, prefix))
+            .take_while(move |(k, _)| in_range(k, key, prefix, end))
     }
 
     fn compare(&self, c: &Compare) -> bool {
@@ -265,7 +274,7 @@ impl Model {
             Target::Version => s.version,
         };
         let mut any = false;
-        for (_, stored) in self.range_of(&c.key, c.prefix) {
+        for (_, stored) in self.range_of(&c.key, c.prefix, c.end.as_deref()) {
             any = true;
             if value(stored) != c.value {
                 return false;
@@ -277,7 +286,7 @@ impl Model {
 
     pub(crate) fn range(&self, range: &Range) -> RangeResponse {
         let mut kvs: Vec<(&Vec<u8>, &Stored)> = self
-            .range_of(&range.key, range.prefix)
+            .range_of(&range.key, range.prefix, range.end.as_deref())
             .filter(|(_, s)| {
                 range.max_create_revision == 0 || s.create_revision <= range.max_create_revision
             })
@@ -789,9 +798,15 @@ mod tests {
         assert_eq!(keys, [b"q/b".as_slice(), b"q/a"]);
         let before = m.range(&Range::prefix("q/").created_at_most(2));
         assert_eq!(before.kvs.len(), 1);
-        assert!(!m.compare(&Compare::prefix_empty("q/")));
-        assert!(m.compare(&Compare::prefix_empty("s/")));
+        assert!(!m.compare(&Compare::range_empty(&Range::prefix("q/"))));
+        assert!(m.compare(&Compare::range_empty(&Range::prefix("s/"))));
         assert!(m.compare(&Compare::create_revision("nope", 0)));
+        // Ranges up to an end leave the end out.
+        let between = m.range(&Range::between("q/b", "r/c"));
+        let keys: Vec<&[u8]> = between.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+        assert_eq!(keys, [b"q/b".as_slice()]);
+        assert!(m.compare(&Compare::range_empty(&Range::between("q/c", "r/c"))));
+        assert!(!m.compare(&Compare::range_empty(&Range::between("q/", "q/b"))));
     }
 
     #[test]

@@ -16,13 +16,14 @@ use zookeeper_client as zk;
 use super::names;
 use super::session::is_no_node;
 use super::ZkClient;
+use crate::backend::Side;
 use crate::error::{Error, Result};
 use crate::sequencer::{Sequencer, SequencerStatus};
 
 pub(super) async fn check(client: &ZkClient, sequencer: &Sequencer) -> Result<SequencerStatus> {
     let queue = format!("{}/{}", client.settings.base, sequencer.name());
     let own = sequencer.entry_in(&format!("{queue}/"))?;
-    let Some(own_sequence) = names::sequence(own, sequencer.kind()) else {
+    let Some((own_sequence, shared)) = names::contender(own, sequencer.kind()) else {
         return Err(sequencer.invalid("its key is not a queue node of its kind"));
     };
     let key = sequencer.key();
@@ -66,7 +67,13 @@ pub(super) async fn check(client: &ZkClient, sequencer: &Sequencer) -> Result<Se
     let Some(&(head_sequence, head)) = contenders.first() else {
         return Ok(SequencerStatus::Lost);
     };
-    Ok(if own_exists && head == own {
+    // A reader holds while no exclusive contender is ahead of it.
+    let holds = match shared {
+        false => head == own,
+        true => !names::blocking(&children, sequencer.kind(), Side::Read)
+            .any(|(sequence, _)| names::precedes(sequence, own_sequence)),
+    };
+    Ok(if own_exists && holds {
         SequencerStatus::Current
     } else if queue_created as u64 > token || names::precedes(own_sequence, head_sequence) {
         SequencerStatus::Superseded

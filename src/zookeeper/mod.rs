@@ -360,11 +360,14 @@ async fn put_once(
 }
 
 fn entry(key: String, value: Vec<u8>, stat: &zk::Stat) -> QueueEntry {
+    let leaf = key.rsplit('/').next().unwrap_or_default();
+    let shared = names::contender(leaf, QueueKind::Lock).is_some_and(|(_, shared)| shared);
     QueueEntry {
         key,
         fencing_token: stat.czxid as u64,
         session: format!("{:x}", stat.ephemeral_owner),
         value,
+        shared,
     }
 }
 

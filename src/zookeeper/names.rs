@@ -10,56 +10,97 @@
 //! lock (each costs a create and a delete). Curator and kazoo compare the numbers as text,
 //! which breaks at the wrap: at that moment, mutual exclusion with them is not assured.
 
-use crate::backend::QueueKind;
+use crate::backend::{QueueKind, Side};
 
 /// The marker Curator's InterProcessMutex puts before the sequence number.
 const CURATOR_LOCK: &str = "lock-";
 /// The marker Curator's LeaderLatch puts before the sequence number.
 const CURATOR_LATCH: &str = "latch-";
-/// The markers kazoo's Lock and ReadLock put before the sequence number.
-const KAZOO_LOCKS: [&str; 2] = ["__lock__", "__rlock__"];
+/// The markers of Curator's InterProcessReadWriteLock: readers, writers.
+const CURATOR_READ: &str = "__READ__";
+const CURATOR_WRITE: &str = "__WRIT__";
+/// The markers kazoo's Lock (and WriteLock) and ReadLock put before the sequence number.
+const KAZOO_LOCK: &str = "__lock__";
+const KAZOO_READ: &str = "__rlock__";
 
-/// Curator's marker for the nodes of `kind`.
-fn curator_marker(kind: QueueKind) -> &'static str {
-    match kind {
-        QueueKind::Lock => CURATOR_LOCK,
-        QueueKind::Election => CURATOR_LATCH,
+/// Every marker of a lock contender, and whether its entries are shared (readers'). No
+/// marker is found inside another's name followed by digits, so the order does not matter.
+const LOCK_MARKERS: [(&str, bool); 5] = [
+    (KAZOO_LOCK, false),
+    (KAZOO_READ, true),
+    (CURATOR_READ, true),
+    (CURATOR_WRITE, false),
+    (CURATOR_LOCK, false),
+];
+
+/// Curator's marker for the nodes of `kind` on `side`.
+fn curator_marker(kind: QueueKind, side: Side) -> &'static str {
+    match (kind, side) {
+        (QueueKind::Election, _) => CURATOR_LATCH,
+        (QueueKind::Lock, Side::Mutex) => CURATOR_LOCK,
+        (QueueKind::Lock, Side::Write) => CURATOR_WRITE,
+        (QueueKind::Lock, Side::Read) => CURATOR_READ,
     }
 }
 
-/// The protected prefix of a new node: `_c_<uuid>-lock-` (or `-latch-` for elections),
-/// exactly as Curator names its nodes, so Curator counts ours and, after a connection loss
-/// during create, the uuid finds the node again.
-pub(crate) fn protected_prefix(uuid: &uuid::Uuid, kind: QueueKind) -> String {
-    format!("_c_{}-{}", uuid.hyphenated(), curator_marker(kind))
+/// The protected prefix of a new node: `_c_<uuid>-lock-` (`-latch-` for elections,
+/// `-__READ__`, `-__WRIT__` for a read-write lock's sides), exactly as Curator names its
+/// nodes, so Curator counts ours and, after a connection loss during create, the uuid finds
+/// the node again.
+pub(crate) fn protected_prefix(uuid: &uuid::Uuid, kind: QueueKind, side: Side) -> String {
+    format!("_c_{}-{}", uuid.hyphenated(), curator_marker(kind, side))
 }
 
 /// The part of a protected name that identifies one attempt: `_c_<uuid>-`.
 pub(crate) fn attempt_marker(prefix: &str) -> &str {
-    let marker = [CURATOR_LOCK, CURATOR_LATCH]
+    let marker = [CURATOR_LOCK, CURATOR_LATCH, CURATOR_READ, CURATOR_WRITE]
         .into_iter()
         .find_map(|m| prefix.strip_suffix(m));
     marker.unwrap_or(prefix)
 }
 
-/// The sequence number of a contender of `kind`, or `None` for other children. Lock
-/// contenders are named by Curator (`…lock-<seq>`) or kazoo (`…__lock__<seq>`); election
-/// candidates by Curator's LeaderLatch (`…latch-<seq>`). The number is parsed as signed:
-/// ZooKeeper prints sequences past 2³¹−1 as negative.
-pub(crate) fn sequence(child: &str, kind: QueueKind) -> Option<i32> {
-    let after = |marker: &str| child.rfind(marker).map(|i| &child[i + marker.len()..]);
-    let digits = match kind {
-        // kazoo first: "__lock__" ends in "lock__", never in "lock-".
-        QueueKind::Lock => KAZOO_LOCKS
-            .iter()
-            .find_map(|marker| after(marker))
-            .or_else(|| after(CURATOR_LOCK))?,
-        QueueKind::Election => after(CURATOR_LATCH)?,
-    };
+/// A sequence number after `marker` at the end of `child`. Parsed as signed: ZooKeeper
+/// prints sequences past 2³¹−1 as negative.
+fn number_after(child: &str, marker: &str) -> Option<i32> {
+    let digits = &child[child.rfind(marker)? + marker.len()..];
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
         return None;
     }
     digits.parse::<i32>().ok()
+}
+
+/// The sequence number of a contender of `kind`, and whether it is shared (a reader's),
+/// or `None` for other children. Lock contenders are named by Curator (`…lock-<seq>`,
+/// `…__READ__<seq>`, `…__WRIT__<seq>`) or kazoo (`…__lock__<seq>`, `…__rlock__<seq>`);
+/// election candidates by Curator's LeaderLatch (`…latch-<seq>`).
+pub(crate) fn contender(child: &str, kind: QueueKind) -> Option<(i32, bool)> {
+    match kind {
+        QueueKind::Lock => LOCK_MARKERS
+            .iter()
+            .find_map(|&(marker, shared)| Some((number_after(child, marker)?, shared))),
+        QueueKind::Election => Some((number_after(child, CURATOR_LATCH)?, false)),
+    }
+}
+
+/// The sequence number of a contender of `kind`; see [`contender`].
+pub(crate) fn sequence(child: &str, kind: QueueKind) -> Option<i32> {
+    contender(child, kind).map(|(sequence, _)| sequence)
+}
+
+/// The sequence numbers of the contenders of `kind` among `children` that an entry on
+/// `side` waits for when they are ahead of it: all of them, or for a reader the exclusive
+/// ones.
+pub(crate) fn blocking<'a>(
+    children: &'a [String],
+    kind: QueueKind,
+    side: Side,
+) -> impl Iterator<Item = (i32, &'a str)> + 'a {
+    children
+        .iter()
+        .filter_map(move |c| match contender(c, kind)? {
+            (_, true) if side.is_shared() => None,
+            (sequence, _) => Some((sequence, c.as_str())),
+        })
 }
 
 /// Whether sequence number `a` was issued before `b`: `b` lies less than 2³¹ steps after
@@ -68,13 +109,16 @@ pub(crate) fn precedes(a: i32, b: i32) -> bool {
     b.wrapping_sub(a) > 0
 }
 
-/// The contender of `kind` directly ahead of sequence number `own` among `children`: the
-/// nearest one that [`precedes`] it.
-pub(crate) fn predecessor(own: i32, children: &[String], kind: QueueKind) -> Option<&str> {
+/// The contender of `kind` directly ahead of sequence number `own` among `children` that
+/// an entry on `side` waits for (see [`blocking`]): the nearest one that [`precedes`] it.
+pub(crate) fn predecessor(
+    own: i32,
+    children: &[String],
+    kind: QueueKind,
+    side: Side,
+) -> Option<&str> {
     // One pass, no sorted copy: many waiters may share one large listing.
-    children
-        .iter()
-        .filter_map(|c| sequence(c, kind).map(|s| (s, c.as_str())))
+    blocking(children, kind, side)
         .filter(|(sequence, _)| precedes(*sequence, own))
         .min_by_key(|(sequence, _)| own.wrapping_sub(*sequence))
         .map(|(_, child)| child)
@@ -106,6 +150,7 @@ mod tests {
 
     const LOCK: QueueKind = QueueKind::Lock;
     const ELECTION: QueueKind = QueueKind::Election;
+    const MUTEX: Side = Side::Mutex;
 
     #[test]
     fn parses_curator_and_kazoo_names() {
@@ -122,6 +167,58 @@ mod tests {
         assert_eq!(sequence("_c_abc-latch-0000000001", LOCK), None);
         assert_eq!(sequence("lock-", LOCK), None);
         assert_eq!(sequence("lock-12x", LOCK), None);
+    }
+
+    #[test]
+    fn parses_read_write_lock_names_of_both_peers() {
+        let reader = "_c_0f5a6c1e-3a4b-4c5d-8e9f-001122334455-__READ__0000000011";
+        let writer = "_c_0f5a6c1e-3a4b-4c5d-8e9f-001122334455-__WRIT__0000000012";
+        assert_eq!(contender(reader, LOCK), Some((11, true)));
+        assert_eq!(contender(writer, LOCK), Some((12, false)));
+        assert_eq!(contender("ab__rlock__0000000013", LOCK), Some((13, true)));
+        assert_eq!(contender("ab__lock__0000000014", LOCK), Some((14, false)));
+        assert_eq!(contender("_c_a-lock-0000000015", LOCK), Some((15, false)));
+        assert_eq!(contender(reader, ELECTION), None);
+        let uuid = uuid::Uuid::nil();
+        let read = protected_prefix(&uuid, LOCK, Side::Read);
+        assert!(read.ends_with("-__READ__"), "{read}");
+        assert_eq!(
+            attempt_marker(&read),
+            attempt_marker(&protected_prefix(&uuid, LOCK, Side::Write))
+        );
+    }
+
+    /// A reader waits for the nearest writer (of either peer) ahead of it, never for a
+    /// reader; a writer waits for whatever is directly ahead.
+    #[test]
+    fn readers_wait_for_the_nearest_writer_only() {
+        let children: Vec<String> = [
+            "_c_a-__WRIT__0000000001",
+            "_c_b-__READ__0000000002",
+            "k__lock__0000000003",
+            "k__rlock__0000000004",
+            "_c_c-__READ__0000000005",
+        ]
+        .map(String::from)
+        .to_vec();
+        let read = Side::Read;
+        assert_eq!(
+            predecessor(5, &children, LOCK, read),
+            Some("k__lock__0000000003")
+        );
+        assert_eq!(
+            predecessor(2, &children, LOCK, read),
+            Some("_c_a-__WRIT__0000000001")
+        );
+        assert_eq!(predecessor(1, &children, LOCK, read), None);
+        assert_eq!(
+            predecessor(5, &children, LOCK, Side::Write),
+            Some("k__rlock__0000000004")
+        );
+        assert_eq!(
+            predecessor(3, &children, LOCK, MUTEX),
+            Some("_c_b-__READ__0000000002")
+        );
     }
 
     #[test]
@@ -185,21 +282,27 @@ mod tests {
         let children = lock_children(&[max - 1, max, min, min + 1]);
         let name = |s: i32| format!("_c_{s}-lock-{s:010}");
         // The first number after the wrap waits for the last one before it.
-        assert_eq!(predecessor(min, &children, LOCK), Some(name(max).as_str()));
         assert_eq!(
-            predecessor(min + 1, &children, LOCK),
+            predecessor(min, &children, LOCK, MUTEX),
+            Some(name(max).as_str())
+        );
+        assert_eq!(
+            predecessor(min + 1, &children, LOCK, MUTEX),
             Some(name(min).as_str())
         );
         assert_eq!(
-            predecessor(max, &children, LOCK),
+            predecessor(max, &children, LOCK, MUTEX),
             Some(name(max - 1).as_str())
         );
         // The oldest holds: nothing ahead of it, even though later numbers are smaller.
-        assert_eq!(predecessor(max - 1, &children, LOCK), None);
+        assert_eq!(predecessor(max - 1, &children, LOCK, MUTEX), None);
         // Away from the wrap, plain order.
         let children = lock_children(&[5, 9, 7]);
-        assert_eq!(predecessor(9, &children, LOCK), Some(name(7).as_str()));
-        assert_eq!(predecessor(5, &children, LOCK), None);
+        assert_eq!(
+            predecessor(9, &children, LOCK, MUTEX),
+            Some(name(7).as_str())
+        );
+        assert_eq!(predecessor(5, &children, LOCK, MUTEX), None);
     }
 
     #[test]
@@ -234,7 +337,11 @@ mod tests {
             assert_eq!(order, issued, "window from {start}");
             for (i, s) in issued.iter().enumerate() {
                 let expected = i.checked_sub(1).map(|p| names[p].as_str());
-                assert_eq!(predecessor(*s, &listed, LOCK), expected, "{s} from {start}");
+                assert_eq!(
+                    predecessor(*s, &listed, LOCK, MUTEX),
+                    expected,
+                    "{s} from {start}"
+                );
             }
         }
     }
@@ -242,14 +349,14 @@ mod tests {
     #[test]
     fn protected_names_match_curator() {
         let uuid = uuid::Uuid::nil();
-        let prefix = protected_prefix(&uuid, LOCK);
+        let prefix = protected_prefix(&uuid, LOCK, MUTEX);
         assert_eq!(prefix, "_c_00000000-0000-0000-0000-000000000000-lock-");
         assert_eq!(
             attempt_marker(&prefix),
             "_c_00000000-0000-0000-0000-000000000000-"
         );
         assert_eq!(sequence(&format!("{prefix}0000000009"), LOCK), Some(9));
-        let latch = protected_prefix(&uuid, ELECTION);
+        let latch = protected_prefix(&uuid, ELECTION, MUTEX);
         assert_eq!(latch, "_c_00000000-0000-0000-0000-000000000000-latch-");
         assert_eq!(attempt_marker(&latch), attempt_marker(&prefix));
     }

@@ -37,10 +37,10 @@ use zookeeper_client as zk;
 
 use super::names;
 use super::{zk_error, Settings};
-use crate::backend::QueueKind;
 use crate::backend::{
     remove_until_done, session_error, Claim, Entry, Predecessor, QueueSession, Written,
 };
+use crate::backend::{QueueKind, Side};
 use crate::clock::BootInstant;
 use crate::error::{within, Error, Result};
 use crate::guard::WriteOp;
@@ -659,10 +659,12 @@ impl ZkSession {
             return Err(self.gone());
         }
         let pred =
-            names::predecessor(sequence_of(own), children, own.kind).map(|child| Predecessor {
-                key: format!("{}/{child}", self.lock_path(name)),
-                revision: 0,
-                created: 0,
+            names::predecessor(sequence_of(own), children, own.kind, own.side).map(|child| {
+                Predecessor {
+                    key: format!("{}/{child}", self.lock_path(name)),
+                    revision: 0,
+                    created: 0,
+                }
             });
         Ok(pred)
     }
@@ -1023,18 +1025,23 @@ impl QueueSession for ZkSession {
         &self.trigger
     }
 
-    fn new_entry(&self, name: &str, kind: QueueKind, value: &[u8]) -> Entry {
-        let prefix = names::protected_prefix(&uuid::Uuid::new_v4(), kind);
-        Entry::new(format!("{}/{prefix}", self.lock_path(name)), kind, value)
+    fn new_entry(&self, name: &str, kind: QueueKind, side: Side, value: &[u8]) -> Entry {
+        let prefix = names::protected_prefix(&uuid::Uuid::new_v4(), kind, side);
+        Entry::new(
+            format!("{}/{prefix}", self.lock_path(name)),
+            kind,
+            side,
+            value,
+        )
     }
 
     async fn enqueue_if_empty(&self, name: &str, entry: &mut Entry) -> Result<bool> {
         // ZooKeeper cannot create "only if the parent has no children" atomically: look
         // first (no write if taken), then create and confirm being first; else step back.
         let children = self.children(name).await?;
-        if children
-            .iter()
-            .any(|c| names::sequence(c, entry.kind).is_some())
+        if names::blocking(&children, entry.kind, entry.side)
+            .next()
+            .is_some()
         {
             return Ok(false);
         }
