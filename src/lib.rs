@@ -72,6 +72,7 @@ pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 #[path = "metrics_off.rs"]
 mod metrics;
+mod multi;
 mod mutant;
 mod mutex;
 mod name;
@@ -106,6 +107,7 @@ pub use fence::{Fence, FencePermit, StaleToken};
 pub use guard::{LockGuard, WriteOp};
 pub use key::{validate_key, MAX_KEY_LEN};
 pub use lost::{LostReason, LostSignal};
+pub use multi::{MultiGuard, MultiLock};
 pub use mutex::{Acquire, DistributedMutex};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use reentrant::ReentrantGuard;

@@ -1091,7 +1091,8 @@ macro_rules! conformance {
                 rw_writers_exclude_everyone, rw_readers_share,
                 rw_fifo_between_readers_and_writers, rw_try_timeout_and_cancel_leave_no_entry,
                 rw_crashed_holder_replaced_after_ttl, rw_fencing_guarded_writes_and_checks,
-                rw_lock_delay_refused);
+                rw_lock_delay_refused, multi_lock_all_or_nothing,
+                multi_locks_in_any_order_never_deadlock);
         }
     };
     (@tests $($test:ident),*) => {

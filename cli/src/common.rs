@@ -160,12 +160,16 @@ pub fn print_line(line: &str) -> std::io::Result<()> {
 
 /// What is held while the command runs: a lock or leadership.
 pub struct Held<'a> {
+    /// The name (names, space-separated, for a multi-lock).
     pub name: &'a str,
-    pub token: u64,
+    /// The fencing token (tokens, space-separated, for a multi-lock).
+    pub token: String,
+    /// The key (keys, space-separated).
     pub key: String,
-    /// Its sequencer's string form.
+    /// Its sequencer's string form (sequencers, space-separated).
     pub sequencer: String,
-    pub lost: LostSignal,
+    /// The loss of any of the locks held.
+    pub lost: Vec<LostSignal>,
 }
 
 /// Runs `command` while `held` is held, then lets `release` give it up; returns the exit
@@ -183,11 +187,11 @@ where
 {
     let env = [
         ("FAIRLOCK_NAME", held.name.to_owned()),
-        ("FAIRLOCK_TOKEN", held.token.to_string()),
+        ("FAIRLOCK_TOKEN", held.token),
         ("FAIRLOCK_KEY", held.key),
         ("FAIRLOCK_SEQUENCER", held.sequencer),
     ];
-    let outcome = supervise::run(command, &env, held.lost, grace, signals).await;
+    let outcome = supervise::run(command, &env, &held.lost, grace, signals).await;
     let released = release.await;
     match outcome {
         Outcome::Exited(code) => match released {

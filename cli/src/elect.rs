@@ -40,10 +40,10 @@ async fn lead_and_run(client: &Client, args: &ElectArgs, signals: &mut Signals) 
     let command = args.hold.command_line(&args.command).unwrap_or_default();
     let held = Held {
         name: &args.name,
-        token: leadership.fencing_token(),
+        token: leadership.fencing_token().to_string(),
         key: leadership.key().to_owned(),
         sequencer: leadership.sequencer().to_string(),
-        lost: leadership.lost(),
+        lost: vec![leadership.lost()],
     };
     common::run_while_held(
         held,

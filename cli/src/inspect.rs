@@ -76,7 +76,16 @@ pub async fn status(url: &str, args: StatusArgs) -> u8 {
         QueueKind::Election => ("leader", "candidate"),
         _ => ("holder", "waiting"),
     };
-    let role = |i: usize| if i == 0 { roles.0 } else { roles.1 };
+    // Readers hold together while no writer is ahead of them: several holders.
+    let role = |e: &QueueEntry| match e.holds(&entries) {
+        true => roles.0,
+        false => roles.1,
+    };
+    let side = |e: &QueueEntry| match (kind, e.shared) {
+        (QueueKind::Election, _) => "",
+        (_, true) => "read",
+        (_, false) => "write",
+    };
     if args.json {
         let entries: Vec<serde_json::Value> = entries
             .iter()
@@ -84,7 +93,8 @@ pub async fn status(url: &str, args: StatusArgs) -> u8 {
             .map(|(i, e)| {
                 serde_json::json!({
                     "position": i + 1,
-                    "role": role(i),
+                    "role": role(e),
+                    "side": side(e),
                     "fencing_token": e.fencing_token,
                     "session": e.session,
                     "key": e.key,
@@ -97,7 +107,7 @@ pub async fn status(url: &str, args: StatusArgs) -> u8 {
         let doc = serde_json::json!({ "name": args.name, "kind": kind, "entries": entries });
         let _ = common::print_line(&doc.to_string());
     } else {
-        print_table(&entries, role);
+        print_table(&entries, role, side);
     }
     0
 }
@@ -127,14 +137,19 @@ pub async fn check(url: &str, sequencer: &str) -> u8 {
     }
 }
 
-fn print_table(entries: &[QueueEntry], role: impl Fn(usize) -> &'static str) {
-    let rows: Vec<[String; 6]> = entries
+fn print_table(
+    entries: &[QueueEntry],
+    role: impl Fn(&QueueEntry) -> &'static str,
+    side: impl Fn(&QueueEntry) -> &'static str,
+) {
+    let rows: Vec<[String; 7]> = entries
         .iter()
         .enumerate()
         .map(|(i, e)| {
             [
                 (i + 1).to_string(),
-                role(i).to_owned(),
+                role(e).to_owned(),
+                side(e).to_owned(),
                 e.fencing_token.to_string(),
                 e.session.clone(),
                 e.key.clone(),
@@ -142,7 +157,7 @@ fn print_table(entries: &[QueueEntry], role: impl Fn(usize) -> &'static str) {
             ]
         })
         .collect();
-    let header = ["#", "ROLE", "TOKEN", "SESSION", "KEY", "VALUE"].map(str::to_owned);
+    let header = ["#", "ROLE", "SIDE", "TOKEN", "SESSION", "KEY", "VALUE"].map(str::to_owned);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {

@@ -62,8 +62,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run COMMAND while holding lock NAME (exit with COMMAND's exit code); without COMMAND,
-    /// hold it until SIGINT, SIGTERM or SIGHUP, printing its key, fencing token and sequencer.
+    /// Run COMMAND while holding lock NAME (several NAMEs: all of them; --shared: its read
+    /// side) and exit with COMMAND's exit code; without COMMAND, hold it until SIGINT,
+    /// SIGTERM or SIGHUP, printing its key, fencing token and sequencer.
     #[command(after_help = exit::help_text())]
     Lock(LockArgs),
     /// Campaign in election NAME; run COMMAND while leading; resign when it exits.
@@ -219,8 +220,16 @@ struct LockArgs {
     )]
     conflict_exit_code: u8,
 
-    /// The lock's name.
-    name: String,
+    /// Take the read (shared) side of read-write lock NAME, like flock -s: held together
+    /// with other readers, never with a writer or a plain `fairlock lock` (which are
+    /// exclusive). With several NAMEs, the read side of each.
+    #[arg(short = 's', long)]
+    shared: bool,
+
+    /// The lock's name. Several: take them all or none, in name order (so that two
+    /// `fairlock lock` runs naming the same locks never deadlock); they need a COMMAND.
+    #[arg(value_name = "NAME", required = true, num_args = 1..)]
+    names: Vec<String>,
 
     /// The command to run, after `--`. Without one (and without -c): hold the lock, print
     /// its key, fencing token and sequencer (one line each), release it on SIGINT, SIGTERM or
@@ -298,15 +307,30 @@ fn main() -> ExitCode {
             .subcommand_matches("lock")
             .and_then(|lock| lock.value_source("timeout"))
             == Some(ValueSource::CommandLine);
-        if args.try_ && timeout_given {
+        let lock_error = |kind, message: String| {
             let mut cmd = Cli::command();
             cmd.build();
             if let Some(lock) = cmd.find_subcommand_mut("lock") {
-                lock.error(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    "the argument '--try' cannot be used with '--timeout <DURATION>'",
-                )
-                .exit();
+                lock.error(kind, message).exit();
+            }
+        };
+        if args.try_ && timeout_given {
+            lock_error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "the argument '--try' cannot be used with '--timeout <DURATION>'".into(),
+            );
+        }
+        // `lock x true` is a forgotten `--` far more often than a multi-lock held without
+        // a command: several NAMEs need a COMMAND.
+        if let [_, .., last] = args.names.as_slice() {
+            if args.hold.command_line(&args.command).is_none() {
+                lock_error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    format!(
+                        "several NAMEs need a COMMAND (after '--') or -c\n\n  \
+                         tip: to run '{last}' as COMMAND, put '--' before it: '-- {last}'"
+                    ),
+                );
             }
         }
     }

@@ -51,7 +51,7 @@ pub enum Outcome {
 pub async fn run(
     command: &[OsString],
     env: &[(&str, String)],
-    mut lost: LostSignal,
+    lost: &[LostSignal],
     grace: Duration,
     signals: &mut Signals,
 ) -> Outcome {
@@ -65,7 +65,7 @@ pub async fn run(
     if let Some(received) = signals.pending() {
         return Outcome::NotStarted(received.exit_code());
     }
-    if let Some(reason) = lost.reason() {
+    if let Some(reason) = lost.iter().find_map(LostSignal::reason) {
         return Outcome::LostBeforeStart(reason);
     }
     become_subreaper();
@@ -102,11 +102,21 @@ pub async fn run(
             },
             received = signals.next() => group.signal(received.signal()),
             Some(()) = recv(&mut child_exits) => group.reap_orphans(),
-            reason = &mut lost => {
+            reason = any_lost(lost) => {
                 group.stop(grace, signals, &mut child_exits).await;
                 return Outcome::Lost(reason);
             }
         }
+    }
+}
+
+/// The first loss among `lost` (every lock held for the command). Cancel safe: it waits on
+/// clones of the signals.
+async fn any_lost(lost: &[LostSignal]) -> LostReason {
+    match lost {
+        [] => std::future::pending().await,
+        [one] => one.wait().await,
+        many => futures::future::select_all(many.iter().cloned()).await.0,
     }
 }
 

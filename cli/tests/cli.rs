@@ -57,6 +57,137 @@ async fn hold(h: &dyn Harness, name: &str, script: &str) -> (Child, Lines) {
     (child, lines)
 }
 
+/// `lock --shared`: readers hold together, a plain (exclusive) lock waits for them, and
+/// `status` shows them both as holders, on the read side.
+async fn shared_locks_hold_together_and_exclude_a_plain_lock(h: &dyn Harness) {
+    let name = unique("cli-shared");
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args([
+        "lock",
+        "--shared",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 60",
+    ]);
+    let mut reader = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();
+    let line = soon("reader starts", lines.next_line()).await.unwrap();
+    assert_eq!(line.as_deref(), Some("started"));
+    let mut second = fairlock(&h.url(10));
+    second.args([
+        "lock",
+        "-s",
+        "--try",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo $FAIRLOCK_TOKEN",
+    ]);
+    let out = output(second).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a second reader: {}",
+        stderr(&out)
+    );
+    let mut exclusive = fairlock(&h.url(10));
+    exclusive.args(["lock", "--try", &name, "--", "true"]);
+    assert_one_line_failure(&output(exclusive).await, 75);
+
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args([
+        "lock",
+        "-s",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 60",
+    ]);
+    let mut other_reader = cmd.spawn().unwrap();
+    let mut other_lines = BufReader::new(other_reader.stdout.take().unwrap()).lines();
+    let line = soon("another reader starts", other_lines.next_line())
+        .await
+        .unwrap();
+    assert_eq!(line.as_deref(), Some("started"));
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(["lock", &name, "--", "true"]);
+    let writer = cmd.spawn().unwrap();
+    eventually("the writer queued", || async {
+        h.entries(&name).await.len() == 3
+    })
+    .await;
+    let out = run_cli(h, &["status", "--json", &name]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen: Vec<(&str, &str)> = doc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["role"].as_str().unwrap(), e["side"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("holder", "read"), ("holder", "read"), ("waiting", "write")]
+    );
+    reader.kill().await.unwrap();
+    other_reader.kill().await.unwrap();
+    let out = soon(
+        "the writer runs after the readers",
+        writer.wait_with_output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// Several names: all or nothing. A run that cannot have one of them takes none (and
+/// leaves no entry); one that gets them all sees every name, token and key.
+async fn several_names_are_taken_all_or_nothing(h: &dyn Harness) {
+    let (a, b, c) = (
+        unique("cli-multi-a"),
+        unique("cli-multi-b"),
+        unique("cli-multi-c"),
+    );
+    let (mut holder, _) = hold(h, &b, "echo started; sleep 60").await;
+    let mut refused = fairlock(&h.url(10));
+    refused.args(["lock", "--timeout", "300ms", &c, &b, &a, "--", "true"]);
+    assert_one_line_failure(&output(refused).await, 75);
+    assert!(
+        h.entries(&a).await.is_empty(),
+        "the first lock stayed taken"
+    );
+    assert!(h.entries(&c).await.is_empty(), "an entry stayed");
+    holder.kill().await.unwrap();
+    eventually("the holder's entry expired or went", || async {
+        h.entries(&b).await.is_empty()
+    })
+    .await;
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args([
+        "lock",
+        &c,
+        &a,
+        "--",
+        "sh",
+        "-c",
+        "echo $FAIRLOCK_NAME; echo $FAIRLOCK_TOKEN; echo $FAIRLOCK_KEY",
+    ]);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], format!("{a} {c}"), "taken in name order");
+    assert_eq!(lines[1].split(' ').count(), 2);
+    assert_eq!(lines[2].split(' ').count(), 2);
+    assert!(h.entries(&a).await.is_empty() && h.entries(&c).await.is_empty());
+    let out = run_cli(h, &["lock", &a, &a, "--", "true"]).await;
+    assert_one_line_failure(&out, 2);
+}
+
 async fn runs_command_with_env_and_passes_its_exit_code(h: &dyn Harness) {
     let name = unique("cli-env");
     let mut cmd = fairlock(&h.url(10));
@@ -253,6 +384,10 @@ async fn bad_arguments_get_clap_messages_with_tips() {
         ),
         (&["elect", "--value", "v", "x"], "required"),
         (&["lock"], "<NAME>"),
+        (
+            &["lock", "x", "y", "true"],
+            "tip: to run 'true' as COMMAND, put '--' before it: '-- true'",
+        ),
         (&["unlock", "x"], "unrecognized subcommand 'unlock'"),
         (&["lock", "-E", "300", "x", "--", "true"], "300"),
     ];
@@ -1446,7 +1581,9 @@ macro_rules! cli_tests {
                 lock_without_command_holds_until_signalled,
                 lock_without_command_exits_74_when_lost, observe_ends_when_its_reader_goes,
                 check_exit_codes_follow_the_holder, elect_exports_its_sequencer,
-                lock_delay_follows_a_killed_holder);
+                lock_delay_follows_a_killed_holder,
+                shared_locks_hold_together_and_exclude_a_plain_lock,
+                several_names_are_taken_all_or_nothing);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {

@@ -1,4 +1,4 @@
-//! The read-write lock's contract: exclusion between writers and everyone, sharing among
+//! The read-write lock's and the multi-lock's contract: exclusion between writers and everyone, sharing among
 //! readers, FIFO between the two, and what the mutex promises (no entry left by a try, a
 //! timeout or a cancellation; take-over after a crash; fencing; guarded writes; checks).
 
@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::{eventually, soon, unique, Harness};
-use fairlock::{Client, Error, LockGuard, QueueKind, SequencerStatus, WriteOp};
+use fairlock::{Client, Error, LockGuard, MultiLock, QueueKind, SequencerStatus, WriteOp};
 
 /// Who is inside, checked on every entry: a writer finds nobody, a reader no writer.
 #[derive(Default)]
@@ -359,4 +359,102 @@ pub async fn rw_lock_delay_refused(h: Arc<dyn Harness>) {
         h.client().await.rw_lock("bad\0name"),
         Err(Error::InvalidName { .. })
     ));
+}
+
+/// A multi-lock takes all of its locks or none: a refused try, a timeout and a
+/// cancellation leave nothing held or queued on the locks it had taken or was waiting for.
+pub async fn multi_lock_all_or_nothing(h: Arc<dyn Harness>) {
+    let (a, b) = (h.client().await, h.client().await);
+    let names = [unique("multi-a"), unique("multi-b"), unique("multi-c")];
+    let rw = a.rw_lock(&names[2]).unwrap();
+    let multi = MultiLock::new([
+        a.mutex(&names[1]).unwrap(),
+        rw.writer().clone(),
+        a.mutex(&names[0]).unwrap(),
+    ])
+    .unwrap();
+    let order: Vec<&str> = multi.locks().iter().map(|l| l.name()).collect();
+    assert_eq!(order, names.iter().map(String::as_str).collect::<Vec<_>>());
+    let blocker = b.mutex(&names[1]).unwrap().lock().await.unwrap();
+    let free = |h: Arc<dyn Harness>, names: [String; 3]| async move {
+        h.entries(&names[0]).await.is_empty() && h.entries(&names[2]).await.is_empty()
+    };
+    assert!(multi.try_lock().await.unwrap().is_none());
+    assert!(
+        free(h.clone(), names.clone()).await,
+        "a refused try left an entry"
+    );
+    let timed_out = multi
+        .lock_timeout(Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(timed_out.is_none());
+    assert!(
+        free(h.clone(), names.clone()).await,
+        "a timeout left an entry"
+    );
+    let m = multi.clone();
+    let waiting = tokio::spawn(async move { m.lock().await.map(drop) });
+    eventually("the multi-lock waits for the second lock", || async {
+        h.entries(&names[1]).await.len() == 2
+    })
+    .await;
+    assert_eq!(
+        h.entries(&names[0]).await.len(),
+        1,
+        "the first lock is held meanwhile"
+    );
+    waiting.abort();
+    let _ = waiting.await;
+    eventually("the cancelled multi-lock let go of everything", || async {
+        free(h.clone(), names.clone()).await && h.entries(&names[1]).await.len() == 1
+    })
+    .await;
+    blocker.release().await.unwrap();
+    let held = multi.lock().await.unwrap();
+    assert_eq!(held.guards().len(), 3);
+    assert!(!held.is_lost());
+    assert!(b
+        .rw_lock(&names[2])
+        .unwrap()
+        .reader()
+        .try_lock()
+        .await
+        .unwrap()
+        .is_none());
+    held.release().await.unwrap();
+    for name in &names {
+        assert!(
+            h.entries(name).await.is_empty(),
+            "{name} left after the release"
+        );
+    }
+    let twice = MultiLock::new([rw.reader().clone(), rw.writer().clone()]);
+    assert!(matches!(twice, Err(Error::InvalidName { .. })), "{twice:?}");
+}
+
+/// Multi-locks given the same names in opposite orders never deadlock: both take them in
+/// the one global order.
+pub async fn multi_locks_in_any_order_never_deadlock(h: Arc<dyn Harness>) {
+    let (x, y) = (unique("multi-x"), unique("multi-y"));
+    let mut tasks = Vec::new();
+    for flip in [false, true] {
+        let (h, x, y) = (h.clone(), x.clone(), y.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = h.client().await;
+            let (first, second) = if flip { (&y, &x) } else { (&x, &y) };
+            let multi =
+                MultiLock::new([client.mutex(first).unwrap(), client.mutex(second).unwrap()])
+                    .unwrap();
+            for _ in 0..5 {
+                let held = multi.lock().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                held.release().await.unwrap();
+            }
+            client.close().await.unwrap();
+        }));
+    }
+    for task in tasks {
+        soon("both multi-locks finish", task).await.unwrap();
+    }
 }
