@@ -24,17 +24,23 @@ pub enum Mutant {
     /// A waiter does not check after waiting that its own entry still exists (etcd issue
     /// 11456): a waiter whose entry went with its session is handed the lock.
     NoPostWaitCheck,
+    /// A reader's `try_lock` does not compare that its own key is absent (the readers' keys
+    /// lie outside the ranges it compares): a retried attempt puts the key again, and the
+    /// reader takes the retry's revision for its create revision (a wrong token, an entry
+    /// it cannot remove).
+    ReaderTryPutsTwice,
 }
 
 #[cfg_attr(not(feature = "simulation"), allow(dead_code))]
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 5] = [
+    pub const ALL: [Mutant; 6] = [
         Mutant::ReusedWatchIds,
         Mutant::ExistenceOnlyChecks,
         Mutant::CleanupDisarmedEarly,
         Mutant::DeadlineFromAnswer,
         Mutant::NoPostWaitCheck,
+        Mutant::ReaderTryPutsTwice,
     ];
 
     /// Its name, as `fairlock-sim --mutant` takes it.
@@ -45,6 +51,7 @@ impl Mutant {
             Mutant::CleanupDisarmedEarly => "cleanup-disarmed-early",
             Mutant::DeadlineFromAnswer => "deadline-from-answer",
             Mutant::NoPostWaitCheck => "no-post-wait-check",
+            Mutant::ReaderTryPutsTwice => "reader-try-puts-twice",
         }
     }
 }

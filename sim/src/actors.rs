@@ -154,10 +154,13 @@ impl Held {
     }
 }
 
+/// Acquires `name`: the election, a lock's read side if `read`, else the mutex (which is
+/// the lock's write side too).
 async fn acquire(
     client: &Client,
     who: &str,
     name: &str,
+    read: bool,
     mode: Acquire,
 ) -> fairlock::Result<Option<Held>> {
     if name == ELECTION {
@@ -166,15 +169,23 @@ async fn acquire(
             .campaign_with(who.as_bytes(), mode)
             .await?
             .map(Held::Lead))
+    } else if read {
+        let reader = client.rw_lock(name)?.reader().clone();
+        Ok(reader.acquire(mode).await?.map(Held::Lock))
     } else {
         Ok(client.mutex(name)?.acquire(mode).await?.map(Held::Lock))
     }
 }
 
+/// The purpose of the generator that picks readers, apart from a worker's own stream, so
+/// that the rest of a worker's choices draw as they did before readers existed.
+const READERS: u64 = 10_000;
+
 /// A worker task of `group`: random operations until the faults stop, then one lock of
 /// every name within the liveness bound.
 pub async fn worker(shared: Arc<Shared>, group: Arc<Group>, who: String, stream: u64) {
     let mut rng = plan::rng(shared.plan.seed, stream);
+    let mut sides = plan::rng(shared.plan.seed, READERS + stream);
     let mut writes = 0u64;
     let mut names = shared.plan.locks.clone();
     names.push(ELECTION.to_owned());
@@ -209,11 +220,13 @@ pub async fn worker(shared: Arc<Shared>, group: Arc<Group>, who: String, stream:
             }
             _ => between(&mut rng, Duration::ZERO, Duration::from_secs(2)),
         });
+        let read = sides.u8(..4) == 0;
+        let side = if read { " (read side)" } else { "" };
         shared.event(&who, || {
-            format!("{mode:?} {name} (cancel after {cancel:?})")
+            format!("{mode:?} {name}{side} (cancel after {cancel:?})")
         });
-        shared.doing(&who, format!("{mode:?} {name}"));
-        let attempt = acquire(&client, &who, name, mode);
+        shared.doing(&who, format!("{mode:?} {name}{side}"));
+        let attempt = acquire(&client, &who, name, read, mode);
         let result = match cancel {
             Some(after) => match tokio::time::timeout(after, attempt).await {
                 Ok(result) => result,
@@ -240,7 +253,7 @@ pub async fn worker(shared: Arc<Shared>, group: Arc<Group>, who: String, stream:
         loop {
             let client = group.client(&shared).await;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match acquire(&client, &who, name, Acquire::Timeout(left)).await {
+            match acquire(&client, &who, name, false, Acquire::Timeout(left)).await {
                 Ok(Some(held)) => {
                     let lost = held.lost();
                     let id = shared.check(|c| {

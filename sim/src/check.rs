@@ -4,14 +4,17 @@
 //!
 //! - **Exclusion**: per lock name, at most one holder *believes* it holds: it has a guard,
 //!   has not released it, and the guard's `is_lost()` says no (the same answer the holder's
-//!   code gets, the deadline included). Holders whose entry or lease was removed from
+//!   code gets, the deadline included); but any number of readers (the read side of the
+//!   name's read-write lock) may believe together while no exclusive holder does. Holders whose entry or lease was removed from
 //!   outside (an operator's delete or revoke) are exempt: nobody can stop that, only report
 //!   it (see *Told*).
-//! - **Queue**: every acquired entry was at the head of its queue at some revision.
-//! - **Fencing**: the tokens of successive acquisitions of a name strictly increase (but
-//!   for acquisitions already lost, or exempt, when reported).
-//! - **Guarded writes**: every applied guarded write was fenced by the entry at the head
-//!   of its queue; each is applied at most once; one acknowledged is applied exactly once,
+//! - **Queue**: every acquired entry held at some revision: it headed its queue, or, a
+//!   reader's, had no exclusive entry ahead of it.
+//! - **Fencing**: an exclusive acquisition's token is above every earlier acquisition's of
+//!   its name, a reader's above every earlier exclusive one's (but for acquisitions already
+//!   lost, or exempt, when reported).
+//! - **Guarded writes**: every applied guarded write was fenced by an entry that held
+//!   then; each is applied at most once; one acknowledged is applied exactly once,
 //!   one refused as lost is not applied.
 //! - **Told**: a holder whose entry or session is gone (and that did not release it) hears
 //!   it from `lost()` within a bound.
@@ -40,6 +43,8 @@ struct Holding {
     lost: Option<LostSignal>,
     /// When the server removed its entry, if it did.
     gone_at: Option<Instant>,
+    /// A reader's.
+    shared: bool,
 }
 
 impl Holding {
@@ -71,7 +76,8 @@ pub struct Checker {
     told_within: Duration,
     holdings: BTreeMap<u64, Holding>,
     next_holding: u64,
-    last_token: BTreeMap<String, u64>,
+    /// Per name, the highest token acquired, and the highest of exclusive acquisitions.
+    last_token: BTreeMap<String, (u64, u64)>,
     ever_head: BTreeSet<(Vec<u8>, i64)>,
     /// Entries (key, create revision) deleted from outside.
     exempt_keys: BTreeSet<(Vec<u8>, i64)>,
@@ -84,9 +90,19 @@ pub struct Checker {
     pub applied_writes: u64,
 }
 
-/// The lease in a queue key: `PREFIX/NAME/<lease hex>[-<n>]`.
+/// How a reader's key begins after its queue prefix.
+const READER: &[u8] = b"read-";
+
+/// Whether the queue key is a reader's: `PREFIX/NAME/read-<lease hex>-<n>`.
+fn is_reader(key: &[u8]) -> bool {
+    let leaf = key.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    leaf.starts_with(READER)
+}
+
+/// The lease in a queue key: `PREFIX/NAME/[read-]<lease hex>[-<n>]`.
 fn lease_of(key: &[u8]) -> i64 {
     let leaf = key.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    let leaf = leaf.strip_prefix(READER).unwrap_or(leaf);
     let hex = leaf.split(|&b| b == b'-').next().unwrap_or_default();
     i64::from_str_radix(&String::from_utf8_lossy(hex), 16).unwrap_or(0)
 }
@@ -217,18 +233,22 @@ impl Checker {
         });
         if !self.ever_head.contains(&(key.to_vec(), token as i64)) {
             self.violate(format!(
-                "{who} acquired {name} with entry {} (token {token}), which never headed its queue",
+                "{who} acquired {name} with entry {} (token {token}), which never held its queue",
                 text(key)
             ));
         }
+        let shared = is_reader(key);
         if !lost_already && !self.exempt(key, token, lease) {
-            let last = self.last_token.get(name).copied().unwrap_or(0);
+            let (any, exclusive) = self.last_token.get(name).copied().unwrap_or((0, 0));
+            let last = if shared { exclusive } else { any };
             if token <= last {
                 self.violate(format!(
                     "{who} acquired {name} with token {token}, not above the last holder's {last}"
                 ));
             }
-            self.last_token.insert(name.to_owned(), token);
+            let exclusive = if shared { exclusive } else { token };
+            self.last_token
+                .insert(name.to_owned(), (any.max(token), exclusive));
         }
         let id = self.next_holding;
         self.next_holding += 1;
@@ -242,6 +262,7 @@ impl Checker {
                 lease,
                 lost,
                 gone_at: None,
+                shared,
             },
         );
         self.check(Instant::now());
@@ -325,23 +346,37 @@ impl Checker {
         self.check(now);
     }
 
-    /// Records the head of every queue.
-    fn note_heads(&mut self, view: &View<'_>) {
-        let mut heads: BTreeMap<Vec<u8>, (i64, Vec<u8>)> = BTreeMap::new();
+    /// The entries of every queue that hold at `view`: its head, and the readers with no
+    /// exclusive entry ahead of them.
+    fn holders(&self, view: &View<'_>) -> BTreeSet<(Vec<u8>, i64)> {
+        let mut queues: BTreeMap<Vec<u8>, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
         for (key, info) in view.keys() {
-            let Some(queue) = queue_of(&self.prefix, key) else {
-                continue;
-            };
-            let head = heads
-                .entry(queue.to_vec())
-                .or_insert((info.create_revision, key.to_vec()));
-            if info.create_revision < head.0 {
-                *head = (info.create_revision, key.to_vec());
+            if let Some(queue) = queue_of(&self.prefix, key) {
+                let entries = queues.entry(queue.to_vec()).or_default();
+                entries.push((info.create_revision, key.to_vec()));
             }
         }
-        for (_, (revision, key)) in heads {
-            self.ever_head.insert((key, revision));
+        let mut holders = BTreeSet::new();
+        for (_, mut entries) in queues {
+            entries.sort();
+            for (i, (revision, key)) in entries.into_iter().enumerate() {
+                let shared = is_reader(&key);
+                if i > 0 && !shared {
+                    break;
+                }
+                holders.insert((key, revision));
+                if !shared {
+                    break;
+                }
+            }
         }
+        holders
+    }
+
+    /// Records the entries that hold, in every queue.
+    fn note_heads(&mut self, view: &View<'_>) {
+        let holders = self.holders(view);
+        self.ever_head.extend(holders);
     }
 
     /// An applied write to data keys: its fence must be the entry heading its queue.
@@ -361,16 +396,16 @@ impl Checker {
             ));
             return;
         };
-        let queue = queue_of(&self.prefix, fence).unwrap_or_default().to_vec();
-        let head = view
-            .keys()
-            .filter(|(k, _)| queue_of(&self.prefix, k) == Some(queue.as_slice()))
-            .min_by_key(|(_, info)| info.create_revision)
-            .map(|(k, info)| (k.to_vec(), info.create_revision));
-        if head != Some((fence.clone(), *token)) {
+        if !self.holders(view).contains(&(fence.clone(), *token)) {
+            let queue = queue_of(&self.prefix, fence).unwrap_or_default().to_vec();
+            let head = view
+                .keys()
+                .filter(|(k, _)| queue_of(&self.prefix, k) == Some(queue.as_slice()))
+                .min_by_key(|(_, info)| info.create_revision)
+                .map(|(k, info)| (k.to_vec(), info.create_revision));
             self.violate(format!(
                 "a guarded write fenced by {} (token {token}) applied at revision {revision}, \
-                 but the head of the queue was {:?}",
+                 but it did not hold: the head of the queue was {:?}",
                 text(fence),
                 head.map(|(k, r)| (text(&k), r))
             ));
@@ -421,9 +456,10 @@ impl Checker {
                 }
             }
         }
+        // Readers may believe together; anyone exclusive only alone.
         let doubled = believers
             .iter()
-            .find(|(_, hs)| hs.len() > 1)
+            .find(|(_, hs)| hs.len() > 1 && hs.iter().any(|h| !h.shared))
             .map(|(name, hs)| {
                 let who: Vec<String> = hs
                     .iter()
@@ -455,6 +491,12 @@ mod tests {
             Some(b"sim/a/".as_slice())
         );
         assert_eq!(queue_of(prefix, b"sim/a\0withdrawn/694d-1"), None);
+        assert_eq!(lease_of(b"sim/a/read-694d00000003-7"), 0x694d_0000_0003);
+        assert_eq!(
+            queue_of(prefix, b"sim/a/read-694d-1"),
+            Some(b"sim/a/".as_slice())
+        );
+        assert!(is_reader(b"sim/a/read-694d-1") && !is_reader(b"sim/a/694d-1"));
         assert_eq!(queue_of(prefix, b"data/a"), None);
     }
 }

@@ -24,7 +24,7 @@ struct Cli {
     #[arg(long)]
     seed: Option<u64>,
     /// Put a past defect back (reused-watch-ids, existence-only-checks,
-    /// cleanup-disarmed-early, deadline-from-answer, no-post-wait-check).
+    /// cleanup-disarmed-early, deadline-from-answer, no-post-wait-check, reader-try-puts-twice).
     #[arg(long, value_parser = parse_mutant)]
     mutant: Option<Mutant>,
     /// For every mutant: explore seeds until the simulator catches it (at most --seeds).

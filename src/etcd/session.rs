@@ -504,6 +504,12 @@ impl QueueSession for EtcdSession {
         let mut when: Vec<Compare> = (self.ranges_ahead(name, entry.side).iter())
             .map(Compare::range_empty)
             .collect();
+        // The own key does not exist yet: a reader's is outside the ranges compared, and a
+        // retried attempt must not put it again (a put on an existing key keeps its create
+        // revision, which the answer's revision would not be).
+        if !mutant::active(Mutant::ReaderTryPutsTwice) {
+            when.push(Compare::create_revision(entry.key.as_bytes(), 0));
+        }
         when.push(not_withdrawn(&entry.key));
         // Else read the own key back: if a retried attempt finds it, the first attempt put
         // it (into an empty queue) and only its answer was lost.
