@@ -5,12 +5,14 @@
 mod common;
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{etcd_endpoint, eventually, soon, unique, EtcdHarness, Harness};
+use common::{etcd_endpoint, eventually, soon, unique, EtcdHarness, Harness, SOON};
 use fairlock::{Client, Error};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
 
 fn etcdctl() -> Command {
     let mut cmd = Command::new("etcdctl");
@@ -44,6 +46,63 @@ async fn queued_waiter(
     })
     .await;
     waiter
+}
+
+/// Starts `etcdctl lock PREFIX/NAME echo peer-acquired` behind the `ahead` entries of lock
+/// `name`'s queue, and returns it once it is queued and still waits a few hundred ms later.
+///
+/// etcdctl (Go's `concurrency.Mutex`) gives up, saying "required revision has been
+/// compacted", when a compaction (other tests make them) falls between its read of the
+/// queue and the start of its watch on the key ahead of it. Such a run shows nothing either
+/// way: `None`, for the caller to start another. Any other end fails the test.
+async fn etcdctl_lock_waiting(h: &EtcdHarness, name: &str, ahead: usize) -> Option<Child> {
+    let mut peer = etcdctl()
+        .args([
+            "lock",
+            &format!("{}/{name}", h.prefix()),
+            "echo",
+            "peer-acquired",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl");
+    let deadline = Instant::now() + SOON;
+    let mut queued: Option<Instant> = None;
+    while peer.try_wait().unwrap().is_none() {
+        match queued {
+            Some(at) if at.elapsed() >= Duration::from_millis(300) => return Some(peer),
+            None if h.entries(name).await.len() == ahead + 1 => queued = Some(Instant::now()),
+            _ => assert!(Instant::now() < deadline, "timed out: etcdctl queues"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = peer.wait_with_output().await.unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        !stdout.contains("peer-acquired"),
+        "etcdctl acquired a held lock"
+    );
+    assert!(
+        stderr.contains("required revision has been compacted"),
+        "etcdctl failed ({}): {stderr}",
+        out.status
+    );
+    None
+}
+
+/// `etcdctl lock … echo peer-acquired`, queued behind `ahead` entries and still waiting;
+/// started again when a compaction made it give up (at most ten times).
+async fn queued_etcdctl(h: &EtcdHarness, name: &str, ahead: usize) -> Child {
+    for _ in 0..10 {
+        if let Some(peer) = etcdctl_lock_waiting(h, name, ahead).await {
+            return peer;
+        }
+    }
+    panic!("etcdctl failed on compactions ten times");
 }
 
 #[tokio::test]
@@ -82,28 +141,8 @@ async fn etcdctl_waits_for_fairlock() {
     let name = unique("interop-a");
     let client = h.client().await;
     let guard = client.mutex(&name).unwrap().lock().await.unwrap();
-
-    let mut peer = etcdctl()
-        .args([
-            "lock",
-            &format!("{}/{name}", h.prefix()),
-            "echo",
-            "peer-acquired",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("etcdctl");
-    eventually("etcdctl queued", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
-    // Queued behind us: it must still be waiting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        peer.try_wait().unwrap().is_none(),
-        "etcdctl acquired a held lock"
-    );
-
+    // Queued behind us, it must still be waiting.
+    let peer = queued_etcdctl(&h, &name, 1).await;
     guard.release().await.unwrap();
     let out = soon("etcdctl acquires", peer.wait_with_output())
         .await
@@ -151,6 +190,106 @@ async fn fairlock_waits_for_etcdctl() {
     assert_eq!(h.entries(&name).await, [guard.key().to_owned()]);
     guard.release().await.unwrap();
     let _ = peer.wait().await;
+}
+
+/// `etcdctl lock` holds; a fairlock reader waits for it (its key `NAME/<lease hex>` is a
+/// writer's, and sorts before the readers' `NAME/read-…`) and reads once etcdctl ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_reader_waits_for_etcdctl() {
+    let h = EtcdHarness::new().await;
+    let name = unique("rw-etcdctl-holds");
+    let mut peer = etcdctl()
+        .args(["lock", &format!("{}/{name}", h.prefix())])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("etcdctl");
+    let mut lines = BufReader::new(peer.stdout.take().unwrap()).lines();
+    let peer_key = soon("etcdctl acquires", lines.next_line())
+        .await
+        .unwrap()
+        .expect("etcdctl ended without the lock");
+    assert!(peer_key.starts_with(&format!("{}/{name}/", h.prefix())));
+
+    let client = h.client().await;
+    let reader = Arc::clone(client.rw_lock(&name).unwrap().reader());
+    assert!(
+        reader.try_lock().await.unwrap().is_none(),
+        "a reader took the lock etcdctl holds"
+    );
+    // The refused attempt leaves no entry: only etcdctl's is left.
+    eventually("attempt gone", || async {
+        h.entries(&name).await == [peer_key.clone()]
+    })
+    .await;
+    let waiter = tokio::spawn(async move { reader.lock().await.unwrap() });
+    eventually("reader queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "a reader acquired the lock etcdctl holds"
+    );
+
+    // etcdctl releases (revokes its session) on SIGINT, and ends.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(peer.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let guard = soon("reader acquires", waiter).await.unwrap();
+    assert!(
+        guard
+            .key()
+            .starts_with(&format!("{}/{name}/read-", h.prefix())),
+        "{}",
+        guard.key()
+    );
+    assert_eq!(h.entries(&name).await, [guard.key().to_owned()]);
+    guard.release().await.unwrap();
+    let _ = soon("etcdctl exits", peer.wait()).await;
+}
+
+/// A fairlock reader holds; `etcdctl lock`, a writer to it, queues behind it and gets the
+/// lock only after the reader releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_etcdctl_waits_for_reader() {
+    let h = EtcdHarness::new().await;
+    let name = unique("rw-reader-holds");
+    let client = h.client().await;
+    let guard = client
+        .rw_lock(&name)
+        .unwrap()
+        .reader()
+        .lock()
+        .await
+        .unwrap();
+    assert!(
+        guard
+            .key()
+            .starts_with(&format!("{}/{name}/read-", h.prefix())),
+        "{}",
+        guard.key()
+    );
+
+    let peer = queued_etcdctl(&h, &name, 1).await;
+
+    guard.release().await.unwrap();
+    let out = soon("etcdctl acquires", peer.wait_with_output())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "etcdctl: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "peer-acquired");
+    eventually("etcdctl released", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
 }
 
 /// Release is guarded by create revision: a guard never deletes a newer key at its path.

@@ -1,5 +1,6 @@
 //! ZooKeeper-specific behaviour: Curator's node names, kazoo's nodes as contenders, real
-//! Curator and kazoo peers in the same queue (both directions), server-side limits.
+//! Curator and kazoo peers in the same queue (both directions; mutexes, read-write locks,
+//! LeaderLatch), server-side limits.
 #![cfg(feature = "zookeeper")]
 
 mod common;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
 use common::{eventually, soon, unique, zk_endpoint, Harness, ZkHarness};
-use fairlock::{Client, Error, WriteOp};
+use fairlock::{Client, DistributedMutex, Error, ReadWriteLock, WriteOp};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdout, Command};
@@ -111,7 +112,17 @@ impl Peer {
         Peer::curator_java(&[path, "latch", "curator-peer"])
     }
 
-    fn kazoo(lock_path: &str) -> Peer {
+    /// Curator's InterProcessReadWriteLock on `lock_path`: its readLock().
+    fn curator_reader(lock_path: &str) -> Peer {
+        Peer::curator_java(&[lock_path, "read"])
+    }
+
+    /// Curator's InterProcessReadWriteLock on `lock_path`: its writeLock().
+    fn curator_writer(lock_path: &str) -> Peer {
+        Peer::curator_java(&[lock_path, "write"])
+    }
+
+    fn kazoo_python(args: &[&str]) -> Peer {
         let python = repo().join(".services/venv/bin/python");
         assert!(
             python.exists(),
@@ -119,8 +130,24 @@ impl Peer {
         );
         let mut cmd = Command::new(python);
         cmd.arg(repo().join("tests/peers/kazoo_peer.py"))
-            .args([&zk_endpoint(), lock_path]);
+            .arg(zk_endpoint())
+            .args(args);
         Peer::spawn(cmd)
+    }
+
+    /// kazoo's Lock on `lock_path`.
+    fn kazoo(lock_path: &str) -> Peer {
+        Peer::kazoo_python(&[lock_path])
+    }
+
+    /// kazoo's ReadLock on `lock_path`, told that `__WRIT__` and `-lock-` nodes are writers.
+    fn kazoo_reader(lock_path: &str) -> Peer {
+        Peer::kazoo_python(&[lock_path, "read"])
+    }
+
+    /// kazoo's WriteLock on `lock_path`, told of `__READ__`, `__WRIT__` and `-lock-` nodes.
+    fn kazoo_writer(lock_path: &str) -> Peer {
+        Peer::kazoo_python(&[lock_path, "write"])
     }
 
     fn spawn(mut cmd: Command) -> Peer {
@@ -226,6 +253,190 @@ async fn kazoo_waits_for_fairlock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fairlock_waits_for_kazoo() {
     fairlock_waits_for_peer(Peer::kazoo).await;
+}
+
+// ---- read-write locks against the peers' read and write locks ----
+
+/// A side of a read-write lock: `ReadWriteLock::reader` or `ReadWriteLock::writer`.
+type SideOf = fn(&ReadWriteLock) -> &Arc<dyn DistributedMutex>;
+
+/// The peer's reader holds; a fairlock reader shares the lock with it at once.
+async fn fairlock_reader_shares_with_peer_reader(start: fn(&str) -> Peer) {
+    let h = ZkHarness::new().await;
+    let name = unique("rw-share-peer-first");
+    let mut peer = start(&format!("{}/{name}", h.base()));
+    peer.said("acquired").await;
+    let client = h.client().await;
+    let rw = client.rw_lock(&name).unwrap();
+    let tried = rw.reader().try_lock().await.unwrap();
+    let tried = tried.expect("try_lock: a reader waits for the peer's reader");
+    tried.release().await.unwrap();
+    let guard = soon("a reader acquires next to the peer's", rw.reader().lock())
+        .await
+        .unwrap();
+    // Both hold: the peer's node and ours.
+    assert_eq!(h.entries(&name).await.len(), 2);
+    assert!(!guard.is_lost());
+    guard.release().await.unwrap();
+    peer.release().await;
+    eventually("queue empty", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
+}
+
+/// A fairlock reader holds; the peer's reader shares the lock with it at once.
+async fn peer_reader_shares_with_fairlock_reader(start: fn(&str) -> Peer) {
+    let h = ZkHarness::new().await;
+    let name = unique("rw-share-fairlock-first");
+    let client = h.client().await;
+    let guard = client
+        .rw_lock(&name)
+        .unwrap()
+        .reader()
+        .lock()
+        .await
+        .unwrap();
+    let mut peer = start(&format!("{}/{name}", h.base()));
+    peer.said("acquired").await;
+    assert_eq!(h.entries(&name).await.len(), 2);
+    assert!(!guard.is_lost());
+    peer.release().await;
+    guard.release().await.unwrap();
+    eventually("queue empty", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
+}
+
+/// The peer (a writer, or a reader) holds; fairlock's `side` (a reader, or a writer)
+/// does not get the lock while it does: `try_lock` and a short `lock_timeout` give up, a
+/// waiter acquires only after the peer releases.
+async fn fairlock_side_waits_for_peer(start: fn(&str) -> Peer, side: SideOf) {
+    let h = ZkHarness::new().await;
+    let name = unique("rw-peer-holds");
+    let mut peer = start(&format!("{}/{name}", h.base()));
+    peer.said("acquired").await;
+    let client = h.client().await;
+    let rw = client.rw_lock(&name).unwrap();
+    let mutex = Arc::clone(side(&rw));
+    assert!(
+        mutex.try_lock().await.unwrap().is_none(),
+        "try_lock took the lock next to the peer"
+    );
+    let timed = mutex
+        .lock_timeout(Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(
+        timed.is_none(),
+        "lock_timeout took the lock next to the peer"
+    );
+    // Neither attempt leaves an entry: only the peer's is left.
+    eventually("attempts gone", || async {
+        h.entries(&name).await.len() == 1
+    })
+    .await;
+    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
+    eventually("fairlock queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "fairlock acquired the lock next to the peer"
+    );
+    peer.release().await;
+    let guard = soon("fairlock acquires", waiter).await.unwrap();
+    assert_eq!(h.entries(&name).await, [guard.key().to_owned()]);
+    guard.release().await.unwrap();
+}
+
+/// fairlock's `side` (a writer, or a reader) holds; the peer (a reader, or a writer)
+/// queues behind it and acquires only after fairlock releases.
+async fn peer_waits_for_fairlock_side(start: fn(&str) -> Peer, side: SideOf) {
+    let h = ZkHarness::new().await;
+    let name = unique("rw-fairlock-holds");
+    let client = h.client().await;
+    let rw = client.rw_lock(&name).unwrap();
+    let guard = side(&rw).lock().await.unwrap();
+    let mut peer = start(&format!("{}/{name}", h.base()));
+    eventually("peer queued", || async {
+        h.entries(&name).await.len() == 2
+    })
+    .await;
+    assert!(
+        peer.silent_for(Duration::from_millis(500)).await,
+        "the peer acquired the lock next to fairlock"
+    );
+    guard.release().await.unwrap();
+    peer.said("acquired").await;
+    peer.release().await;
+    eventually("queue empty", || async {
+        h.entries(&name).await.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_fairlock_reader_shares_with_curator_reader() {
+    fairlock_reader_shares_with_peer_reader(Peer::curator_reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_curator_reader_shares_with_fairlock_reader() {
+    peer_reader_shares_with_fairlock_reader(Peer::curator_reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_fairlock_reader_waits_for_curator_writer() {
+    fairlock_side_waits_for_peer(Peer::curator_writer, ReadWriteLock::reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_fairlock_writer_waits_for_curator_reader() {
+    fairlock_side_waits_for_peer(Peer::curator_reader, ReadWriteLock::writer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_curator_reader_waits_for_fairlock_writer() {
+    peer_waits_for_fairlock_side(Peer::curator_reader, ReadWriteLock::writer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_curator_writer_waits_for_fairlock_reader() {
+    peer_waits_for_fairlock_side(Peer::curator_writer, ReadWriteLock::reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_fairlock_reader_shares_with_kazoo_reader() {
+    fairlock_reader_shares_with_peer_reader(Peer::kazoo_reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_kazoo_reader_shares_with_fairlock_reader() {
+    peer_reader_shares_with_fairlock_reader(Peer::kazoo_reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_fairlock_reader_waits_for_kazoo_writer() {
+    fairlock_side_waits_for_peer(Peer::kazoo_writer, ReadWriteLock::reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_fairlock_writer_waits_for_kazoo_reader() {
+    fairlock_side_waits_for_peer(Peer::kazoo_reader, ReadWriteLock::writer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_kazoo_reader_waits_for_fairlock_writer() {
+    peer_waits_for_fairlock_side(Peer::kazoo_reader, ReadWriteLock::writer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_kazoo_writer_waits_for_fairlock_reader() {
+    peer_waits_for_fairlock_side(Peer::kazoo_writer, ReadWriteLock::reader).await;
 }
 
 /// fairlock leads; Curator's LeaderLatch waits, and leads once fairlock resigns.

@@ -11,6 +11,8 @@
 //!                                          (only the many-locks figures, spliced into FILE)
 //! fairlock-bench waiting [--idle-waiters N] [--idle-ms N] [--docs FILE] [--etcd HOST:PORT] [--zk HOST:PORT]
 //!                                          (only the waiting waiters' CPU, spliced into FILE)
+//! fairlock-bench rwlock [--sessions 1,8,32] [--docs FILE] [--etcd HOST:PORT] [--zk HOST:PORT]
+//!                                          (only the read-write lock figures, spliced into FILE)
 //! fairlock-bench waiters URL COUNT        (internal: one waiters run, in its own process)
 //! fairlock-bench idle URL COUNT MS        (internal: one idle run, in its own process)
 //! fairlock-bench many-child …              (internal: one process of a many-locks run)
@@ -19,6 +21,7 @@
 mod failover;
 mod many;
 mod report;
+mod rwlock;
 mod systems;
 mod waiters;
 
@@ -193,7 +196,7 @@ fn main() {
     let only = args
         .get(1)
         .map(String::as_str)
-        .filter(|a| ["failover", "many", "waiting"].contains(a));
+        .filter(|a| ["failover", "many", "waiting", "rwlock"].contains(a));
     let options = match parse(only.is_some()) {
         Ok(options) => options,
         Err(e) => {
@@ -204,6 +207,7 @@ fn main() {
     let result = match only {
         Some("failover") => runtime.block_on(failover_only_run(&options)),
         Some("waiting") => runtime.block_on(waiting_only_run(&options)),
+        Some("rwlock") => runtime.block_on(rwlock_only_run(&options)),
         Some(_) => runtime.block_on(many_only_run(&options)),
         None => runtime.block_on(run(&options)),
     };
@@ -247,6 +251,7 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
     let many_rows = many::measure(&options.etcd, &options.zk, &sizes.many).await?;
     let many_section = many::markdown(&many_rows, &sizes.many, &report::today());
     let idle_section = waiting_section(options).await?;
+    let rw_section = rwlock_section(options).await?;
     // The spread: the judged scenarios again, after everything else.
     let mut repeats = Vec::new();
     for r in 1..sizes.repeats {
@@ -255,7 +260,7 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
         measure_pairs(&systems, sizes, &mut again).await?;
         repeats.push(again);
     }
-    let sections = format!("{section}\n{many_section}\n{idle_section}");
+    let sections = format!("{section}\n{many_section}\n{idle_section}\n{rw_section}");
     let markdown = run.markdown(&svg, &sections, &repeats);
     match &options.docs {
         Some(docs) => {
@@ -349,6 +354,28 @@ async fn waiting_section(
         window,
         &report::today(),
     ))
+}
+
+/// Batches of readers in the wake-up scenario.
+const READER_BATCH: usize = 16;
+
+/// The read-write locks' section: readers' throughput at each session count, wake-ups.
+async fn rwlock_section(
+    options: &Options,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let systems = System::all(&options.etcd, &options.zk);
+    let sizes = &options.sizes;
+    let readers = rwlock::readers(&systems, &sizes.sessions, sizes.contended_ops).await?;
+    let wakeups = rwlock::wakeups(&systems, READER_BATCH).await?;
+    Ok(rwlock::markdown(&readers, &wakeups, &report::today()))
+}
+
+/// `fairlock-bench rwlock`: only the read-write lock figures, spliced into the docs file.
+async fn rwlock_only_run(
+    options: &Options,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let section = rwlock_section(options).await?;
+    splice_into(options, &section, rwlock::BEGIN, rwlock::END)
 }
 
 /// `fairlock-bench waiting`: only the waiting waiters' CPU, spliced into the docs file.

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fairlock::Client;
+use fairlock::{Client, DistributedMutex};
 use tokio::sync::Barrier;
 use zookeeper_client as zk;
 
@@ -154,6 +154,24 @@ impl System {
             )
     }
 
+    /// Its name as a reader (the read side it measures in [`readers`](Self::readers)).
+    pub fn reader_name(&self) -> String {
+        match self {
+            System::Fairlock(backend, _) => format!("fairlock/{backend} reader"),
+            System::Curator(_) => "Curator 5.4 InterProcessReadWriteLock readLock".into(),
+            System::Kazoo(_) => "kazoo 2.11 ReadLock".into(),
+            other => other.name(),
+        }
+    }
+
+    /// Whether it has a read-write lock's read side to measure.
+    pub fn has_read_locks(&self) -> bool {
+        matches!(
+            self,
+            System::Fairlock(..) | System::Curator(_) | System::Kazoo(_)
+        )
+    }
+
     pub fn queues_waiters(&self) -> bool {
         self.is_fairlock()
     }
@@ -213,6 +231,23 @@ impl System {
                 peer(kazoo(endpoint, &args)).await
             }
             _ => Err("no contended run for a floor".into()),
+        }
+    }
+
+    /// As [`contended`](Self::contended), on the read side of a read-write lock: readers
+    /// that never wait for one another (fairlock, Curator's and kazoo's read locks).
+    pub async fn readers(&self, sessions: usize, total: usize) -> Result<Sample, BoxError> {
+        crate::settle().await;
+        let each = (total / sessions).max(1);
+        let args = ["read-contend", &sessions.to_string(), &each.to_string()];
+        match self {
+            System::Fairlock(_, url) => {
+                let reader: LockOf = |client, name| Ok(client.rw_lock(name)?.reader().clone());
+                fairlock_on(url, sessions, each, reader).await
+            }
+            System::Curator(endpoint) => peer(curator(endpoint, &args)).await,
+            System::Kazoo(endpoint) => peer(kazoo(endpoint, &args)).await,
+            _ => Err("no readers' run for this system".into()),
         }
     }
 }
@@ -311,8 +346,21 @@ async fn zk_client(endpoint: &str) -> Result<zk::Client, BoxError> {
         .await?)
 }
 
+/// The lock a contended run takes on each client: a mutex, or a read-write lock's side.
+pub type LockOf = fn(&Client, &str) -> fairlock::Result<Arc<dyn DistributedMutex>>;
+
 /// fairlock: `sessions` clients, `each` acquisitions each, timing the wait for the lock.
 async fn fairlock(url: &str, sessions: usize, each: usize) -> Result<Sample, BoxError> {
+    fairlock_on(url, sessions, each, |client, name| client.mutex(name)).await
+}
+
+/// As [`fairlock`], on the lock `lock_of` gives (the read side of a read-write lock, say).
+pub async fn fairlock_on(
+    url: &str,
+    sessions: usize,
+    each: usize,
+    lock_of: LockOf,
+) -> Result<Sample, BoxError> {
     let name = unique("fairlock");
     let mut clients = Vec::new();
     for _ in 0..sessions {
@@ -321,7 +369,7 @@ async fn fairlock(url: &str, sessions: usize, each: usize) -> Result<Sample, Box
     let barrier = Arc::new(Barrier::new(sessions + 1));
     let mut tasks: Vec<Waits> = Vec::new();
     for client in &clients {
-        let (mutex, barrier) = (client.mutex(&name)?, barrier.clone());
+        let (mutex, barrier) = (lock_of(client, &name)?, barrier.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(each);
             for i in 0..CONTENDED_WARMUP + each {

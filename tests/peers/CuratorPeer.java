@@ -1,15 +1,19 @@
 // A Curator 5.4 peer for fairlock's interoperability tests (compiled by scripts/peers).
 //
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH           InterProcessMutex
+//   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH read      InterProcessReadWriteLock
+//   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH write     (readLock(), writeLock())
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH latch ID  LeaderLatch
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH bench N   (benchmark)
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH contend S N
+//   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH read-contend S N  (readLock())
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH idle K MS
 //
 // -Dfairlock.session_ms=MS sets the session timeout (default 10000).
 //
-// Acquires the mutex (or leadership), prints "acquired", holds it until a line (or end of
-// file) arrives on stdin, releases (or closes the latch), prints "released" and exits.
+// Acquires the mutex (the read or write lock, or leadership), prints "acquired", holds it
+// until a line (or end of file) arrives on stdin, releases (or closes the latch), prints
+// "released" and exits.
 // The benchmark modes print one JSON line: {"elapsed_us": ..., "cpu_us": ..., "latencies_us":
 // [...]}, cpu_us being the process's CPU time (every thread, JIT and GC included) over the
 // timed part: "bench" times N uncontended acquire+release pairs (after 200 for warm-up);
@@ -29,6 +33,7 @@ import org.apache.curator.framework.CuratorFramework;
 import org.apache.curator.framework.CuratorFrameworkFactory;
 import org.apache.curator.framework.recipes.leader.LeaderLatch;
 import org.apache.curator.framework.recipes.locks.InterProcessMutex;
+import org.apache.curator.framework.recipes.locks.InterProcessReadWriteLock;
 import org.apache.curator.retry.RetryOneTime;
 
 public class CuratorPeer {
@@ -78,7 +83,8 @@ public class CuratorPeer {
         report(System.nanoTime() - start, cpuNanos() - cpu, latencies);
     }
 
-    static void contend(String connect, String path, int sessions, int n) throws Exception {
+    static void contend(String connect, String path, String mode, int sessions, int n)
+            throws Exception {
         List<Long> latencies = Collections.synchronizedList(new ArrayList<>());
         List<CuratorFramework> clients = new ArrayList<>();
         for (int s = 0; s < sessions; s++) {
@@ -90,7 +96,7 @@ public class CuratorPeer {
         for (CuratorFramework c : clients) {
             Thread t = new Thread(() -> {
                 try {
-                    InterProcessMutex mutex = new InterProcessMutex(c, path);
+                    InterProcessMutex mutex = held(c, path, mode);
                     for (int i = 0; i < 5; i++) {
                         mutex.acquire();
                         mutex.release();
@@ -157,7 +163,11 @@ public class CuratorPeer {
 
     public static void main(String[] args) throws Exception {
         if (args.length > 2 && args[2].equals("contend")) {
-            contend(args[0], args[1], Integer.parseInt(args[3]), Integer.parseInt(args[4]));
+            contend(args[0], args[1], "", Integer.parseInt(args[3]), Integer.parseInt(args[4]));
+            return;
+        }
+        if (args.length > 2 && args[2].equals("read-contend")) {
+            contend(args[0], args[1], "read", Integer.parseInt(args[3]), Integer.parseInt(args[4]));
             return;
         }
         CuratorFramework client = connect(args[0]);
@@ -179,7 +189,7 @@ public class CuratorPeer {
             stdin.readLine();
             latch.close();
         } else {
-            InterProcessMutex mutex = new InterProcessMutex(client, args[1]);
+            InterProcessMutex mutex = held(client, args[1], args.length > 2 ? args[2] : "");
             mutex.acquire();
             acquired();
             stdin.readLine();
@@ -188,6 +198,20 @@ public class CuratorPeer {
         System.out.println("released");
         System.out.flush();
         client.close();
+    }
+
+    // The lock the hold modes take: "read" and "write" are the sides of an
+    // InterProcessReadWriteLock (nodes _c_<uuid>-__READ__<seq>, -__WRIT__<seq>), anything
+    // else is an InterProcessMutex (_c_<uuid>-lock-<seq>).
+    static InterProcessMutex held(CuratorFramework client, String path, String mode) {
+        switch (mode) {
+            case "read":
+                return new InterProcessReadWriteLock(client, path).readLock();
+            case "write":
+                return new InterProcessReadWriteLock(client, path).writeLock();
+            default:
+                return new InterProcessMutex(client, path);
+        }
     }
 
     private static void acquired() {

@@ -2,13 +2,21 @@
 scripts/peers makes).
 
     python kazoo_peer.py CONNECT LOCK_PATH                  hold the lock
+    python kazoo_peer.py CONNECT LOCK_PATH read             hold the read lock
+    python kazoo_peer.py CONNECT LOCK_PATH write            hold the write lock
     python kazoo_peer.py CONNECT LOCK_PATH bench N          benchmark, uncontended
     python kazoo_peer.py CONNECT LOCK_PATH contend S N      benchmark, S sessions
+    python kazoo_peer.py CONNECT LOCK_PATH read-contend S N benchmark, S sessions' read locks
     python kazoo_peer.py CONNECT LOCK_PATH idle K MS        benchmark, K waiting waiters
 
 Holding: acquires kazoo's Lock(LOCK_PATH) with extra_lock_patterns=["-lock-"] (so
 Curator-named nodes count as contenders), prints "acquired", holds the lock until a line (or
-end of file) arrives on stdin, releases, prints "released" and exits.
+end of file) arrives on stdin, releases, prints "released" and exits. "read" and "write" do
+the same with kazoo's ReadLock (its nodes: ...__rlock__<seq>) and WriteLock
+(...__lock__<seq>), each told the names of the other implementations' nodes it must wait
+for: the read lock, writers' (extra_lock_patterns=["__WRIT__", "-lock-"]: Curator's and
+fairlock's write locks and mutexes, besides kazoo's own __lock__); the write lock,
+everyone's (["__READ__", "__WRIT__", "-lock-"], besides kazoo's __lock__ and __rlock__).
 
 The benchmark modes print one JSON line: {"elapsed_us": ..., "cpu_us": ..., "latencies_us":
 [...]}, cpu_us being the process's CPU time (every thread) over the timed part, after a
@@ -33,6 +41,16 @@ def connect(hosts):
 
 def lock(client, path):
     return client.Lock(path, "kazoo-peer", extra_lock_patterns=["-lock-"])
+
+
+def read_lock(client, path):
+    return client.ReadLock(path, "kazoo-peer", extra_lock_patterns=["__WRIT__", "-lock-"])
+
+
+def write_lock(client, path):
+    return client.WriteLock(
+        path, "kazoo-peer", extra_lock_patterns=["__READ__", "__WRIT__", "-lock-"]
+    )
 
 
 def report(elapsed, cpu, latencies):
@@ -63,14 +81,14 @@ def bench(hosts, path, n):
     client.close()
 
 
-def contend(hosts, path, sessions, n):
+def contend(hosts, path, sessions, n, make=lock):
     clients = [connect(hosts) for _ in range(sessions)]
     latencies = []
     warm = threading.Barrier(sessions + 1)
     go = threading.Event()
 
     def run(client):
-        mutex = lock(client, path)
+        mutex = make(client, path)
         for _ in range(5):
             mutex.acquire()
             mutex.release()
@@ -125,9 +143,9 @@ def idle(hosts, path, waiters, ms):
     os._exit(0)
 
 
-def hold(hosts, path):
+def hold(hosts, path, make=lock):
     client = connect(hosts)
-    mutex = lock(client, path)
+    mutex = make(client, path)
     mutex.acquire()
     print("acquired", flush=True)
     sys.stdin.readline()
@@ -144,8 +162,14 @@ def main():
         bench(hosts, path, int(sys.argv[4]))
     elif mode == "contend":
         contend(hosts, path, int(sys.argv[4]), int(sys.argv[5]))
+    elif mode == "read-contend":
+        contend(hosts, path, int(sys.argv[4]), int(sys.argv[5]), read_lock)
     elif mode == "idle":
         idle(hosts, path, int(sys.argv[4]), int(sys.argv[5]))
+    elif mode == "read":
+        hold(hosts, path, read_lock)
+    elif mode == "write":
+        hold(hosts, path, write_lock)
     else:
         hold(hosts, path)
 
