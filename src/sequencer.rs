@@ -401,16 +401,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn status_follows_the_head() {
-        let s = sequencer("n", "p/n/own");
-        let entry = |key: &str, token| QueueEntry {
+    /// A queue entry with `key` and `token`; a reader's if its key says "read".
+    fn entry(key: &str, token: u64) -> QueueEntry {
+        QueueEntry {
             key: key.into(),
             fencing_token: token,
             session: String::new(),
             value: Vec::new(),
             shared: key.contains("read"),
-        };
+        }
+    }
+
+    #[test]
+    fn status_follows_the_head() {
+        let s = sequencer("n", "p/n/own");
         let status = |head: Option<QueueEntry>| SequencerStatus::of_queue(&s, head.as_slice());
         assert_eq!(
             status(Some(entry("p/n/own", 4711))),
@@ -432,13 +436,6 @@ mod tests {
     #[test]
     fn a_reader_is_current_behind_readers_only() {
         let s = sequencer("n", "p/n/read-own");
-        let entry = |key: &str, token| QueueEntry {
-            key: key.into(),
-            fencing_token: token,
-            session: String::new(),
-            value: Vec::new(),
-            shared: key.contains("read"),
-        };
         let own = entry("p/n/read-own", 4711);
         let status = |queue: &[QueueEntry]| SequencerStatus::of_queue(&s, queue);
         let older_reader = entry("p/n/read-old", 4000);

@@ -379,65 +379,47 @@ async fn peer_waits_for_fairlock_side(start: fn(&str) -> Peer, side: SideOf) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rw_fairlock_reader_shares_with_curator_reader() {
-    fairlock_reader_shares_with_peer_reader(Peer::curator_reader).await;
+/// The read-write scenarios above, with one peer's reader and writer.
+macro_rules! rw_interop {
+    ($peer:ident, $reader:expr, $writer:expr) => {
+        mod $peer {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fairlock_reader_shares_with_peer_reader() {
+                super::fairlock_reader_shares_with_peer_reader($reader).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn peer_reader_shares_with_fairlock_reader() {
+                super::peer_reader_shares_with_fairlock_reader($reader).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fairlock_reader_waits_for_peer_writer() {
+                fairlock_side_waits_for_peer($writer, ReadWriteLock::reader).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fairlock_writer_waits_for_peer_reader() {
+                fairlock_side_waits_for_peer($reader, ReadWriteLock::writer).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn peer_reader_waits_for_fairlock_writer() {
+                peer_waits_for_fairlock_side($reader, ReadWriteLock::writer).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn peer_writer_waits_for_fairlock_reader() {
+                peer_waits_for_fairlock_side($writer, ReadWriteLock::reader).await;
+            }
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rw_curator_reader_shares_with_fairlock_reader() {
-    peer_reader_shares_with_fairlock_reader(Peer::curator_reader).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rw_fairlock_reader_waits_for_curator_writer() {
-    fairlock_side_waits_for_peer(Peer::curator_writer, ReadWriteLock::reader).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rw_fairlock_writer_waits_for_curator_reader() {
-    fairlock_side_waits_for_peer(Peer::curator_reader, ReadWriteLock::writer).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rw_curator_reader_waits_for_fairlock_writer() {
-    peer_waits_for_fairlock_side(Peer::curator_reader, ReadWriteLock::writer).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rw_curator_writer_waits_for_fairlock_reader() {
-    peer_waits_for_fairlock_side(Peer::curator_writer, ReadWriteLock::reader).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rw_fairlock_reader_shares_with_kazoo_reader() {
-    fairlock_reader_shares_with_peer_reader(Peer::kazoo_reader).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rw_kazoo_reader_shares_with_fairlock_reader() {
-    peer_reader_shares_with_fairlock_reader(Peer::kazoo_reader).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rw_fairlock_reader_waits_for_kazoo_writer() {
-    fairlock_side_waits_for_peer(Peer::kazoo_writer, ReadWriteLock::reader).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rw_fairlock_writer_waits_for_kazoo_reader() {
-    fairlock_side_waits_for_peer(Peer::kazoo_reader, ReadWriteLock::writer).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rw_kazoo_reader_waits_for_fairlock_writer() {
-    peer_waits_for_fairlock_side(Peer::kazoo_reader, ReadWriteLock::writer).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rw_kazoo_writer_waits_for_fairlock_reader() {
-    peer_waits_for_fairlock_side(Peer::kazoo_writer, ReadWriteLock::reader).await;
-}
+rw_interop!(rw_curator, Peer::curator_reader, Peer::curator_writer);
+rw_interop!(rw_kazoo, Peer::kazoo_reader, Peer::kazoo_writer);
 
 /// fairlock leads; Curator's LeaderLatch waits, and leads once fairlock resigns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

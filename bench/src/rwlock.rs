@@ -48,7 +48,7 @@ pub async fn readers(
             .iter()
             .filter(|s| s.contends() && s.has_read_locks())
         {
-            eprintln!("readers: {} x{readers}", system.name());
+            eprintln!("readers: {} x{readers}", system.reader_name());
             let sample = system.readers(readers, total).await?;
             rows.push(ReadersRow {
                 system: system.reader_name(),

@@ -7,7 +7,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::{eventually, soon, unique, Harness};
-use fairlock::{Client, Error, LockGuard, MultiLock, QueueKind, SequencerStatus, WriteOp};
+use fairlock::{
+    Client, DistributedMutex, Error, LockGuard, MultiLock, QueueKind, SequencerStatus, WriteOp,
+};
+
+/// Starts `side.lock()` in a task and returns it once the queue of `name` holds `entries`
+/// entries (the new one among them).
+async fn queued(
+    h: &Arc<dyn Harness>,
+    name: &str,
+    side: &Arc<dyn DistributedMutex>,
+    entries: usize,
+    what: &str,
+) -> tokio::task::JoinHandle<LockGuard> {
+    let side = side.clone();
+    let task = tokio::spawn(async move { side.lock().await.unwrap() });
+    eventually(what, || async { h.entries(name).await.len() == entries }).await;
+    task
+}
 
 /// Who is inside, checked on every entry: a writer finds nobody, a reader no writer.
 #[derive(Default)]
@@ -86,12 +103,7 @@ pub async fn rw_readers_share(h: Arc<dyn Harness>) {
     let r2 = soon("a second reader", b_rw.reader().lock()).await.unwrap();
     let writer = c.rw_lock(&name).unwrap();
     assert!(writer.writer().try_lock().await.unwrap().is_none());
-    let w = writer.writer().clone();
-    let waiting = tokio::spawn(async move { w.lock().await.unwrap() });
-    eventually("writer queued", || async {
-        h.entries(&name).await.len() == 3
-    })
-    .await;
+    let waiting = queued(&h, &name, writer.writer(), 3, "writer queued").await;
     r1.release().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!waiting.is_finished(), "a writer held with a reader inside");
@@ -190,12 +202,7 @@ pub async fn rw_try_timeout_and_cancel_leave_no_entry(h: Arc<dyn Harness>) {
         .expect("readers share");
     shared.release().await.unwrap();
 
-    let w = b_rw.writer().clone();
-    let waiting = tokio::spawn(async move { w.lock().await.map(drop) });
-    eventually("writer queued", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
+    let waiting = queued(&h, &name, b_rw.writer(), 2, "writer queued").await;
     // Behind a waiting writer, a reader neither gets in nor leaves an entry.
     assert!(c_rw.reader().try_lock().await.unwrap().is_none());
     let timed_out = c_rw
@@ -205,12 +212,7 @@ pub async fn rw_try_timeout_and_cancel_leave_no_entry(h: Arc<dyn Harness>) {
         .unwrap();
     assert!(timed_out.is_none());
     assert_eq!(h.entries(&name).await.len(), 2);
-    let reader = c_rw.reader().clone();
-    let queued_reader = tokio::spawn(async move { reader.lock().await.map(drop) });
-    eventually("reader queued", || async {
-        h.entries(&name).await.len() == 3
-    })
-    .await;
+    let queued_reader = queued(&h, &name, c_rw.reader(), 3, "reader queued").await;
     queued_reader.abort();
     waiting.abort();
     let _ = (queued_reader.await, waiting.await);
@@ -246,12 +248,7 @@ pub async fn rw_crashed_holder_replaced_after_ttl(h: Arc<dyn Harness>) {
     let token = held.fencing_token();
     let successor = h.client().await;
     let rw = successor.rw_lock(&name).unwrap();
-    let w = rw.writer().clone();
-    let waiter = tokio::spawn(async move { w.lock().await.unwrap() });
-    eventually("writer queued", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
+    let waiter = queued(&h, &name, rw.writer(), 2, "writer queued").await;
     crashed.abandon();
     soon("the crashed reader hears of its loss", held.lost()).await;
     let guard = soon("the writer takes over after the TTL", waiter)
@@ -269,12 +266,7 @@ pub async fn rw_crashed_holder_replaced_after_ttl(h: Arc<dyn Harness>) {
         .lock()
         .await
         .unwrap();
-    let r = rw.reader().clone();
-    let waiter = tokio::spawn(async move { r.lock().await.unwrap() });
-    eventually("reader queued", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
+    let waiter = queued(&h, &name, rw.reader(), 2, "reader queued").await;
     crashed.abandon();
     let guard = soon("the reader takes over after the TTL", waiter)
         .await
@@ -306,18 +298,8 @@ pub async fn rw_fencing_guarded_writes_and_checks(h: Arc<dyn Harness>) {
     assert_eq!(a.get(&key).await.unwrap().as_deref(), Some(&b"r2"[..]));
 
     let c_rw = c.rw_lock(&name).unwrap();
-    let w = c_rw.writer().clone();
-    let writer = tokio::spawn(async move { w.lock().await.unwrap() });
-    eventually("writer queued", || async {
-        h.entries(&name).await.len() == 3
-    })
-    .await;
-    let r3 = c_rw.reader().clone();
-    let late_reader = tokio::spawn(async move { r3.lock().await.unwrap() });
-    eventually("reader queued", || async {
-        h.entries(&name).await.len() == 4
-    })
-    .await;
+    let writer = queued(&h, &name, c_rw.writer(), 3, "writer queued").await;
+    let late_reader = queued(&h, &name, c_rw.reader(), 4, "reader queued").await;
     let queue = observer.queue(&name, QueueKind::Lock).await.unwrap();
     let shared: Vec<bool> = queue.iter().map(|e| e.shared).collect();
     assert_eq!(shared, [true, true, false, true]);
