@@ -361,8 +361,9 @@ impl Client {
     }
 
     /// The read-write lock named `name`: readers share it, a writer holds it alone; see
-    /// [`ReadWriteLock`]. Creating it costs nothing. Its queue is the one of the mutex of
-    /// the same name, whose holders count as writers.
+    /// [`ReadWriteLock`]. Creating it costs nothing. Its queue is the one of fairlock's
+    /// mutex of the same name, whose holders count as writers (Curator's mutex is another
+    /// matter: see [`ReadWriteLock`]).
     ///
     /// # Errors
     /// - [`Error::InvalidName`]; see [`validate_name`].

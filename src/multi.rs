@@ -16,7 +16,8 @@ use crate::mutex::{Acquire, DistributedMutex};
 /// The locks are taken one at a time in the order of their names (byte order), whatever
 /// order they were given in: every multi-lock of every process takes shared names in the
 /// same order, so two of them never wait for each other in a cycle. A name may appear once
-/// only (a reader and a writer of one name would wait for each other).
+/// only (a reader and a writer of one name would wait for each other), even on different
+/// clients.
 ///
 /// All or nothing: if one lock cannot be had (a refused try, the time up, an error), the
 /// ones taken already are released before the call returns, and a cancelled acquisition
@@ -79,8 +80,11 @@ impl MultiLock {
     /// `Ok(None)`: not acquired, and nothing is held or queued.
     ///
     /// # Errors
-    /// The first error of a lock's acquisition (see [`DistributedMutex::lock`]); the locks
-    /// taken before it are released first.
+    /// - The first error of a lock's acquisition (see [`DistributedMutex::lock`]); the
+    ///   locks taken before it are released first.
+    /// - [`Error::LockLost`]: a lock taken already was lost before the last one was had
+    ///   (its session ended, its entry was deleted); everything is released, and nothing
+    ///   is held or queued.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future drops the guards taken so far, which releases them
@@ -90,7 +94,7 @@ impl MultiLock {
             Acquire::Timeout(timeout) => Some(Instant::now() + timeout),
             Acquire::Wait | Acquire::Try => None,
         };
-        let mut guards = Vec::with_capacity(self.locks.len());
+        let mut guards: Vec<LockGuard> = Vec::with_capacity(self.locks.len());
         for lock in &self.locks {
             let step = match deadline {
                 Some(deadline) => {
@@ -98,7 +102,14 @@ impl MultiLock {
                 }
                 None => mode,
             };
-            match lock.acquire(step).await {
+            // A lock taken already may be lost while a later one is awaited: then the whole
+            // is not had, and the acquisition under way is dropped (removing its entry).
+            let acquired = tokio::select! {
+                biased;
+                reason = any_lost(&guards) => Err(Error::LockLost(reason)),
+                acquired = lock.acquire(step) => acquired,
+            };
+            match acquired {
                 Ok(Some(guard)) => guards.push(guard),
                 Ok(None) => {
                     release_all(guards).await;
@@ -109,6 +120,11 @@ impl MultiLock {
                     return Err(e);
                 }
             }
+        }
+        // Lost at the very end (between the last acquisition and now): not had either.
+        if let Some(reason) = guards.iter().find_map(|g| g.lost().reason()) {
+            release_all(guards).await;
+            return Err(Error::LockLost(reason));
         }
         Ok(Some(MultiGuard { guards }))
     }
@@ -160,6 +176,18 @@ impl fmt::Debug for MultiLock {
     }
 }
 
+/// The first loss among `guards`; never, if there are none.
+async fn any_lost(guards: &[LockGuard]) -> LostReason {
+    match guards {
+        [] => std::future::pending().await,
+        guards => {
+            futures::future::select_all(guards.iter().map(LockGuard::lost))
+                .await
+                .0
+        }
+    }
+}
+
 /// Releases `guards`, the last taken first; errors are the guards' to report (each release
 /// goes on in the background if it cannot be confirmed).
 async fn release_all(guards: Vec<LockGuard>) {
@@ -187,8 +215,7 @@ impl MultiGuard {
     /// # Cancel safety
     /// Cancel safe: it only waits.
     pub async fn lost(&self) -> LostReason {
-        let signals = self.guards.iter().map(LockGuard::lost);
-        futures::future::select_all(signals).await.0
+        any_lost(&self.guards).await
     }
 
     /// Whether any of the locks is known lost.

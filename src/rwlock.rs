@@ -25,8 +25,15 @@ use crate::mutex::DistributedMutex;
 /// [`try_lock`](DistributedMutex::try_lock) on the read side succeeds while no writer
 /// holds or waits; on the write side, only while nobody holds or waits.
 ///
-/// The same queue as the name's [`mutex`](crate::Client::mutex) (a mutex is a writer), and
-/// as the peers':
+/// Fencing: every entry's token is greater than those of the entries ahead of it, so a
+/// writer's token is above every earlier holder's, and a reader's above every earlier
+/// writer's; readers holding together have tokens in no particular order. A
+/// [`Fence`](crate::Fence) (which refuses any token below the highest seen) is therefore
+/// for writers: readers should not write, or not through a fence they share. A reader's
+/// guarded write is applied while that reader holds, whatever other readers do.
+///
+/// Within fairlock, the lock shares its queue with the name's [`mutex`](crate::Client::mutex),
+/// which counts as a writer. With the peers:
 /// - **etcd**: writers' keys are mutex keys (`PREFIX/NAME/<lease>-<n>`), so `etcdctl lock`
 ///   and Go's `concurrency.Mutex` on `PREFIX/NAME` count as writers, and wait for readers
 ///   too; readers are `PREFIX/NAME/read-<lease>-<n>`. See docs/DESIGN.md.
@@ -35,7 +42,11 @@ use crate::mutex::DistributedMutex;
 ///   WriteLock nodes (`…__rlock__<seq>`, `…__lock__<seq>`) are readers and writers too.
 ///   kazoo sees fairlock's and Curator's nodes when told their names:
 ///   `ReadLock(…, extra_lock_patterns=["__WRIT__", "-lock-"])` and
-///   `WriteLock(…, extra_lock_patterns=["__READ__", "__WRIT__", "-lock-"])`.
+///   `WriteLock(…, extra_lock_patterns=["__READ__", "__WRIT__", "-lock-"])`. Curator
+///   does not: its InterProcessMutex and its read-write lock ignore each other's nodes, so
+///   a name that Curator locks as a mutex must not be a read-write lock anywhere (and one
+///   that Curator locks as a read-write lock, not a `fairlock` mutex), or Curator's side
+///   may hold beside another holder.
 /// - **memory**: the same semantics in-process.
 ///
 /// There is no downgrade from write to read: Curator's (take the read lock while holding
@@ -44,7 +55,8 @@ use crate::mutex::DistributedMutex;
 /// read lock instead.
 ///
 /// [`Config::lock_delay`](crate::Config::lock_delay) applies to mutexes only: a client
-/// with a lock-delay refuses read-write locks ([`Error::InvalidConfig`](crate::Error)).
+/// with a lock-delay refuses read-write locks ([`Error::InvalidConfig`](crate::Error)),
+/// and readers (of clients without one) never wait out a mutex's lock-delay.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

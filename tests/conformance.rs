@@ -1092,7 +1092,8 @@ macro_rules! conformance {
                 rw_fifo_between_readers_and_writers, rw_try_timeout_and_cancel_leave_no_entry,
                 rw_crashed_holder_replaced_after_ttl, rw_fencing_guarded_writes_and_checks,
                 rw_lock_delay_refused, multi_lock_all_or_nothing,
-                multi_locks_in_any_order_never_deadlock);
+                multi_locks_in_any_order_never_deadlock,
+                multi_lock_fails_when_a_taken_lock_is_lost);
         }
     };
     (@tests $($test:ident),*) => {

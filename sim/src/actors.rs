@@ -253,7 +253,8 @@ pub async fn worker(shared: Arc<Shared>, group: Arc<Group>, who: String, stream:
         loop {
             let client = group.client(&shared).await;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match acquire(&client, &who, name, false, Acquire::Timeout(left)).await {
+            let read = sides.bool();
+            match acquire(&client, &who, name, read, Acquire::Timeout(left)).await {
                 Ok(Some(held)) => {
                     let lost = held.lost();
                     let id = shared.check(|c| {

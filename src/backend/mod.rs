@@ -89,13 +89,15 @@ pub struct QueueEntry {
 }
 
 impl QueueEntry {
-    /// Whether this entry holds the lock in `queue` (listed in order, which contains it):
-    /// it is first, or, if shared, no exclusive entry is ahead of it.
+    /// Whether this entry holds the lock in `queue` (listed in order): it is in it, and
+    /// first, or, if shared, no exclusive entry is ahead of it.
     pub fn holds(&self, queue: &[QueueEntry]) -> bool {
-        let mut ahead = queue.iter().take_while(|e| e.key != self.key);
+        let Some(at) = queue.iter().position(|e| e.key == self.key) else {
+            return false;
+        };
         match self.shared {
-            true => ahead.all(|e| e.shared),
-            false => ahead.next().is_none(),
+            true => queue[..at].iter().all(|e| e.shared),
+            false => at == 0,
         }
     }
 }

@@ -440,3 +440,28 @@ pub async fn multi_locks_in_any_order_never_deadlock(h: Arc<dyn Harness>) {
         soon("both multi-locks finish", task).await.unwrap();
     }
 }
+
+/// A lock the multi-lock took is lost while it waits for the next one: the acquisition
+/// fails with `LockLost` at once, and leaves nothing held or queued.
+pub async fn multi_lock_fails_when_a_taken_lock_is_lost(h: Arc<dyn Harness>) {
+    let (a, b) = (h.client().await, h.client().await);
+    let (first, second) = (unique("multi-lost-a"), unique("multi-lost-b"));
+    let blocker = b.mutex(&second).unwrap().lock().await.unwrap();
+    let multi = MultiLock::new([a.mutex(&second).unwrap(), a.mutex(&first).unwrap()]).unwrap();
+    let waiting = tokio::spawn(async move { multi.lock().await.map(drop) });
+    eventually("the multi-lock waits for its second lock", || async {
+        h.entries(&second).await.len() == 2
+    })
+    .await;
+    let taken = h.entries(&first).await;
+    assert_eq!(taken.len(), 1, "the first lock is held meanwhile");
+    h.delete_entry(&taken[0]).await;
+    let failed = soon("the multi-lock gives up", waiting).await.unwrap();
+    assert!(matches!(failed, Err(Error::LockLost(_))), "{failed:?}");
+    eventually("its waiting entry removed", || async {
+        h.entries(&second).await.len() == 1
+    })
+    .await;
+    assert!(h.entries(&first).await.is_empty());
+    blocker.release().await.unwrap();
+}
