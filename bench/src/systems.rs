@@ -354,7 +354,7 @@ async fn fairlock(url: &str, sessions: usize, each: usize) -> Result<Sample, Box
     fairlock_on(url, sessions, each, |client, name| client.mutex(name)).await
 }
 
-/// As [`fairlock`], on the lock `lock_of` gives (the read side of a read-write lock, say).
+/// As [`fairlock()`], on the lock `lock_of` gives (the read side of a read-write lock, say).
 pub async fn fairlock_on(
     url: &str,
     sessions: usize,
