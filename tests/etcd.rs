@@ -94,6 +94,23 @@ async fn etcdctl_lock_waiting(h: &EtcdHarness, name: &str, ahead: usize) -> Opti
     None
 }
 
+/// `etcdctl lock PREFIX/NAME`, holding: the process and the key it printed (etcdctl prints
+/// its key once it holds the lock). SIGINT makes it release and end.
+async fn etcdctl_holding(h: &EtcdHarness, name: &str) -> (Child, String) {
+    let mut peer = etcdctl()
+        .args(["lock", &format!("{}/{name}", h.prefix())])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("etcdctl");
+    let mut lines = BufReader::new(peer.stdout.take().unwrap()).lines();
+    let key = soon("etcdctl acquires", lines.next_line())
+        .await
+        .unwrap()
+        .expect("etcdctl ended without the lock");
+    assert!(key.starts_with(&format!("{}/{name}/", h.prefix())), "{key}");
+    (peer, key)
+}
+
 /// `etcdctl lock … echo peer-acquired`, queued behind `ahead` entries and still waiting;
 /// started again when a compaction made it give up (at most ten times).
 async fn queued_etcdctl(h: &EtcdHarness, name: &str, ahead: usize) -> Child {
@@ -160,18 +177,7 @@ async fn etcdctl_waits_for_fairlock() {
 async fn fairlock_waits_for_etcdctl() {
     let h = EtcdHarness::new().await;
     let name = unique("interop-b");
-    let mut peer = etcdctl()
-        .args(["lock", &format!("{}/{name}", h.prefix())])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("etcdctl");
-    // etcdctl prints its key once it holds the lock.
-    let mut lines = BufReader::new(peer.stdout.take().unwrap()).lines();
-    let peer_key = soon("etcdctl acquires", lines.next_line())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(peer_key.starts_with(&format!("{}/{name}/", h.prefix())));
+    let mut peer = etcdctl_holding(&h, &name).await.0;
 
     let client = h.client().await;
     let waiter = queued_waiter(&h, &client, &name).await;
@@ -198,17 +204,7 @@ async fn fairlock_waits_for_etcdctl() {
 async fn rw_reader_waits_for_etcdctl() {
     let h = EtcdHarness::new().await;
     let name = unique("rw-etcdctl-holds");
-    let mut peer = etcdctl()
-        .args(["lock", &format!("{}/{name}", h.prefix())])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("etcdctl");
-    let mut lines = BufReader::new(peer.stdout.take().unwrap()).lines();
-    let peer_key = soon("etcdctl acquires", lines.next_line())
-        .await
-        .unwrap()
-        .expect("etcdctl ended without the lock");
-    assert!(peer_key.starts_with(&format!("{}/{name}/", h.prefix())));
+    let (mut peer, peer_key) = etcdctl_holding(&h, &name).await;
 
     let client = h.client().await;
     let reader = Arc::clone(client.rw_lock(&name).unwrap().reader());

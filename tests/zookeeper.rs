@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
 use common::{eventually, soon, unique, zk_endpoint, Harness, ZkHarness};
-use fairlock::{Client, DistributedMutex, Error, ReadWriteLock, WriteOp};
+use fairlock::{Client, DistributedMutex, Error, WriteOp};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdout, Command};
@@ -183,82 +183,42 @@ impl Peer {
     }
 }
 
-/// fairlock holds; the peer queues behind it and acquires only after fairlock releases.
-async fn peer_waits_for_fairlock(start: fn(&str) -> Peer) {
-    let h = ZkHarness::new().await;
-    let name = unique("interop-waits");
-    let client = h.client().await;
-    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
-    let mut peer = start(&format!("{}/{name}", h.base()));
-    eventually("peer queued", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
-    assert!(
-        peer.silent_for(Duration::from_millis(500)).await,
-        "the peer acquired a lock fairlock holds"
-    );
-    guard.release().await.unwrap();
-    peer.said("acquired").await;
-    peer.release().await;
-    eventually("queue empty", || async {
-        h.entries(&name).await.is_empty()
-    })
-    .await;
-}
-
-/// The peer holds; fairlock queues behind it and acquires only after the peer releases.
-async fn fairlock_waits_for_peer(start: fn(&str) -> Peer) {
-    let h = ZkHarness::new().await;
-    let name = unique("interop-holds");
-    let mut peer = start(&format!("{}/{name}", h.base()));
-    peer.said("acquired").await;
-    let client = h.client().await;
-    let mutex = client.mutex(&name).unwrap();
-    assert!(
-        mutex.try_lock().await.unwrap().is_none(),
-        "try_lock took the peer's lock"
-    );
-    let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
-    eventually("fairlock queued", || async {
-        h.entries(&name).await.len() == 2
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !waiter.is_finished(),
-        "fairlock acquired a lock the peer holds"
-    );
-    peer.release().await;
-    let guard = soon("fairlock acquires", waiter).await.unwrap();
-    assert_eq!(h.entries(&name).await, [guard.key().to_owned()]);
-    guard.release().await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curator_waits_for_fairlock() {
-    peer_waits_for_fairlock(Peer::curator).await;
+    peer_waits_for_fairlock(Peer::curator, mutex).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fairlock_waits_for_curator() {
-    fairlock_waits_for_peer(Peer::curator).await;
+    fairlock_waits_for_peer(Peer::curator, mutex).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kazoo_waits_for_fairlock() {
-    peer_waits_for_fairlock(Peer::kazoo).await;
+    peer_waits_for_fairlock(Peer::kazoo, mutex).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fairlock_waits_for_kazoo() {
-    fairlock_waits_for_peer(Peer::kazoo).await;
+    fairlock_waits_for_peer(Peer::kazoo, mutex).await;
 }
 
 // ---- read-write locks against the peers' read and write locks ----
 
-/// A side of a read-write lock: `ReadWriteLock::reader` or `ReadWriteLock::writer`.
-type SideOf = fn(&ReadWriteLock) -> &Arc<dyn DistributedMutex>;
+/// The lock fairlock takes in a scenario: a mutex, or a read-write lock's side.
+type LockOf = fn(&Client, &str) -> Arc<dyn DistributedMutex>;
+
+fn mutex(client: &Client, name: &str) -> Arc<dyn DistributedMutex> {
+    client.mutex(name).unwrap()
+}
+
+fn reader(client: &Client, name: &str) -> Arc<dyn DistributedMutex> {
+    Arc::clone(client.rw_lock(name).unwrap().reader())
+}
+
+fn writer(client: &Client, name: &str) -> Arc<dyn DistributedMutex> {
+    Arc::clone(client.rw_lock(name).unwrap().writer())
+}
 
 /// The peer's reader holds; a fairlock reader shares the lock with it at once.
 async fn fairlock_reader_shares_with_peer_reader(start: fn(&str) -> Peer) {
@@ -309,17 +269,16 @@ async fn peer_reader_shares_with_fairlock_reader(start: fn(&str) -> Peer) {
     .await;
 }
 
-/// The peer (a writer, or a reader) holds; fairlock's `side` (a reader, or a writer)
-/// does not get the lock while it does: `try_lock` and a short `lock_timeout` give up, a
-/// waiter acquires only after the peer releases.
-async fn fairlock_side_waits_for_peer(start: fn(&str) -> Peer, side: SideOf) {
+/// The peer holds; fairlock's lock (a mutex, a reader, a writer) does not get it while it
+/// does: `try_lock` and a short `lock_timeout` give up, a waiter acquires only after the
+/// peer releases.
+async fn fairlock_waits_for_peer(start: fn(&str) -> Peer, lock_of: LockOf) {
     let h = ZkHarness::new().await;
-    let name = unique("rw-peer-holds");
+    let name = unique("peer-holds");
     let mut peer = start(&format!("{}/{name}", h.base()));
     peer.said("acquired").await;
     let client = h.client().await;
-    let rw = client.rw_lock(&name).unwrap();
-    let mutex = Arc::clone(side(&rw));
+    let mutex = lock_of(&client, &name);
     assert!(
         mutex.try_lock().await.unwrap().is_none(),
         "try_lock took the lock next to the peer"
@@ -353,14 +312,13 @@ async fn fairlock_side_waits_for_peer(start: fn(&str) -> Peer, side: SideOf) {
     guard.release().await.unwrap();
 }
 
-/// fairlock's `side` (a writer, or a reader) holds; the peer (a reader, or a writer)
-/// queues behind it and acquires only after fairlock releases.
-async fn peer_waits_for_fairlock_side(start: fn(&str) -> Peer, side: SideOf) {
+/// fairlock's lock (a mutex, a writer, a reader) holds; the peer queues behind it and
+/// acquires only after fairlock releases.
+async fn peer_waits_for_fairlock(start: fn(&str) -> Peer, lock_of: LockOf) {
     let h = ZkHarness::new().await;
-    let name = unique("rw-fairlock-holds");
+    let name = unique("fairlock-holds");
     let client = h.client().await;
-    let rw = client.rw_lock(&name).unwrap();
-    let guard = side(&rw).lock().await.unwrap();
+    let guard = lock_of(&client, &name).lock().await.unwrap();
     let mut peer = start(&format!("{}/{name}", h.base()));
     eventually("peer queued", || async {
         h.entries(&name).await.len() == 2
@@ -397,22 +355,22 @@ macro_rules! rw_interop {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn fairlock_reader_waits_for_peer_writer() {
-                fairlock_side_waits_for_peer($writer, ReadWriteLock::reader).await;
+                fairlock_waits_for_peer($writer, reader).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn fairlock_writer_waits_for_peer_reader() {
-                fairlock_side_waits_for_peer($reader, ReadWriteLock::writer).await;
+                fairlock_waits_for_peer($reader, writer).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn peer_reader_waits_for_fairlock_writer() {
-                peer_waits_for_fairlock_side($reader, ReadWriteLock::writer).await;
+                peer_waits_for_fairlock($reader, writer).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn peer_writer_waits_for_fairlock_reader() {
-                peer_waits_for_fairlock_side($writer, ReadWriteLock::reader).await;
+                peer_waits_for_fairlock($writer, reader).await;
             }
         }
     };
