@@ -7,7 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::backend::{KeySpace, QueueEntry, QueueKind, QueueSession, SessionSource, Side};
+use crate::backend::{
+    gate_name, KeySpace, QueueEntry, QueueKind, QueueSession, SessionSource, Side,
+};
 use crate::config::{BackendKind, Config};
 use crate::election::Election;
 use crate::error::{Error, Result};
@@ -17,6 +19,7 @@ use crate::mutex::DistributedMutex;
 use crate::name::validate_name;
 use crate::queue::{QueueElection, QueueMutex, QueueOptions};
 use crate::rwlock::ReadWriteLock;
+use crate::semaphore::SemaphoreQueue;
 use crate::sequencer::{Sequencer, SequencerStatus};
 use crate::state::SessionState;
 
@@ -28,6 +31,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
         &self,
         name: String,
         side: Side,
+        holder: Arc<[u8]>,
+        options: QueueOptions,
+    ) -> Arc<dyn DistributedMutex>;
+    fn semaphore(
+        &self,
+        name: String,
+        limit: u32,
         holder: Arc<[u8]>,
         options: QueueOptions,
     ) -> Arc<dyn DistributedMutex>;
@@ -58,6 +68,17 @@ impl<B: SessionSource + KeySpace> Backend for Arc<B> {
         options: QueueOptions,
     ) -> Arc<dyn DistributedMutex> {
         Arc::new(QueueMutex::new(self.clone(), name, side, holder, options))
+    }
+
+    fn semaphore(
+        &self,
+        name: String,
+        limit: u32,
+        holder: Arc<[u8]>,
+        options: QueueOptions,
+    ) -> Arc<dyn DistributedMutex> {
+        let source = self.clone();
+        Arc::new(QueueMutex::semaphore(source, name, limit, holder, options))
     }
 
     fn election(&self, name: String, options: QueueOptions) -> Arc<dyn Election> {
@@ -387,6 +408,70 @@ impl Client {
         ))
     }
 
+    /// The counting semaphore named `name`, which at most `limit` holders hold at once: a
+    /// [`DistributedMutex`] whose guards are leases. Creating it costs nothing; the first
+    /// acquisition stores the limit with the semaphore, and a client asking for another
+    /// limit later fails with [`Error::LimitMismatch`] (as kazoo's does).
+    ///
+    /// Waiters queue fairly (FIFO) at the semaphore's gate, a mutex queue named
+    /// `NAME-__lock__` where each waiter watches only its predecessor; the gate's head
+    /// alone watches the pool of leases (`NAME`) and takes a lease as soon as there is
+    /// room, then lets the gate go. So a released lease wakes one waiter, and a lease is
+    /// only ever taken by the gate's head, in a write that holds only while its gate
+    /// entry exists (a head that lost its session cannot over-fill the pool). Cancelling
+    /// or timing out an acquisition removes its gate entry and any lease it may have
+    /// written. [`try_lock`](DistributedMutex::try_lock) succeeds while nobody waits at
+    /// the gate and the pool has room.
+    ///
+    /// Each lease has the guard's usual fencing token (unique, above every earlier
+    /// lease's), [`lost`](crate::LockGuard::lost) signal and guarded writes (applied while
+    /// the lease is held); up to `limit` holders share the semaphore, so a
+    /// [`Fence`](crate::Fence) does not order them.
+    ///
+    /// Layout: the pool `NAME` holds the limit (in decimal) and one entry per lease, the
+    /// gate `NAME-__lock__` the waiters: on ZooKeeper, exactly kazoo's `Semaphore` (pool
+    /// node `PATH` with the limit as data, ephemeral lease nodes `PATH/<uuid hex>`, the
+    /// lock `PATH-__lock__` of kazoo's Lock), so kazoo's semaphores and fairlock's share
+    /// one; on etcd and memory, the same shape in keys (`PREFIX/NAME`,
+    /// `PREFIX/NAME/<lease>-<n>`, `PREFIX/NAME-__lock__/…`). A semaphore's name is not
+    /// also a lock's: the pool would hold the lock's entries.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> fairlock::Result<()> {
+    /// let client = fairlock::Client::connect("memory://semaphore-doc").await?;
+    /// let downloads = client.semaphore("downloads", 2)?;
+    ///
+    /// let a = downloads.lock().await?;
+    /// let b = downloads.lock().await?; // two may hold
+    /// assert!(downloads.try_lock().await?.is_none()); // a third waits
+    /// a.release().await?;
+    /// let c = downloads.lock().await?; // a's lease went to the next one
+    /// b.release().await?;
+    /// c.release().await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// - [`Error::InvalidName`]; see [`validate_name`].
+    /// - [`Error::InvalidConfig`]: `limit` is 0, or the client has a
+    ///   [`lock_delay`](crate::Config::lock_delay), which semaphores do not support.
+    pub fn semaphore(&self, name: &str, limit: u32) -> Result<Arc<dyn DistributedMutex>> {
+        validate_name(name)?;
+        if limit == 0 {
+            return Err(Error::config("a semaphore's limit must be at least 1"));
+        }
+        if self.lock_delay.is_some() {
+            return Err(Error::config(
+                "semaphores do not support a lock-delay; use a client without one",
+            ));
+        }
+        let (holder, options) = (self.holder.clone(), self.queue_options());
+        Ok(self
+            .backend
+            .semaphore(name.to_owned(), limit, holder, options))
+    }
+
     /// A client sharing this one's session whose lock entries carry `value`: who holds or
     /// waits (host, process, user), for [`queue`](Self::queue) listings and `fairlock
     /// status`. Empty by default. Peers ignore it (etcdctl and Go's Mutex write an empty
@@ -550,6 +635,21 @@ impl Client {
     pub async fn queue(&self, name: &str, kind: QueueKind) -> Result<Vec<QueueEntry>> {
         validate_name(name)?;
         self.backend.queue(name, kind).await
+    }
+
+    /// The holders (leases) and waiters (its gate's entries) of the semaphore `name`; see
+    /// [`semaphore`](Self::semaphore).
+    ///
+    /// # Errors
+    /// As [`queue`](Self::queue).
+    pub async fn semaphore_queue(&self, name: &str) -> Result<SemaphoreQueue> {
+        validate_name(name)?;
+        let holders = self.backend.queue(name, QueueKind::Lock).await?;
+        let waiters = self
+            .backend
+            .queue(&gate_name(name), QueueKind::Lock)
+            .await?;
+        Ok(SemaphoreQueue { holders, waiters })
     }
 
     /// Whether the holder `sequencer` names still holds its lock: [`SequencerStatus::Current`]

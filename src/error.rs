@@ -25,6 +25,19 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The semaphore was asked for with another limit than the one stored with it (by the
+    /// first client that used it, fairlock or kazoo). Delete the semaphore's pool (key or
+    /// node `NAME`) while nobody holds it to change the limit.
+    #[error("semaphore {name:?} has a limit of {stored}, not {requested}")]
+    LimitMismatch {
+        /// The semaphore's name.
+        name: String,
+        /// The limit stored with it.
+        stored: u32,
+        /// The limit this client asked for.
+        requested: u32,
+    },
+
     /// The data key is not acceptable; see [`validate_key`](crate::validate_key).
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey {

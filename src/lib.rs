@@ -79,6 +79,7 @@ mod name;
 mod queue;
 mod reentrant;
 mod rwlock;
+mod semaphore;
 mod sequencer;
 mod state;
 mod stats;
@@ -112,6 +113,7 @@ pub use mutex::{Acquire, DistributedMutex};
 pub use name::{validate_name, MAX_NAME_LEN};
 pub use reentrant::ReentrantGuard;
 pub use rwlock::ReadWriteLock;
+pub use semaphore::SemaphoreQueue;
 pub use sequencer::{Sequencer, SequencerStatus};
 pub use state::SessionState;
 #[cfg(feature = "test-util")]

@@ -19,7 +19,8 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{field, Instrument, Span};
 
 use crate::backend::{
-    session_error, Claim, Entry, KeySpace, QueueEntry, QueueKind, QueueSession, SessionSource, Side,
+    gate_name, session_error, Claim, Entry, KeySpace, QueueEntry, QueueKind, QueueSession,
+    SessionSource, Side,
 };
 use crate::election::{Election, Leader, Leadership};
 use crate::error::{Error, Result};
@@ -39,12 +40,14 @@ pub(crate) struct QueueOptions {
     pub lock_delay: Option<Duration>,
 }
 
-/// The queue an acquisition joins: its name, kind and side.
+/// The queue an acquisition joins: its name, kind and side; for a semaphore, its limit
+/// (then the queue is the semaphore's gate, and the lease is taken from its pool).
 #[derive(Clone, Copy)]
 struct Place<'a> {
     name: &'a str,
     kind: QueueKind,
     side: Side,
+    limit: Option<u32>,
 }
 
 /// Enqueues in the queue `name` and waits, as `mode` says, until the entry holds (heads the
@@ -57,7 +60,9 @@ async fn acquire<S: SessionSource>(
     mode: Acquire,
     options: &QueueOptions,
 ) -> Result<Option<LockGuard>> {
-    let Place { name, kind, side } = place;
+    let Place {
+        name, kind, side, ..
+    } = place;
     let backend = <S::Session as QueueSession>::BACKEND;
     let kind_name = kind.name();
     // The hold span outlives this one: it becomes a sibling under the caller's span, not a
@@ -139,7 +144,15 @@ async fn acquire_in<S: SessionSource>(
     spans: Spans<'_>,
     options: &QueueOptions,
 ) -> Result<Option<LockGuard>> {
-    let Place { name, kind, side } = place;
+    let Place {
+        name,
+        kind,
+        side,
+        limit,
+    } = place;
+    // A semaphore's acquisition queues at its gate first.
+    let gate = limit.map(|_| gate_name(name));
+    let queue = gate.as_deref().unwrap_or(name);
     let delay = options.lock_delay;
     let deadline = match mode {
         Acquire::Timeout(timeout) => Some(Instant::now() + timeout),
@@ -156,35 +169,43 @@ async fn acquire_in<S: SessionSource>(
             },
             None => source.session().await?,
         };
-        let entry = session.new_entry(name, kind, side, value);
+        let entry = session.new_entry(queue, kind, side, value);
         let mut pending = Pending {
             session,
             entry,
             armed: true,
         };
         let outcome = match mode {
-            Acquire::Try => try_head(name, &mut pending, delay).await,
-            Acquire::Wait => wait_turn(name, &mut pending, spans.acquire, delay)
+            Acquire::Try => try_head(queue, &mut pending, delay).await,
+            Acquire::Wait => wait_turn(queue, &mut pending, spans.acquire, delay)
                 .await
                 .map(|()| true),
             Acquire::Timeout(_) => {
                 let deadline = deadline.unwrap_or_else(Instant::now);
-                let waiting = wait_turn(name, &mut pending, spans.acquire, delay);
+                let waiting = wait_turn(queue, &mut pending, spans.acquire, delay);
                 tokio::time::timeout_at(deadline, waiting)
                     .await
                     .map_or(Ok(false), |r| r.map(|()| true))
             }
         };
         match outcome {
-            Ok(true) => return Ok(Some(pending.into_guard(name, spans, &options.keys))),
+            Ok(true) => {
+                let Some(limit) = limit else {
+                    return Ok(Some(pending.into_guard(name, spans, &options.keys)));
+                };
+                let leasing = take_lease(name, limit, &pending, value, mode);
+                let leased = match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, leasing)
+                        .await
+                        .unwrap_or(Ok(None)),
+                    None => leasing.await,
+                };
+                // The gate is let go however the lease went: the next waiter's turn.
+                pending.remove().await;
+                return Ok(leased?.map(|lease| lease.into_guard(name, spans, &options.keys)));
+            }
             Ok(false) if mode == Acquire::Try => {
-                if pending.entry.order != 0 || pending.entry.stray_attempts {
-                    // Written (refused during a lock-delay), or not written but an attempt
-                    // still on its way might be.
-                    pending.remove().await;
-                } else {
-                    pending.armed = false; // nothing was written
-                }
+                pending.discard().await;
                 return Ok(None);
             }
             Ok(false) => {
@@ -232,6 +253,57 @@ async fn try_head<S: QueueSession>(
             tracing::debug!(left = ?left, "refused: a lock-delay is running");
             Ok(false)
         }
+    }
+}
+
+/// A semaphore's acquisition at the head of its gate: takes a lease of the pool `name` as
+/// soon as it has room (a `try` only if it has room now). While it waits, it is the only
+/// one watching the pool, so a released lease wakes one waiter. Cancel safe: the lease's
+/// pending entry removes whatever may have been written.
+async fn take_lease<S: QueueSession>(
+    name: &str,
+    limit: u32,
+    gate: &Pending<S>,
+    value: &[u8],
+    mode: Acquire,
+) -> Result<Option<Pending<S>>> {
+    let session = gate.session.clone();
+    let lost = session.trigger().signal();
+    let mut lease = Pending {
+        entry: session.new_lease(name, value),
+        session: session.clone(),
+        armed: true,
+    };
+    loop {
+        let taken = tokio::select! {
+            biased;
+            reason = lost.wait() => return Err(session_error(reason)),
+            taken = session.take_lease(name, limit, &gate.entry, &mut lease.entry) => taken,
+        };
+        let freed = match taken {
+            Ok(None) => return Ok(Some(lease)),
+            Ok(Some(freed)) => freed,
+            Err(e) => {
+                lease.remove().await;
+                return Err(e);
+            }
+        };
+        if mode == Acquire::Try {
+            lease.discard().await;
+            return Ok(None);
+        }
+        tracing::debug!(
+            name,
+            limit,
+            "semaphore full: waiting for a lease to be released"
+        );
+        crate::stats::waiting();
+        tokio::select! {
+            biased;
+            reason = lost.wait() => return Err(session_error(reason)),
+            freed = freed => freed?,
+        }
+        crate::stats::woke();
     }
 }
 
@@ -324,6 +396,8 @@ pub(crate) struct QueueMutex<S: SessionSource> {
     source: Arc<S>,
     name: String,
     side: Side,
+    /// A semaphore's: how many may hold at once.
+    limit: Option<u32>,
     /// The value each entry carries (who holds or waits).
     holder: Arc<[u8]>,
     options: QueueOptions,
@@ -341,8 +415,23 @@ impl<S: SessionSource> QueueMutex<S> {
             source,
             name,
             side,
+            limit: None,
             holder,
             options,
+        }
+    }
+
+    /// The counting semaphore `name`, which `limit` may hold at once.
+    pub(crate) fn semaphore(
+        source: Arc<S>,
+        name: String,
+        limit: u32,
+        holder: Arc<[u8]>,
+        options: QueueOptions,
+    ) -> Self {
+        QueueMutex {
+            limit: Some(limit),
+            ..Self::new(source, name, Side::Gate, holder, options)
         }
     }
 }
@@ -352,6 +441,7 @@ impl<S: SessionSource> fmt::Debug for QueueMutex<S> {
         f.debug_struct("DistributedMutex")
             .field("name", &self.name)
             .field("side", &self.side.name())
+            .field("limit", &self.limit)
             .finish_non_exhaustive()
     }
 }
@@ -367,6 +457,7 @@ impl<S: SessionSource> DistributedMutex for QueueMutex<S> {
             name: &self.name,
             kind: QueueKind::Lock,
             side: self.side,
+            limit: self.limit,
         };
         acquire(&*self.source, place, &self.holder, mode, &self.options).await
     }
@@ -416,6 +507,7 @@ impl<S: SessionSource + KeySpace> Election for QueueElection<S> {
             name: &self.name,
             kind: QueueKind::Election,
             side: Side::Mutex,
+            limit: None,
         };
         let guard = acquire(&*self.source, place, value, mode, &self.options).await?;
         Ok(guard.map(|guard| Leadership::new(guard, value.to_vec())))
@@ -475,6 +567,16 @@ struct Pending<S: QueueSession> {
 }
 
 impl<S: QueueSession> Pending<S> {
+    /// Lets go of an entry that did not get the lock: removes it if written (refused during
+    /// a lock-delay, say), or if an attempt still on its way might write it.
+    async fn discard(mut self) {
+        if self.entry.order != 0 || self.entry.stray_attempts {
+            self.remove().await;
+        } else {
+            self.armed = false; // nothing was written
+        }
+    }
+
     /// Removes the entry now (bounded), or in the background if the backend fails. Stays
     /// armed until the backend confirmed the removal: if this future is dropped half-way,
     /// `Drop` hands the entry to a background removal.
@@ -524,7 +626,8 @@ impl<S: QueueSession> Pending<S> {
             token,
             self.session.id(),
             key,
-        );
+        )
+        .of_semaphore(self.entry.side == Side::Lease);
         LockGuard::new(sequencer, trigger.signal(), Box::new(held))
     }
 }

@@ -49,7 +49,7 @@ const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
 /// ```text
 /// sequencer = "fl1:" backend ":" kind ":" name ":" token ":" session ":" key
 /// backend   = "etcd" / "zookeeper" / "memory"
-/// kind      = "lock" / "election"
+/// kind      = "lock" / "election" / "semaphore"   ; semaphore: a lease of a semaphore
 /// name      = escaped               ; the lock's or election's name
 /// token     = %x31-39 *DIGIT        ; the fencing token, decimal, 1 to 2^64-1
 /// session   = 1*16 (DIGIT / %x61-66); the owning session (etcd lease, ZooKeeper session), hex
@@ -71,6 +71,8 @@ pub struct Sequencer {
     token: u64,
     session: String,
     key: String,
+    /// A semaphore's lease (kind `semaphore`): it holds while it exists.
+    semaphore: bool,
 }
 
 impl Sequencer {
@@ -89,7 +91,23 @@ impl Sequencer {
             token,
             session,
             key: key.to_owned(),
+            semaphore: false,
         }
+    }
+
+    /// This sequencer, of a semaphore's lease if `semaphore`.
+    pub(crate) fn of_semaphore(mut self, semaphore: bool) -> Self {
+        self.semaphore = semaphore;
+        self
+    }
+
+    /// Whether it is a semaphore's lease (kind `semaphore` in the string form; its
+    /// [`kind`](Self::kind) is [`QueueKind::Lock`]). A lease holds while it exists, beside
+    /// the semaphore's other leases: [`Client::check`](crate::Client::check) says
+    /// [`Current`](SequencerStatus::Current) until it is gone, then
+    /// [`Lost`](SequencerStatus::Lost), never `Superseded`.
+    pub fn is_semaphore(&self) -> bool {
+        self.semaphore
     }
 
     /// The backend the lock lives on.
@@ -149,7 +167,11 @@ impl fmt::Display for Sequencer {
             f,
             "{VERSION}:{}:{}:{}:{}:{}:{}",
             self.backend.name(),
-            self.kind.name(),
+            if self.semaphore {
+                "semaphore"
+            } else {
+                self.kind.name()
+            },
             utf8_percent_encode(&self.name, ESCAPED),
             self.token,
             self.session,
@@ -189,10 +211,11 @@ impl FromStr for Sequencer {
             "memory" => BackendKind::Memory,
             _ => return Err(invalid("unknown backend (etcd, zookeeper or memory)")),
         };
-        let kind = match kind {
-            "lock" => QueueKind::Lock,
-            "election" => QueueKind::Election,
-            _ => return Err(invalid("unknown kind (lock or election)")),
+        let (kind, semaphore) = match kind {
+            "lock" => (QueueKind::Lock, false),
+            "election" => (QueueKind::Election, false),
+            "semaphore" => (QueueKind::Lock, true),
+            _ => return Err(invalid("unknown kind (lock, election or semaphore)")),
         };
         let name = unescape(name).ok_or_else(|| invalid("the name is not canonically escaped"))?;
         if let Err(Error::InvalidName { reason, .. }) = crate::name::validate_name(&name) {
@@ -228,6 +251,7 @@ impl FromStr for Sequencer {
             token,
             session: session.to_owned(),
             key,
+            semaphore,
         })
     }
 }
@@ -276,12 +300,19 @@ pub enum SequencerStatus {
 
 impl SequencerStatus {
     /// The status of `sequencer` in `queue` (listed in order; for an exclusive entry its
-    /// head is enough): current if its entry is there and holds (see
-    /// [`QueueEntry::holds`]), superseded if a newer entry heads the queue.
+    /// head is enough; for a semaphore's lease, `queue` is its pool): current if its entry
+    /// is there and holds (see [`QueueEntry::holds`]; a lease holds while it is there),
+    /// superseded if a newer entry heads the queue.
     pub(crate) fn of_queue(sequencer: &Sequencer, queue: &[QueueEntry]) -> Self {
         let own = queue
             .iter()
             .find(|e| e.key == sequencer.key && e.fencing_token == sequencer.token);
+        if sequencer.semaphore {
+            return match own {
+                Some(_) => SequencerStatus::Current,
+                None => SequencerStatus::Lost,
+            };
+        }
         match (own, queue.first()) {
             (Some(own), _) if own.holds(queue) => SequencerStatus::Current,
             (_, Some(head)) if head.fencing_token > sequencer.token => SequencerStatus::Superseded,
@@ -341,6 +372,13 @@ mod tests {
                 let s = Sequencer::new(backend, kind, "n", 1, "a".into(), "p/n/e");
                 assert_eq!(s.to_string().parse::<Sequencer>().unwrap(), s);
             }
+            let lease = Sequencer::new(backend, QueueKind::Lock, "n", 1, "a".into(), "p/n/e")
+                .of_semaphore(true);
+            let text = lease.to_string();
+            assert!(text.contains(":semaphore:n:"), "{text}");
+            let parsed = text.parse::<Sequencer>().unwrap();
+            assert!(parsed.is_semaphore());
+            assert_eq!(parsed, lease);
         }
     }
 

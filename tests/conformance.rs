@@ -10,6 +10,8 @@ mod common;
 mod leader;
 #[path = "conformance/rwlock.rs"]
 mod rwlock;
+#[path = "conformance/semaphore.rs"]
+mod semaphore;
 #[path = "../examples/fenced_sql/store.rs"]
 mod store;
 
@@ -24,6 +26,7 @@ use fairlock::{
 use futures::StreamExt;
 use leader::*;
 use rwlock::*;
+use semaphore::*;
 
 /// 16 contenders on separate sessions increment a counter with a deliberate
 /// read–sleep–write race; under the lock no update may be lost and no two may overlap.
@@ -1093,7 +1096,12 @@ macro_rules! conformance {
                 rw_crashed_holder_replaced_after_ttl, rw_fencing_guarded_writes_and_checks,
                 rw_lock_delay_refused, multi_lock_all_or_nothing,
                 multi_locks_in_any_order_never_deadlock,
-                multi_lock_fails_when_a_taken_lock_is_lost);
+                multi_lock_fails_when_a_taken_lock_is_lost,
+                semaphore_admits_up_to_its_limit, semaphore_never_exceeds_its_limit,
+                semaphore_fifo_order, semaphore_limit_is_stored_with_it,
+                semaphore_try_timeout_and_cancel_leave_no_entry,
+                semaphore_crashed_holder_replaced_after_ttl,
+                semaphore_lost_lease_and_guarded_writes, semaphore_sequencers_are_checked);
         }
     };
     (@tests $($test:ident),*) => {

@@ -359,6 +359,46 @@ async fn waiter_survives_a_broken_watch_stream_and_compaction() {
     guard.release().await.unwrap();
 }
 
+/// A semaphore's waiter, at the head of its gate, watches the full pool. Its watch stream
+/// breaks while a lease is released, and the history is compacted past that deletion
+/// before the stream comes back: the waiter still takes the freed lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_waiter_survives_a_broken_watch_stream_and_compaction() {
+    let h = EtcdHarness::new().await;
+    let name = unique("sem-rewatch");
+    let holder = h.client().await;
+    let guard = holder.semaphore(&name, 1).unwrap().lock().await.unwrap();
+
+    let (proxy, waiter_client) = client_via_proxy(&h).await;
+    let semaphore = waiter_client.semaphore(&name, 1).unwrap();
+    let waiter = tokio::spawn(async move { semaphore.lock().await.unwrap() });
+    let gate = format!("{name}-__lock__");
+    eventually("waiter at the gate", || async {
+        h.entries(&gate).await.len() == 1
+    })
+    .await;
+    // Let the pool's read be answered and its watch be created.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    proxy.cut();
+    guard.release().await.unwrap();
+    compact_now(&h).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the waiter heard through a cut connection"
+    );
+    proxy.restore();
+
+    let lease = soon("waiter takes the lease after the stream is back", waiter)
+        .await
+        .unwrap();
+    assert!(!lease.is_lost());
+    assert_eq!(h.entries(&name).await, [lease.key().to_owned()]);
+    lease.release().await.unwrap();
+    assert!(h.entries(&gate).await.is_empty());
+}
+
 /// fairlock leads; `etcdctl elect` campaigns behind it and leads once fairlock resigns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_elect_waits_for_fairlock() {

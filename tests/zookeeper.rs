@@ -1,6 +1,6 @@
 //! ZooKeeper-specific behaviour: Curator's node names, kazoo's nodes as contenders, real
 //! Curator and kazoo peers in the same queue (both directions; mutexes, read-write locks,
-//! LeaderLatch), server-side limits.
+//! LeaderLatch, kazoo's Semaphore), server-side limits.
 #![cfg(feature = "zookeeper")]
 
 mod common;
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
-use common::{eventually, soon, unique, zk_endpoint, Harness, ZkHarness};
+use common::{eventually, soon, unique, zk_endpoint, zk_entries, Harness, ZkHarness};
 use fairlock::{Client, DistributedMutex, Error, WriteOp};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpStream};
@@ -150,6 +150,11 @@ impl Peer {
         Peer::kazoo_python(&[lock_path, "write"])
     }
 
+    /// kazoo's Semaphore on `path` with `limit` leases, identifier "kazoo-peer".
+    fn kazoo_semaphore(path: &str, limit: u32) -> Peer {
+        Peer::kazoo_python(&[path, "semaphore", &limit.to_string()])
+    }
+
     fn spawn(mut cmd: Command) -> Peer {
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -174,6 +179,22 @@ impl Peer {
             .is_err()
     }
 
+    /// Waits for the peer to report a failed acquisition ("failed: …") and to exit with an
+    /// error; returns what it said.
+    async fn failed(mut self) -> String {
+        let line = soon("the peer's failure", self.lines.next_line())
+            .await
+            .unwrap();
+        let line = line.expect("the peer said nothing");
+        assert!(line.starts_with("failed: "), "{line}");
+        let status = soon("peer exits", self.child.wait()).await.unwrap();
+        assert!(
+            !status.success(),
+            "the peer failed, then exited with {status}"
+        );
+        line
+    }
+
     async fn release(mut self) {
         let mut stdin = self.child.stdin.take().unwrap();
         stdin.write_all(b"release\n").await.unwrap();
@@ -185,28 +206,91 @@ impl Peer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curator_waits_for_fairlock() {
-    peer_waits_for_fairlock(Peer::curator, mutex).await;
+    peer_waits_for_fairlock(Peer::curator, Target::Lock(mutex)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fairlock_waits_for_curator() {
-    fairlock_waits_for_peer(Peer::curator, mutex).await;
+    fairlock_waits_for_peer(Peer::curator, Target::Lock(mutex)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kazoo_waits_for_fairlock() {
-    peer_waits_for_fairlock(Peer::kazoo, mutex).await;
+    peer_waits_for_fairlock(Peer::kazoo, Target::Lock(mutex)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fairlock_waits_for_kazoo() {
-    fairlock_waits_for_peer(Peer::kazoo, mutex).await;
+    fairlock_waits_for_peer(Peer::kazoo, Target::Lock(mutex)).await;
 }
 
 // ---- read-write locks against the peers' read and write locks ----
 
-/// The lock fairlock takes in a scenario: a mutex, or a read-write lock's side.
+/// A lock fairlock takes in a scenario: a mutex, or a read-write lock's side.
 type LockOf = fn(&Client, &str) -> Arc<dyn DistributedMutex>;
+
+/// What fairlock takes in a scenario against a peer.
+#[derive(Clone, Copy)]
+enum Target {
+    /// A lock of one queue (a mutex, a read-write lock's side), which the peer's lock shares.
+    Lock(LockOf),
+    /// A semaphore of this limit, which the peer's kazoo Semaphore of the same limit
+    /// shares: fairlock's holders fill the pool up with the peer's lease.
+    Semaphore(u32),
+}
+
+impl Target {
+    fn lock(self, client: &Client, name: &str) -> Arc<dyn DistributedMutex> {
+        match self {
+            Target::Lock(lock_of) => lock_of(client, name),
+            Target::Semaphore(limit) => client.semaphore(name, limit).unwrap(),
+        }
+    }
+
+    /// How many holders fairlock adds to one (the peer's, or its own first) to fill it.
+    fn fill(self) -> usize {
+        match self {
+            Target::Lock(_) => 0,
+            Target::Semaphore(limit) => limit as usize - 1,
+        }
+    }
+
+    /// The nodes of `name`, sorted: a lock's queue nodes; a semaphore's leases and its
+    /// gate's entries.
+    async fn entries(self, h: &ZkHarness, name: &str) -> Vec<String> {
+        match self {
+            Target::Lock(_) => h.entries(name).await,
+            Target::Semaphore(_) => semaphore_nodes(h, name).await,
+        }
+    }
+}
+
+/// Every child of the pool of semaphore `name` (kazoo counts them all as leases) and the
+/// entries of its gate, sorted.
+async fn semaphore_nodes(h: &ZkHarness, name: &str) -> Vec<String> {
+    let mut nodes = leases(h, name).await;
+    nodes.extend(gate_entries(h, name).await);
+    nodes.sort();
+    nodes
+}
+
+/// The children of the pool of semaphore `name`, sorted.
+async fn leases(h: &ZkHarness, name: &str) -> Vec<String> {
+    let pool = format!("{}/{name}", h.base());
+    match h.raw().list_children(&pool).await {
+        Ok(mut children) => {
+            children.sort();
+            children.iter().map(|c| format!("{pool}/{c}")).collect()
+        }
+        Err(zookeeper_client::Error::NoNode) => Vec::new(),
+        Err(e) => panic!("list {pool}: {e}"),
+    }
+}
+
+/// The entries of the gate of semaphore `name` (kazoo's `PATH-__lock__`), sorted.
+async fn gate_entries(h: &ZkHarness, name: &str) -> Vec<String> {
+    zk_entries(h.raw(), &format!("{}/{name}-__lock__", h.base())).await
+}
 
 fn mutex(client: &Client, name: &str) -> Arc<dyn DistributedMutex> {
     client.mutex(name).unwrap()
@@ -269,16 +353,25 @@ async fn peer_reader_shares_with_fairlock_reader(start: fn(&str) -> Peer) {
     .await;
 }
 
-/// The peer holds; fairlock's lock (a mutex, a reader, a writer) does not get it while it
-/// does: `try_lock` and a short `lock_timeout` give up, a waiter acquires only after the
-/// peer releases.
-async fn fairlock_waits_for_peer(start: fn(&str) -> Peer, lock_of: LockOf) {
+/// The peer holds; fairlock's lock (a mutex, a reader, a writer; a semaphore, which
+/// fairlock's own holders fill up) does not get it while it does: `try_lock` and a short
+/// `lock_timeout` give up, a waiter acquires only after the peer releases.
+async fn fairlock_waits_for_peer(start: fn(&str) -> Peer, target: Target) {
     let h = ZkHarness::new().await;
     let name = unique("peer-holds");
     let mut peer = start(&format!("{}/{name}", h.base()));
     peer.said("acquired").await;
     let client = h.client().await;
-    let mutex = lock_of(&client, &name);
+    let mutex = target.lock(&client, &name);
+    let mut fill = Vec::new();
+    for _ in 0..target.fill() {
+        fill.push(
+            soon("a lease beside the peer's", mutex.lock())
+                .await
+                .unwrap(),
+        );
+    }
+    let held = 1 + fill.len();
     assert!(
         mutex.try_lock().await.unwrap().is_none(),
         "try_lock took the lock next to the peer"
@@ -291,14 +384,14 @@ async fn fairlock_waits_for_peer(start: fn(&str) -> Peer, lock_of: LockOf) {
         timed.is_none(),
         "lock_timeout took the lock next to the peer"
     );
-    // Neither attempt leaves an entry: only the peer's is left.
+    // Neither attempt leaves an entry: only the holders' are left.
     eventually("attempts gone", || async {
-        h.entries(&name).await.len() == 1
+        target.entries(&h, &name).await.len() == held
     })
     .await;
     let waiter = tokio::spawn(async move { mutex.lock().await.unwrap() });
     eventually("fairlock queued", || async {
-        h.entries(&name).await.len() == 2
+        target.entries(&h, &name).await.len() == held + 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -308,20 +401,31 @@ async fn fairlock_waits_for_peer(start: fn(&str) -> Peer, lock_of: LockOf) {
     );
     peer.release().await;
     let guard = soon("fairlock acquires", waiter).await.unwrap();
-    assert_eq!(h.entries(&name).await, [guard.key().to_owned()]);
+    let mut expected: Vec<String> = fill.iter().map(|g| g.key().to_owned()).collect();
+    expected.push(guard.key().to_owned());
+    expected.sort();
+    assert_eq!(target.entries(&h, &name).await, expected);
     guard.release().await.unwrap();
+    for guard in fill {
+        guard.release().await.unwrap();
+    }
 }
 
-/// fairlock's lock (a mutex, a writer, a reader) holds; the peer queues behind it and
-/// acquires only after fairlock releases.
-async fn peer_waits_for_fairlock(start: fn(&str) -> Peer, lock_of: LockOf) {
+/// fairlock's lock (a mutex, a writer, a reader; a semaphore, which fairlock's holders
+/// fill) holds; the peer queues behind it and acquires only after fairlock releases.
+async fn peer_waits_for_fairlock(start: fn(&str) -> Peer, target: Target) {
     let h = ZkHarness::new().await;
     let name = unique("fairlock-holds");
     let client = h.client().await;
-    let guard = lock_of(&client, &name).lock().await.unwrap();
+    let lock = target.lock(&client, &name);
+    let guard = lock.lock().await.unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..target.fill() {
+        fill.push(lock.lock().await.unwrap());
+    }
     let mut peer = start(&format!("{}/{name}", h.base()));
     eventually("peer queued", || async {
-        h.entries(&name).await.len() == 2
+        target.entries(&h, &name).await.len() == 2 + fill.len()
     })
     .await;
     assert!(
@@ -331,8 +435,11 @@ async fn peer_waits_for_fairlock(start: fn(&str) -> Peer, lock_of: LockOf) {
     guard.release().await.unwrap();
     peer.said("acquired").await;
     peer.release().await;
+    for guard in fill {
+        guard.release().await.unwrap();
+    }
     eventually("queue empty", || async {
-        h.entries(&name).await.is_empty()
+        target.entries(&h, &name).await.is_empty()
     })
     .await;
 }
@@ -355,22 +462,22 @@ macro_rules! rw_interop {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn fairlock_reader_waits_for_peer_writer() {
-                fairlock_waits_for_peer($writer, reader).await;
+                fairlock_waits_for_peer($writer, Target::Lock(reader)).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn fairlock_writer_waits_for_peer_reader() {
-                fairlock_waits_for_peer($reader, writer).await;
+                fairlock_waits_for_peer($reader, Target::Lock(writer)).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn peer_reader_waits_for_fairlock_writer() {
-                peer_waits_for_fairlock($reader, writer).await;
+                peer_waits_for_fairlock($reader, Target::Lock(writer)).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn peer_writer_waits_for_fairlock_reader() {
-                peer_waits_for_fairlock($writer, reader).await;
+                peer_waits_for_fairlock($writer, Target::Lock(reader)).await;
             }
         }
     };
@@ -378,6 +485,355 @@ macro_rules! rw_interop {
 
 rw_interop!(rw_curator, Peer::curator_reader, Peer::curator_writer);
 rw_interop!(rw_kazoo, Peer::kazoo_reader, Peer::kazoo_writer);
+
+// ---- semaphores: kazoo's Semaphore layout, against a real kazoo Semaphore ----
+
+/// kazoo's Semaphore of 2 on `path`.
+fn kazoo_semaphore_of_2(path: &str) -> Peer {
+    Peer::kazoo_semaphore(path, 2)
+}
+
+/// A kazoo lease and a fairlock lease fill a semaphore of 2: a third is refused, and a
+/// waiter gets the kazoo peer's lease once it releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairlock_semaphore_waits_for_kazoo() {
+    fairlock_waits_for_peer(kazoo_semaphore_of_2, Target::Semaphore(2)).await;
+}
+
+/// Two fairlock leases fill a semaphore of 2: kazoo waits (at the head of the gate) until
+/// one is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kazoo_semaphore_waits_for_fairlock() {
+    peer_waits_for_fairlock(kazoo_semaphore_of_2, Target::Semaphore(2)).await;
+}
+
+/// A kazoo holder killed: its lease goes with its session (kazoo's timeout is 10 s), and
+/// the fairlock waiter at the gate takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairlock_semaphore_takes_the_lease_of_a_killed_kazoo_peer() {
+    let h = ZkHarness::new().await;
+    let name = unique("sem-kazoo-killed");
+    let mut peer = Peer::kazoo_semaphore(&format!("{}/{name}", h.base()), 1);
+    peer.said("acquired").await;
+    let client = h.client().await;
+    let semaphore = client.semaphore(&name, 1).unwrap();
+    let waiter = tokio::spawn(async move { semaphore.lock().await.unwrap() });
+    eventually("fairlock at the gate", || async {
+        gate_entries(&h, &name).await.len() == 1
+    })
+    .await;
+    peer.child.kill().await.unwrap();
+    let guard = soon("fairlock takes the killed peer's lease", waiter)
+        .await
+        .unwrap();
+    assert_eq!(semaphore_nodes(&h, &name).await, [guard.key().to_owned()]);
+    guard.release().await.unwrap();
+}
+
+/// The pool, its leases and the gate are laid out as kazoo lays them out, and fairlock
+/// lists and checks them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_nodes_are_laid_out_as_kazoo_lays_them_out() {
+    let h = ZkHarness::new().await;
+    let client = h.client().await.with_holder_value("fairlock-holder");
+    let name = unique("sem-layout");
+    let pool = format!("{}/{name}", h.base());
+    let semaphore = client.semaphore(&name, 2).unwrap();
+    let first = semaphore.lock().await.unwrap();
+    // The pool: persistent, the limit in decimal.
+    let (limit, stat) = h.raw().get_data(&pool).await.unwrap();
+    assert_eq!(limit, b"2");
+    assert_eq!(stat.ephemeral_owner, 0, "the pool is persistent");
+    // A lease: `<uuid hex>`, ephemeral, the holder's value; the token is its czxid.
+    let lease = first.key().strip_prefix(&format!("{pool}/")).unwrap();
+    assert_eq!(lease.len(), 32, "{lease}");
+    assert!(lease
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    let (value, stat) = h.raw().get_data(first.key()).await.unwrap();
+    assert_eq!(value, b"fairlock-holder");
+    assert_eq!(format!("{:x}", stat.ephemeral_owner), client.session_id());
+    assert_eq!(stat.czxid as u64, first.fencing_token());
+    let second = semaphore.lock().await.unwrap();
+    assert!(second.fencing_token() > first.fencing_token());
+    // A waiter: a node of kazoo's Lock at `PATH-__lock__`, `<uuid hex>__lock__<seq>`.
+    let waiter = tokio::spawn({
+        let semaphore = semaphore.clone();
+        async move { semaphore.lock().await.unwrap() }
+    });
+    eventually("the waiter at the gate", || async {
+        gate_entries(&h, &name).await.len() == 1
+    })
+    .await;
+    let gate = gate_entries(&h, &name).await.remove(0);
+    let node = gate
+        .strip_prefix(&format!("{pool}-__lock__/"))
+        .expect("under PATH-__lock__");
+    let (uuid, sequence) = node
+        .split_once("__lock__")
+        .expect("<uuid hex>__lock__<seq>");
+    assert_eq!(uuid.len(), 32, "{uuid}");
+    assert!(uuid.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(sequence.len(), 10, "{sequence}");
+    // Listed: the leases oldest first, the gate's entries; both leases' sequencers hold.
+    let listed = client.semaphore_queue(&name).await.unwrap();
+    let holders: Vec<&str> = listed.holders.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(holders, [first.key(), second.key()]);
+    assert_eq!(listed.holders[0].value, b"fairlock-holder");
+    assert_eq!(listed.holders[0].fencing_token, first.fencing_token());
+    let waiters: Vec<&str> = listed.waiters.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(waiters, [gate.as_str()]);
+    for guard in [&first, &second] {
+        let status = client.check(guard.sequencer()).await.unwrap();
+        assert_eq!(status, fairlock::SequencerStatus::Current);
+    }
+    // A lease passed off as a lock's queue node is refused.
+    let as_lock: fairlock::Sequencer = first
+        .sequencer()
+        .to_string()
+        .replacen(":semaphore:", ":lock:", 1)
+        .parse()
+        .unwrap();
+    let checked = client.check(&as_lock).await;
+    assert!(
+        matches!(checked, Err(Error::InvalidSequencer { .. })),
+        "{checked:?}"
+    );
+    let sequencer = first.sequencer().clone();
+    first.release().await.unwrap();
+    assert_eq!(
+        client.check(&sequencer).await.unwrap(),
+        fairlock::SequencerStatus::Lost
+    );
+    let third = soon("the waiter takes the released lease", waiter)
+        .await
+        .unwrap();
+    assert!(gate_entries(&h, &name).await.is_empty());
+    second.release().await.unwrap();
+    third.release().await.unwrap();
+    assert!(leases(&h, &name).await.is_empty());
+    // The pool stays, with its limit, as kazoo's does.
+    assert_eq!(h.raw().get_data(&pool).await.unwrap().0, b"2");
+}
+
+/// A pool that exists without a limit (kazoo creates it empty, then sets it) is given
+/// fairlock's; data that is no number is left alone (kazoo ignores it, "maybe used for
+/// other purposes").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_stores_its_limit_in_an_empty_pool_only() {
+    let h = ZkHarness::new().await;
+    let client = h.client().await;
+    let persistent =
+        zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+    for (data, stored) in [(&b""[..], &b"3"[..]), (b"not a number", b"not a number")] {
+        let name = unique("sem-empty-pool");
+        let pool = format!("{}/{name}", h.base());
+        h.raw().mkdir(&pool, &persistent).await.unwrap();
+        h.raw().set_data(&pool, data, None).await.unwrap();
+        let guard = client.semaphore(&name, 3).unwrap().lock().await.unwrap();
+        assert_eq!(h.raw().get_data(&pool).await.unwrap().0, stored);
+        guard.release().await.unwrap();
+    }
+}
+
+/// kazoo stored a limit of 2: fairlock asking for 3 is refused, and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_limit_stored_by_kazoo_is_enforced() {
+    let h = ZkHarness::new().await;
+    let name = unique("sem-kazoo-limit");
+    let mut peer = Peer::kazoo_semaphore(&format!("{}/{name}", h.base()), 2);
+    peer.said("acquired").await;
+    let client = h.client().await;
+    let peer_lease = leases(&h, &name).await;
+    assert_eq!(peer_lease.len(), 1);
+    let semaphore = client.semaphore(&name, 3).unwrap();
+    for locked in [semaphore.lock().await.map(Some), semaphore.try_lock().await] {
+        assert!(
+            matches!(
+                locked,
+                Err(Error::LimitMismatch {
+                    stored: 2,
+                    requested: 3,
+                    ..
+                })
+            ),
+            "{locked:?}"
+        );
+    }
+    assert_eq!(semaphore_nodes(&h, &name).await, peer_lease);
+    // The same limit shares it.
+    let guard = client
+        .semaphore(&name, 2)
+        .unwrap()
+        .try_lock()
+        .await
+        .unwrap();
+    let guard = guard.expect("room beside kazoo's lease");
+    guard.release().await.unwrap();
+    peer.release().await;
+    assert!(semaphore_nodes(&h, &name).await.is_empty());
+}
+
+/// fairlock stored a limit of 2: kazoo asking for 3 fails (its ValueError) and leaves
+/// nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kazoo_refuses_a_limit_stored_by_fairlock() {
+    let h = ZkHarness::new().await;
+    let name = unique("sem-fairlock-limit");
+    let client = h.client().await;
+    let guard = client.semaphore(&name, 2).unwrap().lock().await.unwrap();
+    let peer = Peer::kazoo_semaphore(&format!("{}/{name}", h.base()), 3);
+    let said = peer.failed().await;
+    assert!(
+        said.contains("ValueError") && said.contains("max leases"),
+        "{said}"
+    );
+    assert_eq!(semaphore_nodes(&h, &name).await, [guard.key().to_owned()]);
+    guard.release().await.unwrap();
+}
+
+/// A cancelled waiter leaves neither its gate entry nor a lease: kazoo, queued behind it
+/// at the gate, is next, and the pool holds only the holders' leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_semaphore_waiter_leaves_no_node_before_kazoo() {
+    let h = ZkHarness::new().await;
+    let name = unique("sem-cancel-kazoo");
+    let path = format!("{}/{name}", h.base());
+    let mut holder = Peer::kazoo_semaphore(&path, 2);
+    holder.said("acquired").await;
+    let client = h.client().await;
+    let semaphore = client.semaphore(&name, 2).unwrap();
+    let held = semaphore.lock().await.unwrap();
+    let waiter = tokio::spawn({
+        let semaphore = semaphore.clone();
+        async move { semaphore.lock().await.unwrap() }
+    });
+    eventually("fairlock at the gate", || async {
+        gate_entries(&h, &name).await.len() == 1
+    })
+    .await;
+    let ours = gate_entries(&h, &name).await;
+    let mut queued = Peer::kazoo_semaphore(&path, 2);
+    eventually("kazoo behind fairlock at the gate", || async {
+        gate_entries(&h, &name).await.len() == 2
+    })
+    .await;
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    eventually("the cancelled waiter's gate entry removed", || async {
+        let gate = gate_entries(&h, &name).await;
+        gate.len() == 1 && gate != ours
+    })
+    .await;
+    assert_eq!(leases(&h, &name).await.len(), 2, "only the holders' leases");
+    assert!(
+        queued.silent_for(Duration::from_millis(300)).await,
+        "kazoo took a lease of a full pool"
+    );
+    held.release().await.unwrap();
+    queued.said("acquired").await;
+    assert!(gate_entries(&h, &name).await.is_empty());
+    assert_eq!(leases(&h, &name).await.len(), 2);
+    queued.release().await;
+    holder.release().await;
+    assert!(semaphore_nodes(&h, &name).await.is_empty());
+}
+
+/// One gate for both: a fairlock waiter queued behind a kazoo waiter (at the gate's head)
+/// waits for it, and gets the next lease after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_gate_is_fifo_across_kazoo_and_fairlock() {
+    let h = ZkHarness::new().await;
+    let name = unique("sem-gate-fifo");
+    let path = format!("{}/{name}", h.base());
+    let mut holder = Peer::kazoo_semaphore(&path, 1);
+    holder.said("acquired").await;
+    let mut first = Peer::kazoo_semaphore(&path, 1);
+    eventually("kazoo at the gate", || async {
+        gate_entries(&h, &name).await.len() == 1
+    })
+    .await;
+    let client = h.client().await;
+    let semaphore = client.semaphore(&name, 1).unwrap();
+    assert!(semaphore.try_lock().await.unwrap().is_none());
+    let waiter = tokio::spawn({
+        let semaphore = semaphore.clone();
+        async move { semaphore.lock().await.unwrap() }
+    });
+    eventually("fairlock behind kazoo at the gate", || async {
+        gate_entries(&h, &name).await.len() == 2
+    })
+    .await;
+    holder.release().await;
+    first.said("acquired").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "fairlock overtook kazoo's waiter");
+    first.release().await;
+    let guard = soon("fairlock next", waiter).await.unwrap();
+    assert_eq!(semaphore_nodes(&h, &name).await, [guard.key().to_owned()]);
+    guard.release().await.unwrap();
+}
+
+/// A gate head whose gate node is gone (deleted from outside; or its session's) takes no
+/// lease when one is freed: the lease's create checks the gate node, in one multi-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_gate_head_without_its_gate_node_takes_no_lease() {
+    let h = ZkHarness::new().await;
+    let name = unique("sem-gate-gone");
+    let (a, b) = (h.client().await, h.client().await);
+    let held = a.semaphore(&name, 1).unwrap().lock().await.unwrap();
+    let semaphore = b.semaphore(&name, 1).unwrap();
+    let waiter = tokio::spawn(async move { semaphore.lock().await });
+    eventually("the waiter at the gate", || async {
+        gate_entries(&h, &name).await.len() == 1
+    })
+    .await;
+    let gate = gate_entries(&h, &name).await.remove(0);
+    h.raw().delete(&gate, None).await.unwrap();
+    held.release().await.unwrap();
+    let refused = soon("the waiter gives up", waiter).await.unwrap();
+    assert!(
+        matches!(refused, Err(Error::LockLost(_))),
+        "{:?}",
+        refused.map(|g| g.key().to_owned())
+    );
+    assert!(semaphore_nodes(&h, &name).await.is_empty());
+}
+
+/// The gate entry's create and the lease's multi-op, each cut in flight (applied, then the
+/// connection closes): each node is found again as this session's, and none is left twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_creates_cut_in_flight_are_found_again() {
+    let h = ZkHarness::new().await;
+    let trap = RequestTrap::start(&h.endpoint()).await;
+    let url = format!("{}&request_timeout=5s", h.url_via(&trap.endpoint(), 10));
+    let client = Client::connect(&url).await.unwrap();
+    let name = unique("sem-cut");
+    let semaphore = client.semaphore(&name, 2).unwrap();
+    // The gate and the pool exist: the next create is the gate entry's.
+    semaphore.lock().await.unwrap().release().await.unwrap();
+
+    trap.arm(OP_CREATE2, Cut::Close);
+    let first = soon("lock", semaphore.lock()).await.unwrap();
+    assert!(
+        trap.sprung(),
+        "the trap did not catch the gate entry's create"
+    );
+    assert!(gate_entries(&h, &name).await.is_empty());
+    assert_eq!(leases(&h, &name).await, [first.key().to_owned()]);
+
+    trap.arm(OP_MULTI, Cut::Close);
+    let second = soon("lock", semaphore.lock()).await.unwrap();
+    assert!(trap.sprung(), "the trap did not catch the lease's create");
+    let (_, stat) = h.raw().get_data(second.key()).await.unwrap();
+    assert_eq!(stat.czxid as u64, second.fencing_token());
+    let mut both = vec![first.key().to_owned(), second.key().to_owned()];
+    both.sort();
+    assert_eq!(semaphore_nodes(&h, &name).await, both);
+    first.release().await.unwrap();
+    second.release().await.unwrap();
+    assert!(semaphore_nodes(&h, &name).await.is_empty());
+}
 
 /// fairlock leads; Curator's LeaderLatch waits, and leads once fairlock resigns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -675,6 +1131,7 @@ const OP_DELETE: i32 = 2;
 const OP_GET_DATA: i32 = 4;
 const OP_SET_DATA: i32 = 5;
 const OP_MULTI: i32 = 14;
+const OP_CREATE2: i32 = 15;
 
 /// What a [`RequestTrap`] does to the connection that carries the trapped request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,6 +13,8 @@
 //!                                          (only the waiting waiters' CPU, spliced into FILE)
 //! fairlock-bench rwlock [--sessions 1,8,32] [--docs FILE] [--etcd HOST:PORT] [--zk HOST:PORT]
 //!                                          (only the read-write lock figures, spliced into FILE)
+//! fairlock-bench semaphore [--docs FILE] [--etcd HOST:PORT] [--zk HOST:PORT]
+//!                                          (only the semaphore figures, spliced into FILE)
 //! fairlock-bench waiters URL COUNT        (internal: one waiters run, in its own process)
 //! fairlock-bench idle URL COUNT MS        (internal: one idle run, in its own process)
 //! fairlock-bench many-child …              (internal: one process of a many-locks run)
@@ -22,6 +24,7 @@ mod failover;
 mod many;
 mod report;
 mod rwlock;
+mod semaphore;
 mod systems;
 mod waiters;
 
@@ -196,7 +199,7 @@ fn main() {
     let only = args
         .get(1)
         .map(String::as_str)
-        .filter(|a| ["failover", "many", "waiting", "rwlock"].contains(a));
+        .filter(|a| ["failover", "many", "waiting", "rwlock", "semaphore"].contains(a));
     let options = match parse(only.is_some()) {
         Ok(options) => options,
         Err(e) => {
@@ -208,6 +211,7 @@ fn main() {
         Some("failover") => runtime.block_on(failover_only_run(&options)),
         Some("waiting") => runtime.block_on(waiting_only_run(&options)),
         Some("rwlock") => runtime.block_on(rwlock_only_run(&options)),
+        Some("semaphore") => runtime.block_on(semaphore_only_run(&options)),
         Some(_) => runtime.block_on(many_only_run(&options)),
         None => runtime.block_on(run(&options)),
     };
@@ -252,6 +256,7 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
     let many_section = many::markdown(&many_rows, &sizes.many, &report::today());
     let idle_section = waiting_section(options).await?;
     let rw_section = rwlock_section(options).await?;
+    let semaphore_section = semaphore_section(options).await?;
     // The spread: the judged scenarios again, after everything else.
     let mut repeats = Vec::new();
     for r in 1..sizes.repeats {
@@ -260,7 +265,8 @@ async fn run(options: &Options) -> Result<(), Box<dyn std::error::Error + Send +
         measure_pairs(&systems, sizes, &mut again).await?;
         repeats.push(again);
     }
-    let sections = format!("{section}\n{many_section}\n{idle_section}\n{rw_section}");
+    let sections =
+        format!("{section}\n{many_section}\n{idle_section}\n{rw_section}\n{semaphore_section}");
     let markdown = run.markdown(&svg, &sections, &repeats);
     match &options.docs {
         Some(docs) => {
@@ -376,6 +382,37 @@ async fn rwlock_only_run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let section = rwlock_section(options).await?;
     splice_into(options, &section, rwlock::BEGIN, rwlock::END)
+}
+
+/// Waiters behind the full semaphore in the wake-up run, and releases measured.
+const SEMAPHORE_WAITERS: usize = 16;
+const SEMAPHORE_RELEASES: usize = 8;
+
+/// The semaphores' section: hand-offs per second, wake-ups per release.
+async fn semaphore_section(
+    options: &Options,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let systems = System::all(&options.etcd, &options.zk);
+    let sizes = &options.sizes;
+    // More sessions than leases (the smoke run's few sessions: one more than the limit).
+    let limit = semaphore::LIMIT as usize;
+    let mut counts: Vec<usize> = (sizes.sessions.iter().copied())
+        .filter(|&n| n > limit)
+        .collect();
+    if counts.is_empty() {
+        counts.push(limit + 1);
+    }
+    let handoffs = semaphore::handoffs(&systems, &counts, sizes.contended_ops).await?;
+    let wakeups = semaphore::wakeups(&systems, SEMAPHORE_WAITERS, SEMAPHORE_RELEASES).await?;
+    Ok(semaphore::markdown(&handoffs, &wakeups, &report::today()))
+}
+
+/// `fairlock-bench semaphore`: only the semaphore figures, spliced into the docs file.
+async fn semaphore_only_run(
+    options: &Options,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let section = semaphore_section(options).await?;
+    splice_into(options, &section, semaphore::BEGIN, semaphore::END)
 }
 
 /// `fairlock-bench waiting`: only the waiting waiters' CPU, spliced into the docs file.

@@ -97,7 +97,7 @@ async fn queue(
 }
 
 /// Waits until `count` more waits began than at `before`.
-async fn waiting(before: &fairlock::Stats, count: u64) -> Result<(), BoxError> {
+pub async fn waiting(before: &fairlock::Stats, count: u64) -> Result<(), BoxError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while fairlock::stats().waits < before.waits + count {
         if tokio::time::Instant::now() > deadline {
@@ -108,7 +108,8 @@ async fn waiting(before: &fairlock::Stats, count: u64) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn receive(
+/// The next `count` guards from `held`, each within 60 s.
+pub async fn receive(
     held: &mut tokio::sync::mpsc::UnboundedReceiver<LockGuard>,
     count: usize,
 ) -> Result<Vec<LockGuard>, BoxError> {
@@ -190,6 +191,28 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
+/// One row per (system, sessions, sample): acquisitions per second, the wait's p50 and p99,
+/// the client's CPU per acquisition.
+pub fn throughput_table(md: &mut String, sessions: &str, rows: &[(&str, usize, &Sample)]) {
+    let _ = writeln!(
+        md,
+        "| system | {sessions} | acquisitions/s | wait p50 ms | wait p99 ms | client CPU µs per acquisition |\n|---|---|---|---|---|---|"
+    );
+    for (system, count, sample) in rows {
+        let mut sorted = sample.latencies.clone();
+        sorted.sort();
+        let n = sorted.len().max(1);
+        let rate = n as f64 / sample.elapsed.as_secs_f64().max(1e-9);
+        let cpu = sample.cpu.as_secs_f64() * 1e6 / n as f64;
+        let _ = writeln!(
+            md,
+            "| {system} | {count} | {rate:.0} | {} | {} | {cpu:.0} |",
+            ms(quantile(&sorted, 0.5)),
+            ms(quantile(&sorted, 0.99)),
+        );
+    }
+}
+
 pub fn markdown(readers: &[ReadersRow], wakeups: &[WakeRow], date: &str) -> String {
     let mut md = format!("{BEGIN}\n## Read-write locks\n\n");
     let _ = write!(
@@ -201,22 +224,10 @@ pub fn markdown(readers: &[ReadersRow], wakeups: &[WakeRow], date: &str) -> Stri
          readLock; kazoo: ReadLock; each on the same server, in its own process. Run of \
          {date}; reproduce with `scripts/bench rwlock`.\n\n"
     );
-    md.push_str("| system | readers | acquisitions/s | wait p50 ms | wait p99 ms | client CPU µs per acquisition |\n|---|---|---|---|---|---|\n");
-    for row in readers {
-        let mut sorted = row.sample.latencies.clone();
-        sorted.sort();
-        let n = sorted.len().max(1);
-        let rate = n as f64 / row.sample.elapsed.as_secs_f64().max(1e-9);
-        let cpu = row.sample.cpu.as_secs_f64() * 1e6 / n as f64;
-        let _ = writeln!(
-            md,
-            "| {} | {} | {rate:.0} | {} | {} | {cpu:.0} |",
-            row.system,
-            row.readers,
-            ms(quantile(&sorted, 0.5)),
-            ms(quantile(&sorted, 0.99)),
-        );
-    }
+    let rows: Vec<_> = (readers.iter())
+        .map(|r| (r.system.as_str(), r.readers, &r.sample))
+        .collect();
+    throughput_table(&mut md, "readers", &rows);
     md.push_str(
         "\nWake-ups per release (fairlock's own count: a wake-up is a waiter whose watched \
          entry went; *wasted* ones went back to waiting). Writer W1 holds; a batch of \

@@ -172,6 +172,22 @@ impl System {
         )
     }
 
+    /// Its name as a semaphore (what [`semaphore_holders`](Self::semaphore_holders)
+    /// measures).
+    pub fn semaphore_name(&self) -> String {
+        match self {
+            System::Fairlock(backend, _) => format!("fairlock/{backend} semaphore"),
+            System::Curator(_) => "Curator 5.4 InterProcessSemaphoreV2".into(),
+            System::Kazoo(_) => "kazoo 2.11 Semaphore".into(),
+            other => other.name(),
+        }
+    }
+
+    /// Whether it has a counting semaphore to measure.
+    pub fn has_semaphores(&self) -> bool {
+        self.has_read_locks()
+    }
+
     pub fn queues_waiters(&self) -> bool {
         self.is_fairlock()
     }
@@ -248,6 +264,33 @@ impl System {
             System::Curator(endpoint) => peer(curator(endpoint, &args)).await,
             System::Kazoo(endpoint) => peer(kazoo(endpoint, &args)).await,
             _ => Err("no readers' run for this system".into()),
+        }
+    }
+}
+
+impl System {
+    /// As [`contended`](Self::contended), with a lease of a semaphore of `limit` for the
+    /// lock: hand-offs once more sessions than leases contend.
+    pub async fn semaphore_holders(
+        &self,
+        sessions: usize,
+        total: usize,
+        limit: u32,
+    ) -> Result<Sample, BoxError> {
+        crate::settle().await;
+        let each = (total / sessions).max(1);
+        let (sessions_arg, each_arg, limit_arg) =
+            (sessions.to_string(), each.to_string(), limit.to_string());
+        let args = ["semaphore-contend", &sessions_arg, &each_arg, &limit_arg];
+        match self {
+            System::Fairlock(_, url) => {
+                debug_assert_eq!(limit, crate::semaphore::LIMIT);
+                let lease: LockOf = |client, name| client.semaphore(name, crate::semaphore::LIMIT);
+                fairlock_on(url, sessions, each, lease).await
+            }
+            System::Curator(endpoint) => peer(curator(endpoint, &args)).await,
+            System::Kazoo(endpoint) => peer(kazoo(endpoint, &args)).await,
+            _ => Err("no semaphore run for this system".into()),
         }
     }
 }

@@ -48,7 +48,10 @@ pub const TABLE: &[(&str, &str)] = &[
         "lock without COMMAND: held, then released on SIGINT/SIGTERM/SIGHUP; leader, status; \
          check: current",
     ),
-    ("2", "bad arguments, URL, name or sequencer"),
+    (
+        "2",
+        "bad arguments, URL, name or sequencer; a semaphore limit other than the one stored",
+    ),
     ("3", "leader: nobody leads"),
     ("4", "check: superseded (a newer holder holds the lock)"),
     (
@@ -133,9 +136,10 @@ pub fn scrub(text: &str) -> String {
 pub fn report(error: &Error) -> u8 {
     eprintln!("fairlock: {}", one_line(error));
     match error {
-        Error::InvalidName { .. } | Error::InvalidConfig(_) | Error::InvalidSequencer { .. } => {
-            USAGE
-        }
+        Error::InvalidName { .. }
+        | Error::InvalidConfig(_)
+        | Error::InvalidSequencer { .. }
+        | Error::LimitMismatch { .. } => USAGE,
         Error::LockLost(_) => LOST,
         Error::AuthenticationFailed { .. } | Error::PermissionDenied { .. } | Error::Tls { .. } => {
             NO_PERMISSION

@@ -66,35 +66,49 @@ pub async fn status(url: &str, args: StatusArgs) -> u8 {
     } else {
         QueueKind::Lock
     };
-    let queue = client.queue(&args.name, kind).await;
+    // A semaphore's holders are its leases, all holding; then its gate's waiters.
+    let listing = match args.semaphore {
+        true => client.semaphore_queue(&args.name).await.map(|q| {
+            let holders = q.holders.len();
+            (q.holders.into_iter().chain(q.waiters).collect(), holders)
+        }),
+        false => client.queue(&args.name, kind).await.map(|e| (e, 0)),
+    };
     let _ = client.close().await;
-    let entries = match queue {
-        Ok(entries) => entries,
+    let (entries, leases): (Vec<QueueEntry>, usize) = match listing {
+        Ok(listing) => listing,
         Err(e) => return exit::report(&e),
     };
     let roles = match kind {
         QueueKind::Election => ("leader", "candidate"),
         _ => ("holder", "waiting"),
     };
-    // Readers hold together while no writer is ahead of them: several holders.
-    let role = |e: &QueueEntry| match e.holds(&entries) {
-        true => roles.0,
-        false => roles.1,
-    };
-    let side = |e: &QueueEntry| match (kind, e.shared) {
-        (QueueKind::Election, _) => "",
-        (_, true) => "read",
-        (_, false) => "write",
-    };
+    // (role, side) of each entry. Readers hold together while no writer is ahead of them,
+    // leases all at once: several holders.
+    let rows: Vec<(&str, &str)> = (entries.iter().enumerate())
+        .map(|(i, e)| {
+            let holds = match args.semaphore {
+                true => i < leases,
+                false => e.holds(&entries),
+            };
+            let role = if holds { roles.0 } else { roles.1 };
+            let side = match (kind, args.semaphore, e.shared) {
+                (QueueKind::Election, _, _) => "",
+                (_, true, _) if holds => "lease",
+                (_, true, _) => "",
+                (_, false, true) => "read",
+                (_, false, false) => "write",
+            };
+            (role, side)
+        })
+        .collect();
     if args.json {
-        let entries: Vec<serde_json::Value> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
+        let entries: Vec<serde_json::Value> = (entries.iter().zip(&rows).enumerate())
+            .map(|(i, (e, (role, side)))| {
                 serde_json::json!({
                     "position": i + 1,
-                    "role": role(e),
-                    "side": side(e),
+                    "role": role,
+                    "side": side,
                     "fencing_token": e.fencing_token,
                     "session": e.session,
                     "key": e.key,
@@ -103,11 +117,15 @@ pub async fn status(url: &str, args: StatusArgs) -> u8 {
                 })
             })
             .collect();
-        let kind = if args.election { "election" } else { "lock" };
+        let kind = match (args.election, args.semaphore) {
+            (true, _) => "election",
+            (_, true) => "semaphore",
+            _ => "lock",
+        };
         let doc = serde_json::json!({ "name": args.name, "kind": kind, "entries": entries });
         let _ = common::print_line(&doc.to_string());
     } else {
-        print_table(&entries, role, side);
+        print_table(&entries, &rows);
     }
     0
 }
@@ -137,19 +155,13 @@ pub async fn check(url: &str, sequencer: &str) -> u8 {
     }
 }
 
-fn print_table(
-    entries: &[QueueEntry],
-    role: impl Fn(&QueueEntry) -> &'static str,
-    side: impl Fn(&QueueEntry) -> &'static str,
-) {
-    let rows: Vec<[String; 7]> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
+fn print_table(entries: &[QueueEntry], roles: &[(&str, &str)]) {
+    let rows: Vec<[String; 7]> = (entries.iter().zip(roles).enumerate())
+        .map(|(i, (e, (role, side)))| {
             [
                 (i + 1).to_string(),
-                role(e).to_owned(),
-                side(e).to_owned(),
+                (*role).to_owned(),
+                (*side).to_owned(),
                 e.fencing_token.to_string(),
                 e.session.clone(),
                 e.key.clone(),

@@ -31,11 +31,13 @@ pub async fn run(url: &str, args: LockArgs) -> u8 {
     code
 }
 
-/// The lock of each name: a mutex, or with `--shared` a read-write lock's read side.
+/// The lock of each name: a mutex, with `--shared` a read-write lock's read side, with
+/// `--limit` a semaphore.
 fn locks(client: &Client, args: &LockArgs) -> fairlock::Result<Vec<Arc<dyn DistributedMutex>>> {
-    let lock = |name: &String| match args.shared {
-        true => client.rw_lock(name).map(|rw| rw.reader().clone()),
-        false => client.mutex(name),
+    let lock = |name: &String| match (args.shared, args.limit) {
+        (_, Some(limit)) => client.semaphore(name, limit),
+        (true, None) => client.rw_lock(name).map(|rw| rw.reader().clone()),
+        (false, None) => client.mutex(name),
     };
     args.names.iter().map(lock).collect()
 }
@@ -53,7 +55,7 @@ async fn hold_and_run(client: &Client, args: &LockArgs, signals: &mut Signals) -
         Err(e) => return exit::report(&e),
     };
     let names = args.names.join(" ");
-    tracing::debug!(names = %names, shared = args.shared, ?mode, "acquiring");
+    tracing::debug!(names = %names, shared = args.shared, limit = ?args.limit, ?mode, "acquiring");
     let acquired = tokio::select! {
         acquired = multi.acquire(mode) => acquired,
         // Dropping the acquisition removes the queue entries and releases what it took.

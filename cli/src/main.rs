@@ -63,7 +63,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run COMMAND while holding lock NAME (several NAMEs: all of them; --shared: its read
-    /// side) and exit with COMMAND's exit code; without COMMAND, hold it until SIGINT,
+    /// side; --limit N: a lease of semaphore NAME) and exit with COMMAND's exit code; without COMMAND, hold it until SIGINT,
     /// SIGTERM or SIGHUP, printing its key, fencing token and sequencer.
     #[command(after_help = exit::help_text())]
     Lock(LockArgs),
@@ -82,7 +82,8 @@ enum Command {
         /// The election's name.
         name: String,
     },
-    /// Show the holder and waiters of lock NAME (or the candidates of election NAME).
+    /// Show the holders and waiters of lock NAME (or the candidates of election NAME, or
+    /// the holders and waiters of semaphore NAME).
     #[command(after_help = exit::help_text())]
     Status(StatusArgs),
     /// Check whether the holder SEQUENCER names still holds its lock: print current (exit
@@ -178,8 +179,12 @@ struct ElectArgs {
 struct StatusArgs {
     /// Show the election NAME's candidates instead of the lock NAME's queue (the same
     /// entries on etcd; different nodes on ZooKeeper).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "semaphore")]
     election: bool,
+
+    /// Show the semaphore NAME's holders (its leases) and waiters instead.
+    #[arg(long)]
+    semaphore: bool,
 
     /// One JSON document instead of a table.
     #[arg(long)]
@@ -223,8 +228,14 @@ struct LockArgs {
     /// Take the read (shared) side of read-write lock NAME, like flock -s: held together
     /// with other readers, never with a writer or a plain `fairlock lock` (which are
     /// exclusive). With several NAMEs, the read side of each.
-    #[arg(short = 's', long)]
+    #[arg(short = 's', long, conflicts_with = "limit")]
     shared: bool,
+
+    /// Take a lease of counting semaphore NAME, which at most N hold at once (like `consul
+    /// lock -n N`; kazoo's Semaphore on ZooKeeper). The first user stores N with the
+    /// semaphore; another N is refused. With several NAMEs, a lease of each.
+    #[arg(short = 'l', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    limit: Option<u32>,
 
     /// The lock's name. Several: take them all or none, in name order (so that two
     /// `fairlock lock` runs naming the same locks never deadlock); they need a COMMAND.

@@ -57,6 +57,72 @@ async fn hold(h: &dyn Harness, name: &str, script: &str) -> (Child, Lines) {
     (child, lines)
 }
 
+/// Starts `fairlock lock ARGS -- sh -c "echo started; sleep 60"` and returns once the
+/// command runs.
+async fn holding(h: &dyn Harness, args: &[&str]) -> (Child, Lines) {
+    let mut cmd = fairlock(&h.url(10));
+    cmd.arg("lock")
+        .args(args)
+        .args(["--", "sh", "-c", "echo started; sleep 60"]);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = soon("the holder starts", lines.next_line()).await.unwrap();
+    assert_eq!(line.as_deref(), Some("started"));
+    (child, lines)
+}
+
+/// `lock --limit N`: N commands run at once, the next waits (or, with --try, exits 75); a
+/// different N is refused with one line; `status --semaphore` shows the leases and the
+/// waiter.
+async fn semaphore_runs_up_to_limit_commands(h: &dyn Harness) {
+    let name = unique("cli-semaphore");
+    let (mut first, _l1) = holding(h, &["--limit", "2", &name]).await;
+    let (mut second, _l2) = holding(h, &["-l", "2", &name]).await;
+    let out = run_cli(h, &["lock", "--try", "-l", "2", &name, "--", "true"]).await;
+    assert_one_line_failure(&out, 75);
+    let out = run_cli(h, &["lock", "-l", "3", &name, "--", "true"]).await;
+    let err = stderr(&out);
+    assert!(err.contains("limit of 2, not 3"), "{err}");
+    assert_one_line_failure(&out, 2);
+
+    let mut cmd = fairlock(&h.url(10));
+    cmd.args(["lock", "-l", "2", &name, "--", "sh", "-c", "echo third"]);
+    let third = cmd.spawn().unwrap();
+    let gate = format!("{name}-__lock__");
+    eventually("the third waits at the gate", || async {
+        h.entries(&gate).await.len() == 1
+    })
+    .await;
+    let out = run_cli(h, &["status", "--semaphore", "--json", &name]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["kind"], "semaphore");
+    let seen: Vec<(&str, &str)> = doc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["role"].as_str().unwrap(), e["side"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("holder", "lease"), ("holder", "lease"), ("waiting", "")]
+    );
+    first.kill().await.unwrap();
+    let out = soon(
+        "the third runs once a lease is free",
+        third.wait_with_output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "third");
+    second.kill().await.unwrap();
+    eventually("nothing left", || async {
+        h.entries(&name).await.is_empty() && h.entries(&gate).await.is_empty()
+    })
+    .await;
+}
+
 /// `lock --shared`: readers hold together, a plain (exclusive) lock waits for them, and
 /// `status` shows them both as holders, on the read side.
 async fn shared_locks_hold_together_and_exclude_a_plain_lock(h: &dyn Harness) {
@@ -1583,7 +1649,7 @@ macro_rules! cli_tests {
                 check_exit_codes_follow_the_holder, elect_exports_its_sequencer,
                 lock_delay_follows_a_killed_holder,
                 shared_locks_hold_together_and_exclude_a_plain_lock,
-                several_names_are_taken_all_or_nothing);
+                several_names_are_taken_all_or_nothing, semaphore_runs_up_to_limit_commands);
         }
     };
     (@tests $harness:expr; $($test:ident),*) => {

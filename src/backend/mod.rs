@@ -52,6 +52,13 @@ pub(crate) enum Side {
     Write,
     /// The read side of a [`ReadWriteLock`](crate::ReadWriteLock): shared among readers.
     Read,
+    /// A semaphore's gate entry (see [`gate_name`]): exclusive, a mutex entry in the
+    /// semaphore's gate queue, named as kazoo's Semaphore names its lock's nodes where the
+    /// backend tells peers apart (ZooKeeper's `<uuid hex>__lock__<seq>`).
+    Gate,
+    /// A semaphore's lease: an entry of its pool, not of a queue (see
+    /// [`QueueSession::take_lease`]).
+    Lease,
 }
 
 impl Side {
@@ -66,9 +73,43 @@ impl Side {
             Side::Mutex => "mutex",
             Side::Write => "write",
             Side::Read => "read",
+            Side::Gate => "gate",
+            Side::Lease => "lease",
         }
     }
 }
+
+/// The gate queue of the semaphore `name`: `NAME-__lock__`, beside its pool `NAME` (the
+/// layout of kazoo's Semaphore, whose lock lives at `PATH-__lock__`). Only the gate's head
+/// looks at the pool, so a released lease wakes one waiter: the gate's head, if any.
+pub(crate) fn gate_name(name: &str) -> String {
+    format!("{name}-__lock__")
+}
+
+/// How a semaphore's limit is stored with its pool (kazoo's: the number in decimal).
+pub(crate) fn limit_value(limit: u32) -> Vec<u8> {
+    limit.to_string().into_bytes()
+}
+
+/// The limit stored with a pool, if its value is one (kazoo ignores values that are not).
+pub(crate) fn parse_limit(value: &[u8]) -> Option<u32> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+/// [`Error::LimitMismatch`] unless `stored` (a pool's value) is `limit` or not a number.
+pub(crate) fn check_limit(name: &str, stored: &[u8], limit: u32) -> Result<()> {
+    match parse_limit(stored) {
+        Some(stored) if stored != limit => Err(Error::LimitMismatch {
+            name: name.to_owned(),
+            stored,
+            requested: limit,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Completes once the pool a full [`QueueSession::take_lease`] saw may have room again.
+pub(crate) type LeaseFreed = futures::future::BoxFuture<'static, Result<()>>;
 
 /// One entry of a queue, as [`Client::queue`](crate::Client::queue) lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -295,6 +336,26 @@ pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
         own: &mut Entry,
         delay: std::time::Duration,
     ) -> Result<Claim>;
+
+    /// A provisional lease of the semaphore `name`: an entry of its pool (the lock queue's
+    /// place of `name`, whose value is the limit), before anything is written.
+    fn new_lease(&self, name: &str, value: &[u8]) -> Entry;
+
+    /// Takes a lease of the semaphore `name` for `gate`, the own entry at the head of its
+    /// gate queue ([`gate_name`]), only while `gate` exists (else the error `predecessor`
+    /// gives). Stores `limit` with the pool if none is stored; [`Error::LimitMismatch`] if
+    /// another is. Creates `lease` (setting its order and token) if fewer than `limit`
+    /// leases are in the pool, and answers `None`; otherwise creates nothing and answers
+    /// a future that completes once a lease the read counted is gone (or the pool changed
+    /// in another way: the caller asks again). Safe to repeat after a failure; cancel
+    /// safe as `enqueue` is (the caller removes `lease` if it may have been created).
+    async fn take_lease(
+        &self,
+        name: &str,
+        limit: u32,
+        gate: &Entry,
+        lease: &mut Entry,
+    ) -> Result<Option<LeaseFreed>>;
 
     /// Replaces the value of `own`, only while it exists; [`Error::LockLost`] otherwise.
     async fn proclaim(&self, own: &Entry, value: &[u8]) -> Result<()>;

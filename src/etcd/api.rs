@@ -46,6 +46,8 @@ pub(crate) struct Range {
     pub max_create_revision: i64,
     /// Leave the values out.
     pub keys_only: bool,
+    /// Answer only how many keys the range holds ([`OpResponse::Count`]).
+    pub count_only: bool,
 }
 
 impl Range {
@@ -59,6 +61,7 @@ impl Range {
             limit: 0,
             max_create_revision: 0,
             keys_only: false,
+            count_only: false,
         }
     }
 
@@ -95,6 +98,17 @@ impl Range {
 
     pub(crate) fn keys_only(self) -> Self {
         Range {
+            keys_only: true,
+            ..self
+        }
+    }
+
+    /// Only the number of keys, not the keys: a read whose answer stays small however many
+    /// keys the range holds. Keys only too, for a server that lists them anyway (the
+    /// simulator's model answers with the keys; [`OpResponse::count`] takes either).
+    pub(crate) fn count_only(self) -> Self {
+        Range {
+            count_only: true,
             keys_only: true,
             ..self
         }
@@ -240,9 +254,12 @@ pub(crate) struct RangeResponse {
     pub kvs: Vec<Kv>,
 }
 
+/// One operation's answer; a count-only range read's is [`Count`](Self::Count), how many
+/// keys the range holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum OpResponse {
     Range(Vec<Kv>),
+    Count(i64),
     Put,
     Delete { deleted: i64 },
 }
@@ -252,6 +269,16 @@ impl OpResponse {
     pub(crate) fn kvs(&self) -> Option<&[Kv]> {
         match self {
             OpResponse::Range(kvs) => Some(kvs),
+            _ => None,
+        }
+    }
+
+    /// How many keys a range read found: a count-only read's count, or the number of keys
+    /// listed.
+    pub(crate) fn count(&self) -> Option<i64> {
+        match self {
+            OpResponse::Count(count) => Some(*count),
+            OpResponse::Range(kvs) => Some(kvs.len() as i64),
             _ => None,
         }
     }
@@ -393,6 +420,9 @@ fn get_options(range: &Range) -> GetOptions {
     if range.keys_only {
         options = options.with_keys_only();
     }
+    if range.count_only {
+        options = options.with_count_only();
+    }
     options
 }
 
@@ -512,10 +542,20 @@ impl KeepAlive for RealKeepAlive {
 impl EtcdApi for Real {
     async fn txn(&self, txn: Txn) -> ApiResult<TxnResponse> {
         let resp = self.0.kv_client().txn(EtcdTxn::from(&txn)).await?;
+        // The answers come in the order of the branch's operations: a count-only read's
+        // answer is its count.
+        let ops = if resp.succeeded() {
+            &txn.then
+        } else {
+            &txn.otherwise
+        };
+        let count_only = |i: usize| matches!(ops.get(i), Some(Op::Range(r)) if r.count_only);
         let responses = resp
             .op_responses()
             .iter()
-            .map(|op| match op {
+            .enumerate()
+            .map(|(i, op)| match op {
+                TxnOpResponse::Get(get) if count_only(i) => OpResponse::Count(get.count()),
                 TxnOpResponse::Get(get) => OpResponse::Range(get.kvs().iter().map(kv).collect()),
                 TxnOpResponse::Put(_) => OpResponse::Put,
                 TxnOpResponse::Delete(delete) => OpResponse::Delete {

@@ -453,12 +453,14 @@ impl KeySpace for EtcdClient {
         Ok(self.read_queue(name, limit).await?.0)
     }
 
-    /// The queue's head (a reader's: the whole queue) in one range request, linearizable
-    /// (etcd's default).
+    /// The queue's head (a reader's, a lease's: the whole queue) in one range request,
+    /// linearizable (etcd's default).
     async fn check(&self, sequencer: &Sequencer) -> Result<SequencerStatus> {
         sequencer.entry_in(&self.queue_prefix(sequencer.name()))?;
+        // A reader's and a lease's status need the whole queue (a semaphore's: its pool),
+        // not just its head.
         let reader = session::is_reader(sequencer.key().as_bytes());
-        let limit = (!reader).then_some(1);
+        let limit = (!reader && !sequencer.is_semaphore()).then_some(1);
         let (queue, _) = self.read_queue(sequencer.name(), limit).await?;
         Ok(SequencerStatus::of_queue(sequencer, &queue))
     }

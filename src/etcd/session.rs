@@ -9,6 +9,11 @@
 //! (see [`exclusive_ranges`]): writers, mutexes, `etcdctl lock` and Go's Mutex wait for
 //! every key ahead of theirs, readers included; a reader waits only for the nearest
 //! exclusive key ahead of it, which it finds with two range reads that leave readers out.
+//!
+//! A semaphore NAME (kazoo's layout) queues at its gate, the mutex queue `NAME-__lock__`;
+//! its pool is the key `PREFIX/NAME`, whose value is the limit, and one key per lease under
+//! `PREFIX/NAME/`, on the holder's lease. Only the gate's head counts and adds leases
+//! ([`QueueSession::take_lease`]); while the pool is full, it alone watches it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,7 +29,8 @@ use super::watch::{DeleteWatch, Notify, WatchHub};
 use super::Settings;
 use crate::backend::QueueKind;
 use crate::backend::{
-    remove_until_done, session_error, Claim, Entry, Predecessor, QueueSession, Side,
+    check_limit, limit_value, remove_until_done, session_error, Claim, Entry, LeaseFreed,
+    Predecessor, QueueSession, Side,
 };
 use crate::clock::{BootInstant, Deadline};
 use crate::error::{Error, Result};
@@ -596,6 +602,102 @@ impl QueueSession for EtcdSession {
         self.hub
             .deleted(&pred.key, pred.revision, pred.created)
             .await
+    }
+
+    /// A key of the pool `PREFIX/NAME/`, named as a queue entry is (`<lease hex>-<n>`).
+    fn new_lease(&self, name: &str, value: &[u8]) -> Entry {
+        self.new_entry(name, QueueKind::Lock, Side::Lease, value)
+    }
+
+    /// Two round trips when the pool has room: a first Txn checks the gate, stores the
+    /// limit at `PREFIX/NAME` if none is stored (else reads it) and counts the leases; a
+    /// second creates the lease, guarded by the gate. Between the two the pool can only
+    /// shrink: only the gate's head creates leases, and the gate compare keeps a head that
+    /// lost its gate (its session expired, a late attempt) from creating one.
+    async fn take_lease(
+        &self,
+        name: &str,
+        limit: u32,
+        gate: &Entry,
+        lease: &mut Entry,
+    ) -> Result<Option<LeaseFreed>> {
+        self.check_alive()?;
+        let pool = format!("{}/{name}", self.settings.prefix);
+        let leases = self.prefix(name);
+        let gate_key = gate.key.as_bytes();
+        let gate_alive = || Compare::create_revision(gate_key, gate.order);
+        let count = || Op::Range(Range::prefix(leases.as_bytes()).count_only());
+        // Not on a lease: the limit outlives its users, as kazoo's does. A repeated attempt
+        // whose first one stored it reads it back, the same limit.
+        let store = Put::new(pool.as_bytes(), limit_value(limit));
+        let txn = Txn::when([gate_alive(), Compare::create_revision(pool.as_bytes(), 0)])
+            .then([Op::Put(store), count()])
+            .otherwise([
+                Op::Range(Range::key(gate_key).keys_only()),
+                Op::Range(Range::key(pool.as_bytes())),
+                count(),
+            ]);
+        let resp = self.txn(txn, Retry::Idempotent).await?;
+        let counted = match resp.succeeded {
+            true => 1,
+            false => {
+                let gate_now = range_response(&resp, 0)
+                    .ok_or_else(malformed)?
+                    .first()
+                    .filter(|kv| kv.create_revision == gate.order);
+                if gate_now.is_none() {
+                    return Err(self.gone());
+                }
+                if let Some(stored) = range_response(&resp, 1).and_then(|kvs| kvs.first()) {
+                    check_limit(name, &stored.value, limit)?;
+                }
+                2
+            }
+        };
+        let taken = (resp.responses.get(counted))
+            .and_then(OpResponse::count)
+            .ok_or_else(malformed)?;
+        if taken >= i64::from(limit) {
+            // Deletions from the read on: one between the read and the watch is replayed.
+            let freed = self.hub.prefix_deleted(&leases, resp.revision);
+            return Ok(Some(Box::pin(freed)));
+        }
+        // As `enqueue`: created only while the gate holds, once (a repeated attempt reads
+        // the key back instead), and never after the lease was withdrawn.
+        let key = lease.key.as_bytes();
+        let put = Put::new(key, lease.value.clone()).with_lease(self.lease);
+        let txn = Txn::when([
+            gate_alive(),
+            Compare::create_revision(key, 0),
+            not_withdrawn(&lease.key),
+        ])
+        .then([Op::Put(put)])
+        .otherwise([
+            Op::Range(Range::key(key).keys_only()),
+            Op::Range(Range::key(gate_key).keys_only()),
+        ]);
+        let (resp, attempts) = self.counted_txn(txn, Retry::Idempotent).await?;
+        lease.stray_attempts |= attempts > 1;
+        let created = match resp.succeeded {
+            true => resp.revision,
+            // An earlier attempt created it, while the gate held; only its answer was lost.
+            false => match range_response(&resp, 0).ok_or_else(malformed)?.first() {
+                Some(own) => own.create_revision,
+                None => {
+                    let gate_now = range_response(&resp, 1)
+                        .ok_or_else(malformed)?
+                        .first()
+                        .filter(|kv| kv.create_revision == gate.order);
+                    return Err(match gate_now {
+                        None => self.gone(),
+                        Some(_) => withdrawn(),
+                    });
+                }
+            },
+        };
+        lease.order = created;
+        lease.token = created as u64;
+        Ok(None)
     }
 
     /// The delay runs on the server's clock: the record of a noticed unclean end sits on a

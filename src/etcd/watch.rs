@@ -55,6 +55,15 @@
 //! per [`TOKEN_RENEWAL_PAUSE`], so that a user who truly lacks the permission is not
 //! re-authenticated in a loop; its reads are refused too and report the typed error).
 //!
+//! A semaphore's waiter watches its whole pool instead (a *prefix* watch: any deletion
+//! under the prefix after the revision of the read that found the pool full). No read can
+//! tell whether some key was deleted since a revision, so a prefix watch is never created
+//! from now with its gap covered: every creation replays from just after that read
+//! (re-created on a new stream too, so no deletion is missed). Where that history is gone
+//! (compacted), the watch simply reports a deletion: the waiter reads the pool again, and
+//! a spurious wake-up costs one read. A prefix watch the server cancels or refuses for
+//! another reason is created again as it was, after the resync delay.
+//!
 //! The hub task never waits for the network itself: opening the stream and every read run
 //! in tasks of their own and report back through the hub's command channel, so one slow
 //! read or a slow reconnect never holds up the events of every other watch of the client.
@@ -102,6 +111,8 @@ enum Command {
         notify: Notify,
         /// Confirm the watch synced (see the module docs).
         confirm: bool,
+        /// Watch every key under `key` (see the module docs).
+        prefix: bool,
     },
     Cancel {
         id: i64,
@@ -126,6 +137,8 @@ enum Outcome {
     Alive(i64),
     /// No answer; nothing known.
     Failed,
+    /// Nothing read (a prefix watch, after its delay): create it again as it was.
+    Again,
 }
 
 /// A handle to the client's watch task. Cloning shares the task.
@@ -192,7 +205,7 @@ impl WatchHub {
         created: i64,
         notify: Notify,
     ) -> DeleteWatch {
-        self.register(key, alive_at, created, notify, false)
+        self.register(key, alive_at, created, notify, false, false)
     }
 
     fn register(
@@ -202,6 +215,7 @@ impl WatchHub {
         created: i64,
         notify: Notify,
         confirm: bool,
+        prefix: bool,
     ) -> DeleteWatch {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let _ = self.commands.send(Command::Watch {
@@ -211,6 +225,7 @@ impl WatchHub {
             created,
             notify,
             confirm,
+            prefix,
         });
         DeleteWatch {
             id,
@@ -226,19 +241,45 @@ impl WatchHub {
     /// Cancel safe: dropping the future cancels the watch.
     pub(crate) async fn deleted(&self, key: &str, alive_at: i64, created: i64) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        let _watch = self.register(key, alive_at, created, Notify::Once(tx), true);
-        rx.await.unwrap_or_else(|_| {
-            Err(Error::Backend {
-                backend: "etcd",
-                source: "the watch task ended".into(),
-            })
-        })
+        let _watch = self.register(key, alive_at, created, Notify::Once(tx), true, false);
+        rx.await.unwrap_or_else(|_| Err(hub_ended()))
+    }
+
+    /// Completes once a key under `prefix` is deleted after revision `after` (that of the
+    /// read that found the keys), or once that can no longer be told (its history was
+    /// compacted): spurious wake-ups are possible, missed deletions are not. The watch is
+    /// registered when the future is first polled (it replays from `after`, so nothing is
+    /// missed meanwhile; a future dropped unpolled, a `try` on a full pool, costs nothing).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future cancels the watch.
+    pub(crate) fn prefix_deleted(
+        &self,
+        prefix: &str,
+        after: i64,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let (hub, prefix) = (self.clone(), prefix.to_owned());
+        async move {
+            let (tx, rx) = oneshot::channel();
+            let _watch = hub.register(&prefix, after, 0, Notify::Once(tx), false, true);
+            rx.await.unwrap_or_else(|_| Err(hub_ended()))
+        }
+    }
+}
+
+fn hub_ended() -> Error {
+    Error::Backend {
+        backend: "etcd",
+        source: "the watch task ended".into(),
     }
 }
 
 struct Watch {
     key: Vec<u8>,
-    /// A revision at which the entry existed.
+    /// Every key under `key`: a semaphore's pool (see the module docs).
+    prefix: bool,
+    /// A revision at which the entry existed (a prefix watch's: the revision of the read
+    /// after which deletions count).
     from: i64,
     /// The entry's create revision (0: any entry at `key`).
     created: i64,
@@ -289,16 +330,33 @@ impl Watch {
     }
 
     /// Starts a creation as `server`; returns its start revision: now (0) the first time (a
-    /// synced watch, checked on creation), `from` itself afterwards (replay matters more).
+    /// synced watch, checked on creation), `from` itself afterwards (replay matters more);
+    /// a prefix watch's always `from + 1`.
     fn begin_creation(&mut self, server: i64) -> i64 {
+        self.server = Some(server);
+        if self.prefix {
+            // Always a replay from just after the read: no read could cover a gap.
+            self.from_now = false;
+            return self.from + 1;
+        }
         let start = if std::mem::take(&mut self.fresh) {
             0
         } else {
             self.from
         };
         self.from_now = start == 0;
-        self.server = Some(server);
         start
+    }
+
+    /// Its creation on a stream as `server`, from revision `from` (0: now).
+    fn creation(&self, server: i64, from: i64) -> WatchCreate {
+        WatchCreate {
+            key: self.key.clone(),
+            prefix: self.prefix,
+            start_revision: from,
+            watch_id: server,
+            deletes_only: true,
+        }
     }
 
     /// How long to wait before the next resync or read: nothing the first time, then a
@@ -323,24 +381,12 @@ struct OpenStream {
 }
 
 enum Request {
-    /// Watch id, key, start revision.
-    Create(i64, Vec<u8>, i64),
+    Create(WatchCreate),
     Cancel(i64),
 }
 
 /// The least time between two renewals of the token for refused creations.
 const TOKEN_RENEWAL_PAUSE: Duration = Duration::from_secs(5);
-
-/// A delete-only watch of `key` with the client-chosen id `id`, from revision `from` (0: now).
-fn creation(id: i64, key: Vec<u8>, from: i64) -> WatchCreate {
-    WatchCreate {
-        key,
-        prefix: false,
-        start_revision: from,
-        watch_id: id,
-        deletes_only: true,
-    }
-}
 
 struct HubTask {
     /// Where reads and the stream opener report back; weak, so the hub still ends with its
@@ -405,9 +451,11 @@ impl HubTask {
                 created,
                 notify,
                 confirm,
+                prefix,
             } => {
                 let watch = Watch {
                     key,
+                    prefix,
                     from,
                     created,
                     notify,
@@ -490,7 +538,7 @@ impl HubTask {
         let start = watch.begin_creation(server);
         let _ = stream
             .requests
-            .send(Request::Create(server, watch.key.clone(), start));
+            .send(Request::Create(watch.creation(server, start)));
         self.routes.insert(server, id);
         self.creating.push_back(server);
         self.start_confirming(id, server, 1);
@@ -527,7 +575,7 @@ impl HubTask {
         let server = server_id(&mut self.next_server_id, id);
         let _ = stream
             .requests
-            .send(Request::Create(server, watch.key.clone(), 0));
+            .send(Request::Create(watch.creation(server, 0)));
         watch.spares.push(server);
         self.routes.insert(server, id);
         self.creating.push_back(server);
@@ -606,8 +654,21 @@ impl HubTask {
                 response.compact_revision,
                 response.cancel_reason
             );
-            self.resync(id);
+            if !self.compacted(id, response.compact_revision) {
+                self.resync(id);
+            }
         }
+    }
+
+    /// A prefix watch whose start was compacted away cannot tell whether a deletion is in
+    /// the lost history: it reports one (the waiter reads again; see the module docs).
+    fn compacted(&mut self, id: i64, compact_revision: i64) -> bool {
+        let prefix = self.watches.get(&id).is_some_and(|w| w.prefix);
+        if !prefix || compact_revision <= 0 {
+            return false;
+        }
+        self.deleted(id);
+        true
     }
 
     /// The oldest creation on the stream was answered: confirmed, or refused.
@@ -651,6 +712,9 @@ impl HubTask {
         if refused {
             let reason = &response.cancel_reason;
             tracing::debug!("etcd refused watch {server}: {reason}");
+            if self.compacted(id, response.compact_revision) {
+                return;
+            }
             if reason.contains("invalid auth token") || reason.contains("permission denied") {
                 self.renew_token();
             }
@@ -713,7 +777,8 @@ impl HubTask {
     }
 
     /// Watch `id` is gone on the server (cancelled or refused): cancel its id there, and
-    /// read the key to learn whether to report a deletion or create the watch again.
+    /// read the key to learn whether to report a deletion or create the watch again (a
+    /// prefix watch: create it again after the delay).
     fn resync(&mut self, id: i64) {
         let Some(watch) = self.watches.get_mut(&id) else {
             return;
@@ -747,9 +812,23 @@ impl HubTask {
         self.next_ticket += 1;
         watch.read = Some(Read { ticket, resync });
         let (api, key, created) = (self.api.clone(), watch.key.clone(), watch.created);
+        let prefix = watch.prefix;
         let (timeout, reports) = (self.request_timeout, self.reports.clone());
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
+            // A prefix watch has nothing to read (see the module docs): after the delay, it
+            // is created again as it was.
+            if prefix {
+                if let Some(reports) = reports.upgrade() {
+                    let outcome = Outcome::Again;
+                    let _ = reports.send(Command::Read {
+                        id,
+                        ticket,
+                        outcome,
+                    });
+                }
+                return;
+            }
             let read = tokio::time::timeout(timeout, api.range(Range::key(key).keys_only())).await;
             let outcome = match read {
                 Ok(Ok(resp)) => match resp.kvs.first() {
@@ -794,7 +873,12 @@ impl HubTask {
             }
             // The gap is covered; later candidates need cover only past this.
             Outcome::Alive(revision) => watch.from = watch.from.max(revision),
-            _ => {
+            Outcome::Again => {
+                if read.resync {
+                    self.create(id);
+                }
+            }
+            Outcome::Gone | Outcome::Failed => {
                 let delay = watch.next_delay();
                 self.read(id, read.resync, delay);
             }
@@ -832,7 +916,8 @@ impl HubTask {
             return; // nothing to watch; the next registration opens the stream
         };
         let server = server_id(&mut self.next_server_id, id);
-        let first = creation(server, watch.key.clone(), watch.begin_creation(server));
+        let start = watch.begin_creation(server);
+        let first = watch.creation(server, start);
         self.routes.insert(server, id);
         self.creating.push_back(server);
         self.opening = true;
@@ -865,7 +950,7 @@ impl HubTask {
         tokio::spawn(async move {
             while let Some(request) = queued.recv().await {
                 let sent = match request {
-                    Request::Create(id, key, from) => sender.create(creation(id, key, from)).await,
+                    Request::Create(create) => sender.create(create).await,
                     Request::Cancel(id) => sender.cancel(id).await,
                 };
                 if sent.is_err() {

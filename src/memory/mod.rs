@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use crate::backend::{Claim, Entry, Predecessor, QueueSession, SessionSlot, SessionSource, Side};
-use crate::backend::{KeySpace, QueueEntry, QueueKind};
+use crate::backend::{KeySpace, LeaseFreed, QueueEntry, QueueKind};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::guard::WriteOp;
@@ -243,6 +243,32 @@ impl QueueSession for MemorySession {
         // caller's re-check then decides.
         let _ = rx.await;
         Ok(())
+    }
+
+    fn new_lease(&self, name: &str, value: &[u8]) -> Entry {
+        let seq = self.next_entry.fetch_add(1, Ordering::Relaxed);
+        let key = format!("{}{:x}-{seq}", queue_prefix(name), self.id);
+        Entry::new(key, QueueKind::Lock, Side::Lease, value)
+    }
+
+    async fn take_lease(
+        &self,
+        name: &str,
+        limit: u32,
+        gate: &Entry,
+        lease: &mut Entry,
+    ) -> Result<Option<LeaseFreed>> {
+        self.check_alive()?;
+        let pool = format!("{LOCK_ROOT}/{name}");
+        let taken = self.store.take_lease(&pool, limit, gate, lease, self.id);
+        match taken.ok_or_else(|| self.gone())?? {
+            None => Ok(None),
+            // A dropped sender (the store gone) wakes it too; the caller asks again.
+            Some(rx) => Ok(Some(Box::pin(async move {
+                let _ = rx.await;
+                Ok(())
+            }))),
+        }
     }
 
     async fn claim_holder(&self, name: &str, own: &mut Entry, delay: Duration) -> Result<Claim> {

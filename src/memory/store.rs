@@ -54,6 +54,8 @@ struct State {
     /// By queue prefix.
     holders: HashMap<String, HolderRecord>,
     watchers: HashMap<String, Vec<(u64, Notify)>>,
+    /// Semaphores' full pools, by pool prefix: told of the next deletion in the pool.
+    pool_watchers: HashMap<String, Vec<oneshot::Sender<()>>>,
     sessions: HashMap<u64, LossTrigger>,
     next_id: u64,
     /// Bumped on every change, for observers.
@@ -67,6 +69,7 @@ impl Default for State {
             kvs: BTreeMap::new(),
             holders: HashMap::new(),
             watchers: HashMap::new(),
+            pool_watchers: HashMap::new(),
             sessions: HashMap::new(),
             next_id: 0,
             changed: tokio::sync::watch::Sender::new(()),
@@ -102,6 +105,15 @@ impl State {
                     let _ = tx.send(());
                 }
                 Notify::Lost(trigger) => trigger.fire(LostReason::Deleted),
+            }
+        }
+        if let Some((pool, _)) = key.rsplit_once('/') {
+            for tx in self
+                .pool_watchers
+                .remove(&format!("{pool}/"))
+                .unwrap_or_default()
+            {
+                let _ = tx.send(());
             }
         }
         true
@@ -313,6 +325,45 @@ impl MemoryStore {
         let record = HolderRecord::Claimed(own.key.clone(), own.order);
         state.holders.insert(prefix.to_owned(), record);
         Some(claim)
+    }
+
+    /// See `QueueSession::take_lease`: the pool's limit is the value at `pool`, its leases
+    /// the keys under `pool/`. `None` if `gate` is gone; `Some(Ok(None))` if `lease` was
+    /// created, `Some(Ok(Some(rx)))` if the pool is full (`rx` hears of its next deletion).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn take_lease(
+        &self,
+        pool: &str,
+        limit: u32,
+        gate: &Entry,
+        lease: &mut Entry,
+        session: u64,
+    ) -> Option<crate::error::Result<Option<oneshot::Receiver<()>>>> {
+        let mut state = self.state();
+        if !state.holds(gate) {
+            return None;
+        }
+        match state.kvs.get(pool) {
+            Some(kv) => {
+                let name = pool.rsplit('/').next().unwrap_or(pool);
+                if let Err(e) = crate::backend::check_limit(name, &kv.value, limit) {
+                    return Some(Err(e));
+                }
+            }
+            None => {
+                state.put(pool, crate::backend::limit_value(limit), None);
+            }
+        }
+        let prefix = format!("{pool}/");
+        if state.entries(&prefix).count() < limit as usize {
+            let revision = state.put(&lease.key, lease.value.clone(), Some(session));
+            lease.order = revision;
+            lease.token = revision as u64;
+            return Some(Ok(None));
+        }
+        let (tx, rx) = oneshot::channel();
+        state.pool_watchers.entry(prefix).or_default().push(tx);
+        Some(Ok(Some(rx)))
     }
 
     /// Registers `notify` for the deletion of `key`; notifies at once if it is gone.

@@ -1,5 +1,5 @@
 //! `Client::check` on ZooKeeper: a `sync`, then one multi-read of the queue node, its
-//! children and the sequencer's own node.
+//! children and the sequencer's own node (a semaphore's lease: of its node only).
 //!
 //! A server answers reads from its own copy, which may lag behind the leader; the `sync`
 //! makes it catch up first, so the read that follows (on the same connection, in order)
@@ -23,6 +23,9 @@ use crate::sequencer::{Sequencer, SequencerStatus};
 pub(super) async fn check(client: &ZkClient, sequencer: &Sequencer) -> Result<SequencerStatus> {
     let queue = format!("{}/{}", client.settings.base, sequencer.name());
     let own = sequencer.entry_in(&format!("{queue}/"))?;
+    if sequencer.is_semaphore() {
+        return check_lease(client, sequencer, &queue, own).await;
+    }
     let Some((own_sequence, shared)) = names::contender(own, sequencer.kind()) else {
         return Err(sequencer.invalid("its key is not a queue node of its kind"));
     };
@@ -80,6 +83,34 @@ pub(super) async fn check(client: &ZkClient, sequencer: &Sequencer) -> Result<Se
     } else {
         SequencerStatus::Lost
     })
+}
+
+/// A semaphore's lease holds while it exists (beside the other leases): current while the
+/// node `own` of the pool `pool` is there with the sequencer's czxid, lost otherwise (a
+/// `sync` first, as above).
+async fn check_lease(
+    client: &ZkClient,
+    sequencer: &Sequencer,
+    pool: &str,
+    own: &str,
+) -> Result<SequencerStatus> {
+    if !names::is_lease(own) {
+        return Err(sequencer.invalid("its key is not a semaphore's lease"));
+    }
+    let key = sequencer.key();
+    let read = client
+        .request(|c| async move {
+            c.sync(pool).await?;
+            c.check_stat(key).await
+        })
+        .await;
+    let token = sequencer.fencing_token();
+    match read {
+        Ok(Some(stat)) if stat.czxid as u64 == token => Ok(SequencerStatus::Current),
+        Ok(_) => Ok(SequencerStatus::Lost),
+        Err(Error::Backend { source, .. }) if is_no_node(&*source) => Ok(SequencerStatus::Lost),
+        Err(e) => Err(e),
+    }
 }
 
 /// The stat of a multi-read's `get_data`, `None` if the node does not exist.

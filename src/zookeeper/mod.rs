@@ -14,6 +14,16 @@
 //!   exact while the live entries of one queue lie fewer than 2³¹ counter steps apart
 //!   (fewer than 2³¹ live entries, the holder younger than about a billion acquisitions of
 //!   the lock). Curator and kazoo compare them as text, which breaks at the wrap.
+//! - **Semaphores**: exactly kazoo's `Semaphore` layout, so kazoo's semaphores and ours
+//!   are one: the pool `/PATH/NAME` (persistent, the limit as its data, in decimal) with
+//!   one ephemeral child `<uuid hex>` per lease, and the gate `/PATH/NAME-__lock__`, the
+//!   queue of kazoo's Lock, whose entries are named as kazoo names them
+//!   (`<uuid hex>__lock__<seq>`, which its Lock recognises). The gate's head lists the pool
+//!   with a children watch and creates its lease if fewer children than the limit are
+//!   there, in a multi-op that first checks its gate node still exists (kazoo does not
+//!   check). Listed as a lock queue, a pool's leases come oldest first (by czxid).
+//!   Curator's InterProcessSemaphoreV2 lays out its nodes otherwise (`NAME/locks`,
+//!   `NAME/leases`), and does not share a semaphore with kazoo or fairlock.
 //! - **Waiting**: each waiter sets a data watch on the node directly ahead of it (one
 //!   release wakes one waiter), then re-lists the children: its own node must still be
 //!   there (the post-wait check) and nothing else ahead of it.
@@ -281,18 +291,19 @@ impl KeySpace for ZkClient {
             if entries.len() >= limit {
                 break;
             }
-            let key = format!("{}/{name}/{child}", self.settings.base);
-            let read = self
-                .request(|c| {
-                    let key = key.clone();
-                    async move { c.get_data(&key).await }
-                })
-                .await;
-            match read {
-                Ok((value, stat)) => entries.push(entry(key, value, &stat)),
-                Err(Error::Backend { source, .. }) if is_no_node(&*source) => {} // just left
-                Err(e) => return Err(e),
+            entries.extend(self.read_entry(name, child).await?);
+        }
+        // A semaphore's pool: its leases, which have no sequence number, oldest first (by
+        // czxid, their tokens), after any sequential contenders (there are none in a pool
+        // that only semaphores use).
+        if kind == QueueKind::Lock && entries.len() < limit {
+            let mut leases = Vec::new();
+            for child in children.iter().filter(|c| names::is_lease(c)) {
+                leases.extend(self.read_entry(name, child).await?);
             }
+            leases.sort_by_key(|e| e.fencing_token);
+            leases.truncate(limit - entries.len());
+            entries.extend(leases);
         }
         Ok(entries)
     }
@@ -356,6 +367,24 @@ async fn put_once(
             }
         }
         other => other.map(drop),
+    }
+}
+
+impl ZkClient {
+    /// The entry `child` of queue `name`, `None` if it just left.
+    async fn read_entry(&self, name: &str, child: &str) -> Result<Option<QueueEntry>> {
+        let key = format!("{}/{name}/{child}", self.settings.base);
+        let read = self
+            .request(|c| {
+                let key = key.clone();
+                async move { c.get_data(&key).await }
+            })
+            .await;
+        match read {
+            Ok((value, stat)) => Ok(Some(entry(key, value, &stat))),
+            Err(Error::Backend { source, .. }) if is_no_node(&*source) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

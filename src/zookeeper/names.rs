@@ -1,5 +1,6 @@
-//! Queue node names: Curator's protected names for our own nodes, and the contenders of the
-//! Java (Curator) and Python (kazoo) peers recognised by their sequence numbers.
+//! Queue node names: Curator's protected names for our own nodes (kazoo's for a semaphore's
+//! gate), the contenders of the Java (Curator) and Python (kazoo) peers recognised by their
+//! sequence numbers, and a semaphore's leases (kazoo's `<uuid hex>`, no sequence number).
 //!
 //! Sequence numbers wrap: ZooKeeper numbers a sequential node with its parent's child
 //! version, a signed 32-bit counter that counts every create and delete of a child and goes
@@ -33,30 +34,43 @@ const LOCK_MARKERS: [(&str, bool); 5] = [
     (CURATOR_LOCK, false),
 ];
 
-/// Curator's marker for the nodes of `kind` on `side`.
-fn curator_marker(kind: QueueKind, side: Side) -> &'static str {
+/// The protected prefix of a new node of `kind` on `side`, named as the peer that shares
+/// such queues names its own nodes, so that the peer counts ours and, after a connection
+/// loss during create, the uuid finds the node again:
+/// - Curator's: `_c_<uuid>-lock-` (`-latch-` for elections, `-__READ__`, `-__WRIT__` for a
+///   read-write lock's sides);
+/// - a semaphore's gate entries, kazoo's: `<uuid hex>__lock__`, as the Lock of kazoo's
+///   Semaphore names its contenders (and recognises only those: it is given no
+///   `extra_lock_patterns`).
+pub(crate) fn protected_prefix(uuid: &uuid::Uuid, kind: QueueKind, side: Side) -> String {
+    let curator = |marker: &str| format!("_c_{}-{marker}", uuid.hyphenated());
     match (kind, side) {
-        (QueueKind::Election, _) => CURATOR_LATCH,
-        (QueueKind::Lock, Side::Mutex) => CURATOR_LOCK,
-        (QueueKind::Lock, Side::Write) => CURATOR_WRITE,
-        (QueueKind::Lock, Side::Read) => CURATOR_READ,
+        (QueueKind::Election, _) => curator(CURATOR_LATCH),
+        (QueueKind::Lock, Side::Mutex) => curator(CURATOR_LOCK),
+        (QueueKind::Lock, Side::Write) => curator(CURATOR_WRITE),
+        (QueueKind::Lock, Side::Read) => curator(CURATOR_READ),
+        // A lease is no queue node (it has a name of its own, see `is_lease`): it is
+        // named here only for completeness, as the gate's entries are.
+        (QueueKind::Lock, Side::Gate | Side::Lease) => format!("{}{KAZOO_LOCK}", uuid.simple()),
     }
 }
 
-/// The protected prefix of a new node: `_c_<uuid>-lock-` (`-latch-` for elections,
-/// `-__READ__`, `-__WRIT__` for a read-write lock's sides), exactly as Curator names its
-/// nodes, so Curator counts ours and, after a connection loss during create, the uuid finds
-/// the node again.
-pub(crate) fn protected_prefix(uuid: &uuid::Uuid, kind: QueueKind, side: Side) -> String {
-    format!("_c_{}-{}", uuid.hyphenated(), curator_marker(kind, side))
-}
-
-/// The part of a protected name that identifies one attempt: `_c_<uuid>-`.
+/// The part of a protected name that identifies one attempt: Curator's `_c_<uuid>-`; for
+/// kazoo's names (`<uuid hex>__lock__`, unique by its uuid) the whole prefix.
 pub(crate) fn attempt_marker(prefix: &str) -> &str {
     let marker = [CURATOR_LOCK, CURATOR_LATCH, CURATOR_READ, CURATOR_WRITE]
         .into_iter()
         .find_map(|m| prefix.strip_suffix(m));
     marker.unwrap_or(prefix)
+}
+
+/// Whether `child` is named as a semaphore's lease: kazoo's `<uuid hex>` (32 lowercase
+/// hexadecimal digits, no sequence number), a child of the semaphore's pool.
+pub(crate) fn is_lease(child: &str) -> bool {
+    child.len() == 32
+        && child
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A sequence number after `marker` at the end of `child`. Parsed as signed: ZooKeeper
@@ -344,6 +358,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A semaphore's gate entries are named as kazoo's Lock names its contenders; the
+    /// whole prefix finds the node again; they are exclusive contenders of either peer's
+    /// kind; leases are no contenders.
+    #[test]
+    fn gate_names_match_kazoo() {
+        let uuid = uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        let prefix = protected_prefix(&uuid, LOCK, Side::Gate);
+        assert_eq!(prefix, "0123456789abcdef0123456789abcdef__lock__");
+        assert_eq!(attempt_marker(&prefix), prefix);
+        let node = format!("{prefix}0000000004");
+        assert_eq!(contender(&node, LOCK), Some((4, false)));
+        assert!(node.starts_with(attempt_marker(&prefix)));
+        let other = protected_prefix(&uuid::Uuid::new_v4(), LOCK, Side::Gate);
+        assert!(!node.starts_with(attempt_marker(&other)));
+        let lease = uuid.simple().to_string();
+        assert!(is_lease(&lease));
+        assert_eq!(contender(&lease, LOCK), None);
+        assert!(!is_lease(&node) && !is_lease("0123456789ABCDEF0123456789ABCDEF"));
+        assert!(!is_lease("fairlock-holder-lock"));
     }
 
     #[test]

@@ -5,6 +5,13 @@
 //! named by Curator (`…lock-<seq>`) or kazoo (`…__lock__<seq>`) are contenders alike, ordered
 //! by sequence number, so fairlock, Curator and kazoo share one FIFO queue.
 //!
+//! A semaphore NAME is kazoo's Semaphore: its gate, the queue `BASE/NAME-__lock__` of
+//! kazoo's Lock, whose entries are named as kazoo names them (`<uuid hex>__lock__<seq>`);
+//! its pool, the persistent node `BASE/NAME` holding the limit in decimal, and one
+//! ephemeral, non-sequential child `<uuid hex>` per lease. Only the gate's head lists the
+//! pool (with a children watch), and creates its lease in a multi-op that first checks its
+//! gate node still exists.
+//!
 //! Why not zookeeper-client's own `Client::lock` recipe, whose naming and protected create
 //! match Curator's too: it filters contenders by the lock prefix's name, so kazoo's
 //! `__lock__` nodes are invisible to it (no mutual exclusion with kazoo); it offers no
@@ -38,7 +45,8 @@ use zookeeper_client as zk;
 use super::names;
 use super::{zk_error, Settings};
 use crate::backend::{
-    remove_until_done, session_error, Claim, Entry, Predecessor, QueueSession, Written,
+    check_limit, limit_value, remove_until_done, session_error, Claim, Entry, LeaseFreed,
+    Predecessor, QueueSession, Written,
 };
 use crate::backend::{QueueKind, Side};
 use crate::clock::BootInstant;
@@ -50,6 +58,11 @@ use crate::state::Suspension;
 /// Options of the queue nodes, with the configured ACL.
 fn ephemeral_sequential(settings: &Settings) -> zk::CreateOptions<'static> {
     zk::CreateMode::EphemeralSequential.with_acls(settings.acls)
+}
+
+/// Options of a semaphore's leases (kazoo's: ephemeral, not sequential).
+fn ephemeral(settings: &Settings) -> zk::CreateOptions<'static> {
+    zk::CreateMode::Ephemeral.with_acls(settings.acls)
 }
 
 /// Options of the lock and election nodes (parents of the queue nodes).
@@ -90,10 +103,12 @@ pub(crate) struct ZkSession {
 type Tracked = HashSet<(String, String)>;
 
 /// Where a node of `key` (provisional or confirmed) lives and the marker of its attempt
-/// (`_c_<uuid>-`), as a borrowed session tracks it.
+/// (`_c_<uuid>-`; a gate entry's `<uuid hex>__lock__`; a lease's whole `<uuid hex>`), as a
+/// borrowed session tracks it.
 fn tracked(key: &str) -> (String, String) {
     let (parent, child) = key.rsplit_once('/').unwrap_or(("", key));
-    let marker = child.get(..40).unwrap_or(child); // "_c_" + 36-character uuid + "-"
+    // "_c_" + 36-character uuid + "-", or 32 hex digits + "__lock__": both 40 characters.
+    let marker = child.get(..40).unwrap_or(child);
     (parent.to_owned(), marker.to_owned())
 }
 
@@ -250,18 +265,24 @@ impl ZkSession {
     ) -> Result<
         impl std::future::Future<Output = Result<(zk::Stat, zk::CreateSequence), zk::Error>> + 'a,
     > {
+        let options = ephemeral_sequential(&self.settings);
+        // The request is queued on the connection by this call, not when awaited.
+        self.tracking(&entry.key, || {
+            client.create(&entry.key, &entry.value, &options)
+        })
+        .ok_or_else(|| self.gone_session())
+    }
+
+    /// Runs `send`, which sends a request creating the node of `key`. A borrowed session
+    /// records the attempt first, under the lock [`end_borrowed`](Self::end_borrowed) takes
+    /// the records under; `None` (nothing sent) once they were taken.
+    fn tracking<T>(&self, key: &str, send: impl FnOnce() -> T) -> Option<T> {
         let Some(nodes) = &self.borrowed else {
-            let options = ephemeral_sequential(&self.settings);
-            return Ok(client.create(&entry.key, &entry.value, &options));
+            return Some(send());
         };
         let mut nodes = nodes.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(nodes) = nodes.as_mut() else {
-            return Err(self.gone_session());
-        };
-        nodes.insert(tracked(&entry.key));
-        // The request is queued on the connection by this call, not when awaited.
-        let options = ephemeral_sequential(&self.settings);
-        Ok(client.create(&entry.key, &entry.value, &options))
+        nodes.as_mut()?.insert(tracked(key));
+        Some(send())
     }
 
     /// A borrowed session's node is gone (removed, or never created): stop tracking it.
@@ -367,9 +388,19 @@ impl ZkSession {
     }
 
     /// Own node of an unconfirmed entry, found by its attempt marker and checked to belong
-    /// to this session (Curator's protected create).
+    /// to this session (Curator's protected create). A lease, by its path (a fresh uuid's).
     async fn find_own(&self, own: &Entry) -> Result<Option<(String, zk::Stat)>> {
         let client = self.client()?;
+        if own.side == Side::Lease {
+            return match self.request(|| client.get_data(&own.key)).await {
+                Ok((_, stat)) if stat.ephemeral_owner == self.id => {
+                    Ok(Some((own.key.clone(), stat)))
+                }
+                Ok(_) => Ok(None),
+                Err(Error::Backend { source, .. }) if is_no_node(&*source) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
         let (parent, prefix) = own.key.rsplit_once('/').unwrap_or(("", &own.key));
         let marker = names::attempt_marker(prefix);
         let children = match self.request(|| client.list_children(parent)).await {
@@ -678,6 +709,138 @@ impl ZkSession {
             other => other,
         }
     }
+
+    /// kazoo's `Semaphore._ensure_path`: the pool node `pool` of semaphore `name` exists
+    /// and holds `limit` ([`Error::LimitMismatch`] if it holds another number). A new pool
+    /// is created persistent with the limit as its data, in one request (kazoo creates it
+    /// empty and then sets it); an empty one (kazoo's between its two requests, or made by
+    /// someone's `ensure_path`) is given the limit, only if still empty. Other data that is
+    /// no number is left alone, as kazoo leaves it ("maybe used for other purposes").
+    /// Every request is idempotent or conditional: a retried one that finds its earlier
+    /// attempt applied reads the pool again.
+    async fn ensure_pool(
+        &self,
+        client: &zk::Client,
+        name: &str,
+        pool: &str,
+        limit: u32,
+    ) -> Result<()> {
+        let value = limit_value(limit);
+        let node_is = |e: &Error, expected: zk::Error| {
+            matches!(e, Error::Backend { source, .. }
+                if source.downcast_ref::<zk::Error>() == Some(&expected))
+        };
+        for _ in 0..4 {
+            let (data, stat) = match self.request(|| client.get_data(pool)).await {
+                Ok(found) => found,
+                Err(e) if node_is(&e, zk::Error::NoNode) => {
+                    let options = persistent(&self.settings);
+                    match self.request(|| client.create(pool, &value, &options)).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) if node_is(&e, zk::Error::NodeExists) => continue,
+                        Err(e) if node_is(&e, zk::Error::NoNode) => {
+                            // Parents as the queues' own: containers, gone once empty.
+                            let parent = pool.rsplit_once('/').map_or("", |(p, _)| p);
+                            if !parent.is_empty() {
+                                let dirs = containers(&self.settings);
+                                self.request(|| client.mkdir(parent, &dirs)).await?;
+                            }
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            if !data.is_empty() {
+                return check_limit(name, &data, limit);
+            }
+            match self
+                .request(|| client.set_data(pool, &value, Some(stat.version)))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Set or deleted meanwhile (by an earlier attempt of ours, too): read again.
+                Err(e) if node_is(&e, zk::Error::BadVersion) || node_is(&e, zk::Error::NoNode) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Backend {
+            backend: "zookeeper",
+            source: format!("the pool of semaphore {name:?} kept changing").into(),
+        })
+    }
+
+    /// Whether the node at `lease`'s path is this session's (see [`Self::find_own`]); if
+    /// so, confirms `lease` with it: its token and order are the node's czxid.
+    async fn confirm_lease(&self, lease: &mut Entry) -> Result<bool> {
+        let Some((_, stat)) = self.find_own(lease).await? else {
+            return Ok(false);
+        };
+        lease.token = stat.czxid as u64;
+        lease.order = stat.czxid;
+        Ok(true)
+    }
+
+    /// Creates `lease` (ephemeral) only while `gate` exists, and confirms it. `false` if the
+    /// pool is gone (deleted since it was listed: nothing created); the error
+    /// [`Self::gone`] gives if `gate` is.
+    async fn create_lease(
+        &self,
+        client: &zk::Client,
+        gate: &Entry,
+        lease: &mut Entry,
+    ) -> Result<bool> {
+        let options = ephemeral(&self.settings);
+        let attempt = || {
+            let sent = self.tracking(&lease.key, || {
+                client
+                    .new_check_writer(&gate.key, None)
+                    .and_then(|mut writer| {
+                        writer.add_create(&lease.key, &lease.value, &options)?;
+                        Ok(writer)
+                    })
+                    .map(zk::CheckWriter::commit)
+            });
+            async move {
+                // A borrowed session's records were swept: nothing was sent.
+                let commit = sent.ok_or(zk::Error::ClientClosed)??;
+                multi(commit).await
+            }
+        };
+        match self.request(attempt).await? {
+            Ok(results) => match results.first() {
+                Some(zk::MultiWriteResult::Create { stat, .. }) if !stat.is_invalid() => {
+                    lease.token = stat.czxid as u64;
+                    lease.order = stat.czxid;
+                    Ok(true)
+                }
+                // No stat in the answer (ZOOKEEPER-4026): read it.
+                _ => match self.confirm_lease(lease).await? {
+                    true => Ok(true),
+                    false => Err(self.gone()),
+                },
+            },
+            Err(zk::CheckWriteError::CheckFailed { .. }) => Err(self.gone()),
+            // An earlier attempt applied, its answer lost: ours if this session owns it.
+            Err(zk::CheckWriteError::OperationFailed {
+                source: zk::Error::NodeExists,
+                ..
+            }) => match self.confirm_lease(lease).await? {
+                true => Ok(true),
+                false => Err(Error::Backend {
+                    backend: "zookeeper",
+                    source: format!("another session's node at the lease path {}", lease.key)
+                        .into(),
+                }),
+            },
+            Err(zk::CheckWriteError::OperationFailed {
+                source: zk::Error::NoNode,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(self.error(e.into())),
+        }
+    }
 }
 
 /// What became of one attempt of a guarded write.
@@ -766,7 +929,6 @@ fn unshare(shared: Arc<Error>) -> Error {
     }
 }
 
-/// The sequence number of a confirmed own entry (stored widened in `Entry::order`).
 /// The holder record of the queue of `own` (lock-delay): a persistent child of the lock
 /// node, named so that no peer takes it for a contender (kazoo matches names by pattern;
 /// Curator sorts it after every sequence number) and none of ours does
@@ -789,6 +951,7 @@ async fn multi(
     }
 }
 
+/// The sequence number of a confirmed own entry (stored widened in `Entry::order`).
 fn sequence_of(own: &Entry) -> i32 {
     own.order as i32 // set from an i32 by `create`: lossless
 }
@@ -1097,6 +1260,56 @@ impl QueueSession for ZkSession {
             Err(Error::Backend { source, .. }) if is_no_node(&*source) => Err(self.gone()),
             Err(e) => Err(e),
         }
+    }
+
+    /// kazoo's lease: `BASE/NAME/<uuid hex>`.
+    fn new_lease(&self, name: &str, value: &[u8]) -> Entry {
+        let key = format!("{}/{}", self.lock_path(name), uuid::Uuid::new_v4().simple());
+        Entry::new(key, QueueKind::Lock, Side::Lease, value)
+    }
+
+    /// kazoo's `Semaphore._get_lease`: list the pool with a children watch, and create the
+    /// lease if fewer than `limit` children are there; guarded, unlike kazoo's, by a check
+    /// that the gate node still exists, in the same multi-op. A create cut short is found
+    /// again by its path and owner.
+    async fn take_lease(
+        &self,
+        name: &str,
+        limit: u32,
+        gate: &Entry,
+        lease: &mut Entry,
+    ) -> Result<Option<LeaseFreed>> {
+        let client = self.client()?;
+        let pool = self.lock_path(name);
+        let own = lease.key.rsplit('/').next().unwrap_or_default().to_owned();
+        for _ in 0..4 {
+            self.ensure_pool(&client, name, &pool, limit).await?;
+            let (children, _, watcher) =
+                match self.request(|| client.get_and_watch_children(&pool)).await {
+                    // Deleted since (to change the limit): create it again.
+                    Err(Error::Backend { source, .. }) if is_no_node(&*source) => continue,
+                    other => other?,
+                };
+            // An earlier attempt's create applied, its answer lost: the lease is ours.
+            if children.contains(&own) && self.confirm_lease(lease).await? {
+                return Ok(None);
+            }
+            if children.len() >= limit as usize {
+                // Any change of the pool wakes the caller, who asks again.
+                return Ok(Some(Box::pin(async move {
+                    watcher.changed().await;
+                    Ok(())
+                })));
+            }
+            drop(watcher);
+            if self.create_lease(&client, gate, lease).await? {
+                return Ok(None);
+            }
+        }
+        Err(Error::Backend {
+            backend: "zookeeper",
+            source: format!("the pool of semaphore {name:?} kept vanishing").into(),
+        })
     }
 
     /// ZooKeeper has no leases to time the delay: a noticed record's modification time

@@ -216,7 +216,10 @@ impl Harness for EtcdHarness {
 pub async fn zk_entries(raw: &zookeeper_client::Client, path: &str) -> Vec<String> {
     match raw.list_children(path).await {
         Ok(mut children) => {
-            children.retain(|c| c.ends_with(|ch: char| ch.is_ascii_digit()));
+            // Queue entries end in their sequence number; semaphore leases (kazoo's
+            // layout) are 32 hex digits.
+            let lease = |c: &str| c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit());
+            children.retain(|c| c.ends_with(|ch: char| ch.is_ascii_digit()) || lease(c));
             children.sort();
             children
                 .into_iter()

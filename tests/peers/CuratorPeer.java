@@ -7,6 +7,8 @@
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH bench N   (benchmark)
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH contend S N
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH read-contend S N  (readLock())
+//   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH semaphore-contend S N L
+//                                                       (InterProcessSemaphoreV2, L leases)
 //   java -cp target/peers:<curator jars> CuratorPeer CONNECT PATH idle K MS
 //
 // -Dfairlock.session_ms=MS sets the session timeout (default 10000).
@@ -18,7 +20,8 @@
 // [...]}, cpu_us being the process's CPU time (every thread, JIT and GC included) over the
 // timed part: "bench" times N uncontended acquire+release pairs (after 200 for warm-up);
 // "contend" runs S clients (one session each) doing N acquire+release each on one lock,
-// timing each wait (after 5 each for warm-up); "idle" holds the lock, queues K waiters
+// timing each wait (after 5 each for warm-up), "semaphore-contend" the same with a lease of
+// an InterProcessSemaphoreV2 of L leases for the lock; "idle" holds the lock, queues K waiters
 // (threads of one client) behind it and reports the CPU time of queueing them and of MS
 // milliseconds before and after, as {"enqueue_cpu_us", "alone_cpu_us", "waiting_cpu_us"}.
 import java.io.BufferedReader;
@@ -34,6 +37,8 @@ import org.apache.curator.framework.CuratorFrameworkFactory;
 import org.apache.curator.framework.recipes.leader.LeaderLatch;
 import org.apache.curator.framework.recipes.locks.InterProcessMutex;
 import org.apache.curator.framework.recipes.locks.InterProcessReadWriteLock;
+import org.apache.curator.framework.recipes.locks.InterProcessSemaphoreV2;
+import org.apache.curator.framework.recipes.locks.Lease;
 import org.apache.curator.retry.RetryOneTime;
 
 public class CuratorPeer {
@@ -83,7 +88,48 @@ public class CuratorPeer {
         report(System.nanoTime() - start, cpuNanos() - cpu, latencies);
     }
 
+    // What "contend" takes and lets go of, once per round.
+    interface Turn {
+        void acquire() throws Exception;
+
+        void release() throws Exception;
+    }
+
+    // The turn of a contend mode: a lease of a semaphore of `leases` (mode "semaphore"),
+    // else the lock `held` gives.
+    static Turn turn(CuratorFramework client, String path, String mode, int leases) {
+        if (mode.equals("semaphore")) {
+            InterProcessSemaphoreV2 semaphore = new InterProcessSemaphoreV2(client, path, leases);
+            return new Turn() {
+                Lease lease;
+
+                public void acquire() throws Exception {
+                    lease = semaphore.acquire();
+                }
+
+                public void release() throws Exception {
+                    semaphore.returnLease(lease);
+                }
+            };
+        }
+        InterProcessMutex mutex = held(client, path, mode);
+        return new Turn() {
+            public void acquire() throws Exception {
+                mutex.acquire();
+            }
+
+            public void release() throws Exception {
+                mutex.release();
+            }
+        };
+    }
+
     static void contend(String connect, String path, String mode, int sessions, int n)
+            throws Exception {
+        contend(connect, path, mode, sessions, n, 1);
+    }
+
+    static void contend(String connect, String path, String mode, int sessions, int n, int leases)
             throws Exception {
         List<Long> latencies = Collections.synchronizedList(new ArrayList<>());
         List<CuratorFramework> clients = new ArrayList<>();
@@ -96,7 +142,7 @@ public class CuratorPeer {
         for (CuratorFramework c : clients) {
             Thread t = new Thread(() -> {
                 try {
-                    InterProcessMutex mutex = held(c, path, mode);
+                    Turn mutex = turn(c, path, mode, leases);
                     for (int i = 0; i < 5; i++) {
                         mutex.acquire();
                         mutex.release();
@@ -164,6 +210,11 @@ public class CuratorPeer {
     public static void main(String[] args) throws Exception {
         if (args.length > 2 && args[2].equals("contend")) {
             contend(args[0], args[1], "", Integer.parseInt(args[3]), Integer.parseInt(args[4]));
+            return;
+        }
+        if (args.length > 2 && args[2].equals("semaphore-contend")) {
+            contend(args[0], args[1], "semaphore", Integer.parseInt(args[3]),
+                Integer.parseInt(args[4]), Integer.parseInt(args[5]));
             return;
         }
         if (args.length > 2 && args[2].equals("read-contend")) {

@@ -4,9 +4,13 @@ scripts/peers makes).
     python kazoo_peer.py CONNECT LOCK_PATH                  hold the lock
     python kazoo_peer.py CONNECT LOCK_PATH read             hold the read lock
     python kazoo_peer.py CONNECT LOCK_PATH write            hold the write lock
+    python kazoo_peer.py CONNECT LOCK_PATH semaphore N      hold a lease of the semaphore
     python kazoo_peer.py CONNECT LOCK_PATH bench N          benchmark, uncontended
     python kazoo_peer.py CONNECT LOCK_PATH contend S N      benchmark, S sessions
     python kazoo_peer.py CONNECT LOCK_PATH read-contend S N benchmark, S sessions' read locks
+    python kazoo_peer.py CONNECT LOCK_PATH semaphore-contend S N L
+                                                            benchmark, S sessions' leases of
+                                                            a semaphore of L
     python kazoo_peer.py CONNECT LOCK_PATH idle K MS        benchmark, K waiting waiters
 
 Holding: acquires kazoo's Lock(LOCK_PATH) with extra_lock_patterns=["-lock-"] (so
@@ -17,6 +21,11 @@ the same with kazoo's ReadLock (its nodes: ...__rlock__<seq>) and WriteLock
 for: the read lock, writers' (extra_lock_patterns=["__WRIT__", "-lock-"]: Curator's and
 fairlock's write locks and mutexes, besides kazoo's own __lock__); the write lock,
 everyone's (["__READ__", "__WRIT__", "-lock-"], besides kazoo's __lock__ and __rlock__).
+"semaphore N" does the same with kazoo's Semaphore(LOCK_PATH, identifier="kazoo-peer",
+max_leases=N) as is: its pool LOCK_PATH (the limit as data, a child <uuid hex> per lease),
+its gate the Lock LOCK_PATH-__lock__ (nodes <uuid hex>__lock__<seq>, the only ones it
+counts). An acquisition that fails (the semaphore stored another limit: kazoo's ValueError)
+prints "failed: <exception type>: <message>" and exits with status 1, in every hold mode.
 
 The benchmark modes print one JSON line: {"elapsed_us": ..., "cpu_us": ..., "latencies_us":
 [...]}, cpu_us being the process's CPU time (every thread) over the timed part, after a
@@ -51,6 +60,10 @@ def write_lock(client, path):
     return client.WriteLock(
         path, "kazoo-peer", extra_lock_patterns=["__READ__", "__WRIT__", "-lock-"]
     )
+
+
+def semaphore(limit):
+    return lambda client, path: client.Semaphore(path, identifier="kazoo-peer", max_leases=limit)
 
 
 def report(elapsed, cpu, latencies):
@@ -146,7 +159,13 @@ def idle(hosts, path, waiters, ms):
 def hold(hosts, path, make=lock):
     client = connect(hosts)
     mutex = make(client, path)
-    mutex.acquire()
+    try:
+        mutex.acquire()
+    except Exception as e:
+        print("failed: %s: %s" % (type(e).__name__, e), flush=True)
+        client.stop()
+        client.close()
+        sys.exit(1)
     print("acquired", flush=True)
     sys.stdin.readline()
     mutex.release()
@@ -164,12 +183,16 @@ def main():
         contend(hosts, path, int(sys.argv[4]), int(sys.argv[5]))
     elif mode == "read-contend":
         contend(hosts, path, int(sys.argv[4]), int(sys.argv[5]), read_lock)
+    elif mode == "semaphore-contend":
+        contend(hosts, path, int(sys.argv[4]), int(sys.argv[5]), semaphore(int(sys.argv[6])))
     elif mode == "idle":
         idle(hosts, path, int(sys.argv[4]), int(sys.argv[5]))
     elif mode == "read":
         hold(hosts, path, read_lock)
     elif mode == "write":
         hold(hosts, path, write_lock)
+    elif mode == "semaphore":
+        hold(hosts, path, semaphore(int(sys.argv[4])))
     else:
         hold(hosts, path)
 
