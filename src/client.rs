@@ -416,7 +416,8 @@ impl Client {
     /// Waiters queue fairly (FIFO) at the semaphore's gate, a mutex queue named
     /// `NAME-__lock__` where each waiter watches only its predecessor; the gate's head
     /// alone watches the pool of leases (`NAME`) and takes a lease as soon as there is
-    /// room, then lets the gate go. So a released lease wakes one waiter, and a lease is
+    /// room, then lets the gate go. So a released lease wakes the head (and, as it leaves the
+    /// gate, the next waiter moves up), however many wait; and a lease is
     /// only ever taken by the gate's head, in a write that holds only while its gate
     /// entry exists (a head that lost its session cannot over-fill the pool). Cancelling
     /// or timing out an acquisition removes its gate entry and any lease it may have

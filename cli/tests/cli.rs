@@ -57,6 +57,18 @@ async fn hold(h: &dyn Harness, name: &str, script: &str) -> (Child, Lines) {
     (child, lines)
 }
 
+/// `fairlock status --json ARGS`: the document's kind and each entry's `role:side`.
+async fn status_roles(h: &dyn Harness, args: &[&str]) -> (String, Vec<String>) {
+    let out = run_cli(h, &[&["status", "--json"], args].concat()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = |v: &serde_json::Value| v.as_str().unwrap().to_owned();
+    let roles = (doc["entries"].as_array().unwrap().iter())
+        .map(|e| format!("{}:{}", text(&e["role"]), text(&e["side"])))
+        .collect();
+    (text(&doc["kind"]), roles)
+}
+
 /// Starts `fairlock lock ARGS -- sh -c "echo started; sleep 60"` and returns once the
 /// command runs.
 async fn holding(h: &dyn Harness, args: &[&str]) -> (Child, Lines) {
@@ -93,20 +105,9 @@ async fn semaphore_runs_up_to_limit_commands(h: &dyn Harness) {
         h.entries(&gate).await.len() == 1
     })
     .await;
-    let out = run_cli(h, &["status", "--semaphore", "--json", &name]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["kind"], "semaphore");
-    let seen: Vec<(&str, &str)> = doc["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["role"].as_str().unwrap(), e["side"].as_str().unwrap()))
-        .collect();
-    assert_eq!(
-        seen,
-        [("holder", "lease"), ("holder", "lease"), ("waiting", "")]
-    );
+    let (kind, seen) = status_roles(h, &["--semaphore", &name]).await;
+    assert_eq!(kind, "semaphore");
+    assert_eq!(seen, ["holder:lease", "holder:lease", "waiting:"]);
     first.kill().await.unwrap();
     let out = soon(
         "the third runs once a lease is free",
@@ -186,19 +187,8 @@ async fn shared_locks_hold_together_and_exclude_a_plain_lock(h: &dyn Harness) {
         h.entries(&name).await.len() == 3
     })
     .await;
-    let out = run_cli(h, &["status", "--json", &name]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let seen: Vec<(&str, &str)> = doc["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["role"].as_str().unwrap(), e["side"].as_str().unwrap()))
-        .collect();
-    assert_eq!(
-        seen,
-        [("holder", "read"), ("holder", "read"), ("waiting", "write")]
-    );
+    let (_, seen) = status_roles(h, &[&name]).await;
+    assert_eq!(seen, ["holder:read", "holder:read", "waiting:write"]);
     reader.kill().await.unwrap();
     other_reader.kill().await.unwrap();
     let out = soon(
