@@ -800,6 +800,43 @@ async fn semaphore_gate_head_without_its_gate_node_takes_no_lease() {
     assert!(semaphore_nodes(&h, &name).await.is_empty());
 }
 
+/// The head of the gate checks the pool's limit once, not on every wake-up, but a limit
+/// rewritten while it waits (kazoo sets the pool's data) is checked again when it wakes:
+/// it is refused, and takes no lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_waiter_checks_a_limit_rewritten_while_it_waits() {
+    let h = ZkHarness::new().await;
+    let name = unique("sem-limit-rewritten");
+    let (a, b) = (h.client().await, h.client().await);
+    let held = a.semaphore(&name, 1).unwrap().lock().await.unwrap();
+    let semaphore = b.semaphore(&name, 1).unwrap();
+    let waiter = tokio::spawn(async move { semaphore.lock().await });
+    eventually("the waiter at the gate", || async {
+        gate_entries(&h, &name).await.len() == 1
+    })
+    .await;
+    // Time to check the limit and watch the pool (a data write does not fire that watch;
+    // a waiter not yet there reads the new limit at once, and the test proves less).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pool = format!("{}/{name}", h.base());
+    h.raw().set_data(&pool, b"2", None).await.unwrap();
+    held.release().await.unwrap();
+    let refused = soon("the waiter wakes", waiter).await.unwrap();
+    assert!(
+        matches!(
+            refused,
+            Err(Error::LimitMismatch {
+                stored: 2,
+                requested: 1,
+                ..
+            })
+        ),
+        "{:?}",
+        refused.map(|g| g.key().to_owned())
+    );
+    assert!(semaphore_nodes(&h, &name).await.is_empty());
+}
+
 /// The gate entry's create and the lease's multi-op, each cut in flight (applied, then the
 /// connection closes): each node is found again as this session's, and none is left twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,6 +209,11 @@ pub(crate) struct Entry {
     /// protected-create recovery's owner check), so the head needs no confirming read.
     #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
     pub head_at_create: bool,
+    /// ZooKeeper, a semaphore's lease: the pool node (its czxid and data version) whose
+    /// limit this acquisition checked; while the pool's listing shows the same node and
+    /// version, the limit is not read again.
+    #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
+    pub pool_checked: Option<(i64, i32)>,
 }
 
 /// The own entry as the holder's last write through it left it. A guarded write moves the
@@ -248,6 +253,7 @@ impl Entry {
             holder_record: false,
             delay_seen: None,
             head_at_create: false,
+            pool_checked: None,
         }
     }
 }

@@ -717,14 +717,16 @@ impl ZkSession {
     /// someone's `ensure_path`) is given the limit, only if still empty. Other data that is
     /// no number is left alone, as kazoo leaves it ("maybe used for other purposes").
     /// Every request is idempotent or conditional: a retried one that finds its earlier
-    /// attempt applied reads the pool again.
+    /// attempt applied reads the pool again. Gives the pool node's czxid and data version
+    /// the check held for, if the answer had them.
     async fn ensure_pool(
         &self,
         client: &zk::Client,
         name: &str,
         pool: &str,
         limit: u32,
-    ) -> Result<()> {
+    ) -> Result<Option<(i64, i32)>> {
+        let checked = |stat: &zk::Stat| (!stat.is_invalid()).then_some((stat.czxid, stat.version));
         let value = limit_value(limit);
         let node_is = |e: &Error, expected: zk::Error| {
             matches!(e, Error::Backend { source, .. }
@@ -736,7 +738,7 @@ impl ZkSession {
                 Err(e) if node_is(&e, zk::Error::NoNode) => {
                     let options = persistent(&self.settings);
                     match self.request(|| client.create(pool, &value, &options)).await {
-                        Ok(_) => return Ok(()),
+                        Ok((stat, _)) => return Ok(checked(&stat)),
                         Err(e) if node_is(&e, zk::Error::NodeExists) => continue,
                         Err(e) if node_is(&e, zk::Error::NoNode) => {
                             // Parents as the queues' own: containers, gone once empty.
@@ -753,13 +755,13 @@ impl ZkSession {
                 Err(e) => return Err(e),
             };
             if !data.is_empty() {
-                return check_limit(name, &data, limit);
+                return check_limit(name, &data, limit).map(|()| checked(&stat));
             }
             match self
                 .request(|| client.set_data(pool, &value, Some(stat.version)))
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(stat) => return Ok(checked(&stat)),
                 // Set or deleted meanwhile (by an earlier attempt of ours, too): read again.
                 Err(e) if node_is(&e, zk::Error::BadVersion) || node_is(&e, zk::Error::NoNode) => {}
                 Err(e) => return Err(e),
@@ -1283,13 +1285,27 @@ impl QueueSession for ZkSession {
         let pool = self.lock_path(name);
         let own = lease.key.rsplit('/').next().unwrap_or_default().to_owned();
         for _ in 0..4 {
-            self.ensure_pool(&client, name, &pool, limit).await?;
-            let (children, _, watcher) =
+            // Once per acquisition, as kazoo's `_ensure_path`; again only if the pool was
+            // replaced or its data written since.
+            if lease.pool_checked.is_none() {
+                lease.pool_checked = self.ensure_pool(&client, name, &pool, limit).await?;
+            }
+            let (children, stat, watcher) =
                 match self.request(|| client.get_and_watch_children(&pool)).await {
                     // Deleted since (to change the limit): create it again.
-                    Err(Error::Backend { source, .. }) if is_no_node(&*source) => continue,
+                    Err(Error::Backend { source, .. }) if is_no_node(&*source) => {
+                        lease.pool_checked = None;
+                        continue;
+                    }
                     other => other?,
                 };
+            if lease
+                .pool_checked
+                .is_some_and(|c| c != (stat.czxid, stat.version))
+            {
+                lease.pool_checked = None;
+                continue;
+            }
             // An earlier attempt's create applied, its answer lost: the lease is ours.
             if children.contains(&own) && self.confirm_lease(lease).await? {
                 return Ok(None);
