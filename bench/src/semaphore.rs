@@ -164,7 +164,9 @@ pub fn markdown(handoffs: &[HandoffRow], wakeups: &[WakeRow], date: &str) -> Str
          release wakes the gate's head, which takes the freed lease and leaves the gate, \
          which wakes the next waiter: it becomes the head, finds the pool full and waits \
          again (a *re-wait*). Two wake-ups and one re-wait per release, however many \
-         wait; nobody else is woken.\n\n",
+         wait; nobody else is woken. The target of one wake-up per release is not met: \
+         no FIFO semaphore whose leases are released in any order can meet it without \
+         leaving a lease idle (the reasoning is in DESIGN.md, Counting semaphores).\n\n",
     );
     md.push_str("| backend | waiters | releases | wake-ups | per release | re-waits |\n|---|---|---|---|---|---|\n");
     for row in wakeups {
