@@ -58,10 +58,13 @@
 //! A semaphore's waiter watches its whole pool instead (a *prefix* watch: any deletion
 //! under the prefix after the revision of the read that found the pool full). No read can
 //! tell whether some key was deleted since a revision, so a prefix watch is never created
-//! from now with its gap covered: every creation replays from just after that read
+//! from now with its gap covered: every creation replays from that read's revision
 //! (re-created on a new stream too, so no deletion is missed). Where that history is gone
 //! (compacted), the watch simply reports a deletion: the waiter reads the pool again, and
-//! a spurious wake-up costs one read. A prefix watch the server cancels or refuses for
+//! a spurious wake-up costs one read. It starts at the read's revision, not the one after:
+//! a compaction at exactly the first deletion's revision drops that tombstone, and etcd
+//! reports a watch as compacted only if it starts *before* the compaction revision. (A
+//! deletion at the read's own revision, which the read already saw, wakes it in vain.) A prefix watch the server cancels or refuses for
 //! another reason is created again as it was, after the resync delay.
 //!
 //! The hub task never waits for the network itself: opening the stream and every read run
@@ -247,7 +250,8 @@ impl WatchHub {
 
     /// Completes once a key under `prefix` is deleted after revision `after` (that of the
     /// read that found the keys), or once that can no longer be told (its history was
-    /// compacted): spurious wake-ups are possible, missed deletions are not. The watch is
+    /// compacted): spurious wake-ups are possible (a deletion at `after` itself), missed
+    /// deletions are not. The watch is
     /// registered when the future is first polled (it replays from `after`, so nothing is
     /// missed meanwhile; a future dropped unpolled, a `try` on a full pool, costs nothing).
     ///
@@ -331,13 +335,15 @@ impl Watch {
 
     /// Starts a creation as `server`; returns its start revision: now (0) the first time (a
     /// synced watch, checked on creation), `from` itself afterwards (replay matters more);
-    /// a prefix watch's always `from + 1`.
+    /// a prefix watch's always `from`.
     fn begin_creation(&mut self, server: i64) -> i64 {
         self.server = Some(server);
         if self.prefix {
-            // Always a replay from just after the read: no read could cover a gap.
+            // Always a replay (no read could cover a gap), from the read's own revision, not
+            // the one after: a compaction at the first deletion's revision drops its
+            // tombstone, and only a watch starting before the compaction is told of it.
             self.from_now = false;
-            return self.from + 1;
+            return self.from;
         }
         let start = if std::mem::take(&mut self.fresh) {
             0
