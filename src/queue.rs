@@ -570,7 +570,7 @@ impl<S: QueueSession> Pending<S> {
     /// Lets go of an entry that did not get the lock: removes it if written (refused during
     /// a lock-delay, say), or if an attempt still on its way might write it.
     async fn discard(mut self) {
-        if self.entry.order != 0 || self.entry.stray_attempts {
+        if !self.entry.unsent && (self.entry.order != 0 || self.entry.stray_attempts) {
             self.remove().await;
         } else {
             self.armed = false; // nothing was written
@@ -581,6 +581,10 @@ impl<S: QueueSession> Pending<S> {
     /// armed until the backend confirmed the removal: if this future is dropped half-way,
     /// `Drop` hands the entry to a background removal.
     async fn remove(mut self) {
+        if self.entry.unsent {
+            self.armed = false; // nothing was sent that could have created it
+            return;
+        }
         if crate::mutant::active(crate::mutant::Mutant::CleanupDisarmedEarly) {
             self.armed = false;
         }
@@ -652,7 +656,7 @@ fn trace_loss(signal: crate::lost::LostSignal, name: &str, key: &str, token: u64
 
 impl<S: QueueSession> Drop for Pending<S> {
     fn drop(&mut self) {
-        if self.armed {
+        if self.armed && !self.entry.unsent {
             self.session.remove_in_background(self.entry.clone());
         }
     }

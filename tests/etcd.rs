@@ -399,6 +399,47 @@ async fn semaphore_waiter_survives_a_broken_watch_stream_and_compaction() {
     assert!(h.entries(&gate).await.is_empty());
 }
 
+/// Waiters that never got to create a lease (timed out, or cancelled, at the head of the
+/// gate of a full pool; refused for another limit) write nothing for it: no withdrawal
+/// marker is left beside the pool on their sessions' leases, however often they try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_waiters_that_sent_no_lease_leave_no_marker() {
+    let h = EtcdHarness::new().await;
+    let name = unique("sem-no-marker");
+    let holder = h.client().await;
+    let guard = holder.semaphore(&name, 1).unwrap().lock().await.unwrap();
+    let client = h.client().await;
+    let semaphore = client.semaphore(&name, 1).unwrap();
+    for _ in 0..3 {
+        let waited = semaphore.lock_timeout(Duration::from_millis(300)).await;
+        assert!(matches!(waited, Ok(None)), "{:?}", waited.map(|_| ()));
+        let cancelled = tokio::time::timeout(Duration::from_millis(300), semaphore.lock()).await;
+        assert!(cancelled.is_err(), "the waiter was admitted to a full pool");
+    }
+    let refused = client.semaphore(&name, 2).unwrap().lock().await;
+    assert!(matches!(refused, Err(Error::LimitMismatch { .. })));
+    // Everything of the semaphore: the pool key, its leases, its gate and anything beside
+    // them (`PREFIX/NAME<NUL>withdrawn/...` markers).
+    let pool = format!("{}/{name}", h.prefix());
+    eventually("only the limit and the holder's lease", || async {
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_keys_only();
+        let found = h
+            .raw()
+            .kv_client()
+            .get(pool.as_str(), Some(options))
+            .await
+            .unwrap();
+        let keys: Vec<String> = (found.kvs().iter())
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect();
+        keys == [pool.clone(), guard.key().to_owned()]
+    })
+    .await;
+    guard.release().await.unwrap();
+}
+
 /// fairlock leads; `etcdctl elect` campaigns behind it and leads once fairlock resigns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_elect_waits_for_fairlock() {

@@ -214,6 +214,9 @@ pub(crate) struct Entry {
     /// version, the limit is not read again.
     #[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
     pub pool_checked: Option<(i64, i32)>,
+    /// No request that could create the entry was sent yet (a semaphore's lease while the
+    /// pool is full): there is nothing to remove, nor any attempt to withdraw.
+    pub unsent: bool,
 }
 
 /// The own entry as the holder's last write through it left it. A guarded write moves the
@@ -254,6 +257,7 @@ impl Entry {
             delay_seen: None,
             head_at_create: false,
             pool_checked: None,
+            unsent: false,
         }
     }
 }
@@ -344,7 +348,7 @@ pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
     ) -> Result<Claim>;
 
     /// A provisional lease of the semaphore `name`: an entry of its pool (the lock queue's
-    /// place of `name`, whose value is the limit), before anything is written.
+    /// place of `name`, whose value is the limit), before anything is written (`unsent`).
     fn new_lease(&self, name: &str, value: &[u8]) -> Entry;
 
     /// Takes a lease of the semaphore `name` for `gate`, the own entry at the head of its
@@ -354,7 +358,8 @@ pub(crate) trait QueueSession: Send + Sync + Sized + 'static {
     /// leases are in the pool, and answers `None`; otherwise creates nothing and answers
     /// a future that completes once a lease the read counted is gone (or the pool changed
     /// in another way: the caller asks again). Safe to repeat after a failure; cancel
-    /// safe as `enqueue` is (the caller removes `lease` if it may have been created).
+    /// safe as `enqueue` is (the caller removes `lease` if it may have been created: the
+    /// backend clears `lease.unsent` before it sends a request that may create it).
     async fn take_lease(
         &self,
         name: &str,

@@ -606,7 +606,10 @@ impl QueueSession for EtcdSession {
 
     /// A key of the pool `PREFIX/NAME/`, named as a queue entry is (`<lease hex>-<n>`).
     fn new_lease(&self, name: &str, value: &[u8]) -> Entry {
-        self.new_entry(name, QueueKind::Lock, Side::Lease, value)
+        Entry {
+            unsent: true,
+            ..self.new_entry(name, QueueKind::Lock, Side::Lease, value)
+        }
     }
 
     /// Two round trips when the pool has room: a first Txn checks the gate, stores the
@@ -676,6 +679,7 @@ impl QueueSession for EtcdSession {
             Op::Range(Range::key(key).keys_only()),
             Op::Range(Range::key(gate_key).keys_only()),
         ]);
+        lease.unsent = false;
         let (resp, attempts) = self.counted_txn(txn, Retry::Idempotent).await?;
         lease.stray_attempts |= attempts > 1;
         let created = match resp.succeeded {

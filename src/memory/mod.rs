@@ -248,7 +248,10 @@ impl QueueSession for MemorySession {
     fn new_lease(&self, name: &str, value: &[u8]) -> Entry {
         let seq = self.next_entry.fetch_add(1, Ordering::Relaxed);
         let key = format!("{}{:x}-{seq}", queue_prefix(name), self.id);
-        Entry::new(key, QueueKind::Lock, Side::Lease, value)
+        Entry {
+            unsent: true,
+            ..Entry::new(key, QueueKind::Lock, Side::Lease, value)
+        }
     }
 
     async fn take_lease(
@@ -262,7 +265,11 @@ impl QueueSession for MemorySession {
         let pool = format!("{LOCK_ROOT}/{name}");
         let taken = self.store.take_lease(&pool, limit, gate, lease, self.id);
         match taken.ok_or_else(|| self.gone())?? {
-            None => Ok(None),
+            // Created in that one synchronous step, or not at all.
+            None => {
+                lease.unsent = false;
+                Ok(None)
+            }
             // A dropped sender (the store gone) wakes it too; the caller asks again.
             Some(rx) => Ok(Some(Box::pin(async move {
                 let _ = rx.await;

@@ -1267,7 +1267,10 @@ impl QueueSession for ZkSession {
     /// kazoo's lease: `BASE/NAME/<uuid hex>`.
     fn new_lease(&self, name: &str, value: &[u8]) -> Entry {
         let key = format!("{}/{}", self.lock_path(name), uuid::Uuid::new_v4().simple());
-        Entry::new(key, QueueKind::Lock, Side::Lease, value)
+        Entry {
+            unsent: true,
+            ..Entry::new(key, QueueKind::Lock, Side::Lease, value)
+        }
     }
 
     /// kazoo's `Semaphore._get_lease`: list the pool with a children watch, and create the
@@ -1318,6 +1321,7 @@ impl QueueSession for ZkSession {
                 })));
             }
             drop(watcher);
+            lease.unsent = false;
             if self.create_lease(&client, gate, lease).await? {
                 return Ok(None);
             }
