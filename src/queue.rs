@@ -353,7 +353,7 @@ async fn sit_out_delay<S: QueueSession>(
 }
 
 /// Enqueues and waits until the entry heads the queue. Cancel safe: `pending` keeps the
-/// entry and removes it when dropped unarmed.
+/// entry and removes it when dropped armed.
 async fn wait_turn<S: QueueSession>(
     name: &str,
     pending: &mut Pending<S>,

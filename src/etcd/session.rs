@@ -173,7 +173,7 @@ impl EtcdSession {
     /// attempts), which etcd would apply after this delete and so create the entry again
     /// for good, is *withdrawn*: a marker key on the session's lease makes any later
     /// enqueue of it a no-op. Markers go with the session; only entries whose enqueue was
-    /// sent more than once leave one.
+    /// sent more than once, or whose one enqueue had no answer, leave one.
     fn delete_txn(&self, own: &Entry) -> Txn {
         let delete = Op::delete(own.key.as_bytes());
         let withdraw = || {

@@ -362,7 +362,11 @@ impl MemoryStore {
             return Some(Ok(None));
         }
         let (tx, rx) = oneshot::channel();
-        state.pool_watchers.entry(prefix).or_default().push(tx);
+        let watchers = state.pool_watchers.entry(prefix).or_default();
+        // Those nobody waits on any more (a `try`, a timed-out head) go first: the list
+        // stays as long as the heads waiting, however often a full pool is tried.
+        watchers.retain(|w| !w.is_closed());
+        watchers.push(tx);
         Some(Ok(Some(rx)))
     }
 
@@ -441,5 +445,39 @@ impl Drop for WatchHandle {
                 state.watchers.remove(&self.key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::QueueKind;
+
+    /// A full pool tried again and again (each `try` drops its receiver at once) keeps one
+    /// sender per head still waiting, not one per attempt.
+    #[test]
+    fn tries_of_a_full_pool_leave_no_senders_behind() {
+        let store = MemoryStore(Arc::default());
+        let session = store.open_session(LossTrigger::new());
+        let entry = |key: &str| Entry::new(key.into(), QueueKind::Lock, Side::Lease, b"");
+        let mut gate = entry("fairlock/s-__lock__/1");
+        gate.order = store.put(&gate.key, Vec::new(), Some(session));
+        let mut holder = entry("fairlock/s/a");
+        let taken = store.take_lease("fairlock/s", 1, &gate, &mut holder, session);
+        assert!(matches!(taken, Some(Ok(None))));
+        let mut waiting = None;
+        for n in 0..100 {
+            let mut lease = entry(&format!("fairlock/s/b{n}"));
+            let full = store.take_lease("fairlock/s", 1, &gate, &mut lease, session);
+            let Some(Ok(Some(rx))) = full else {
+                panic!("the pool of 1 is full");
+            };
+            if n == 0 {
+                waiting = Some(rx); // the one still waiting
+            }
+        }
+        assert_eq!(store.state().pool_watchers["fairlock/s/"].len(), 2);
+        assert!(store.delete(&holder.key));
+        assert_eq!(waiting.unwrap().try_recv(), Ok(()));
     }
 }
