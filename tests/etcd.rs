@@ -399,6 +399,16 @@ async fn semaphore_waiter_survives_a_broken_watch_stream_and_compaction() {
     assert!(h.entries(&gate).await.is_empty());
 }
 
+/// Everything under `prefix`, read with `options` (and `with_prefix`) by the raw client.
+async fn get_prefix(
+    h: &EtcdHarness,
+    prefix: &str,
+    options: etcd_client::GetOptions,
+) -> etcd_client::GetResponse {
+    let mut kv = h.raw().kv_client();
+    kv.get(prefix, Some(options.with_prefix())).await.unwrap()
+}
+
 /// Waiters that never got to create a lease (timed out, or cancelled, at the head of the
 /// gate of a full pool; refused for another limit) write nothing for it: no withdrawal
 /// marker is left beside the pool on their sessions' leases, however often they try.
@@ -422,15 +432,7 @@ async fn semaphore_waiters_that_sent_no_lease_leave_no_marker() {
     // them (`PREFIX/NAME<NUL>withdrawn/...` markers).
     let pool = format!("{}/{name}", h.prefix());
     eventually("only the limit and the holder's lease", || async {
-        let options = etcd_client::GetOptions::new()
-            .with_prefix()
-            .with_keys_only();
-        let found = h
-            .raw()
-            .kv_client()
-            .get(pool.as_str(), Some(options))
-            .await
-            .unwrap();
+        let found = get_prefix(&h, &pool, etcd_client::GetOptions::new().with_keys_only()).await;
         let keys: Vec<String> = (found.kvs().iter())
             .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
             .collect();
@@ -708,15 +710,8 @@ async fn slow_resync_reads_do_not_stall_other_waiters() {
     }
     let prefix = format!("{}/", h.prefix());
     let count = || async {
-        let options = etcd_client::GetOptions::new()
-            .with_prefix()
-            .with_count_only();
-        let resp = h
-            .raw()
-            .kv_client()
-            .get(prefix.as_str(), Some(options))
-            .await;
-        resp.unwrap().count() as usize
+        let options = etcd_client::GetOptions::new().with_count_only();
+        get_prefix(&h, &prefix, options).await.count() as usize
     };
     eventually("all queued", || async { count().await == 2 * WAITERS }).await;
     // Their watches are created half a round trip after the enqueue's answer arrived.

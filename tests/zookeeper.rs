@@ -774,20 +774,36 @@ async fn semaphore_gate_is_fifo_across_kazoo_and_fairlock() {
     guard.release().await.unwrap();
 }
 
+/// A semaphore of 1 held by one client, and another client's waiter at its gate's head.
+struct HeadWaiting {
+    held: fairlock::LockGuard,
+    waiter: tokio::task::JoinHandle<fairlock::Result<fairlock::LockGuard>>,
+    _clients: (Client, Client),
+}
+
+async fn head_waiting(h: &ZkHarness, name: &str) -> HeadWaiting {
+    let (a, b) = (h.client().await, h.client().await);
+    let held = a.semaphore(name, 1).unwrap().lock().await.unwrap();
+    let semaphore = b.semaphore(name, 1).unwrap();
+    let waiter = tokio::spawn(async move { semaphore.lock().await });
+    eventually("the waiter at the gate", || async {
+        gate_entries(h, name).await.len() == 1
+    })
+    .await;
+    HeadWaiting {
+        held,
+        waiter,
+        _clients: (a, b),
+    }
+}
+
 /// A gate head whose gate node is gone (deleted from outside; or its session's) takes no
 /// lease when one is freed: the lease's create checks the gate node, in one multi-op.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn semaphore_gate_head_without_its_gate_node_takes_no_lease() {
     let h = ZkHarness::new().await;
     let name = unique("sem-gate-gone");
-    let (a, b) = (h.client().await, h.client().await);
-    let held = a.semaphore(&name, 1).unwrap().lock().await.unwrap();
-    let semaphore = b.semaphore(&name, 1).unwrap();
-    let waiter = tokio::spawn(async move { semaphore.lock().await });
-    eventually("the waiter at the gate", || async {
-        gate_entries(&h, &name).await.len() == 1
-    })
-    .await;
+    let HeadWaiting { held, waiter, .. } = head_waiting(&h, &name).await;
     let gate = gate_entries(&h, &name).await.remove(0);
     h.raw().delete(&gate, None).await.unwrap();
     held.release().await.unwrap();
@@ -807,14 +823,7 @@ async fn semaphore_gate_head_without_its_gate_node_takes_no_lease() {
 async fn semaphore_waiter_checks_a_limit_rewritten_while_it_waits() {
     let h = ZkHarness::new().await;
     let name = unique("sem-limit-rewritten");
-    let (a, b) = (h.client().await, h.client().await);
-    let held = a.semaphore(&name, 1).unwrap().lock().await.unwrap();
-    let semaphore = b.semaphore(&name, 1).unwrap();
-    let waiter = tokio::spawn(async move { semaphore.lock().await });
-    eventually("the waiter at the gate", || async {
-        gate_entries(&h, &name).await.len() == 1
-    })
-    .await;
+    let HeadWaiting { held, waiter, .. } = head_waiting(&h, &name).await;
     // Time to check the limit and watch the pool (a data write does not fire that watch;
     // a waiter not yet there reads the new limit at once, and the test proves less).
     tokio::time::sleep(Duration::from_millis(500)).await;
