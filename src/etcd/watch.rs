@@ -58,13 +58,16 @@
 //! A semaphore's waiter watches its whole pool instead (a *prefix* watch: any deletion
 //! under the prefix after the revision of the read that found the pool full). No read can
 //! tell whether some key was deleted since a revision, so a prefix watch is never created
-//! from now with its gap covered: every creation replays from that read's revision
-//! (re-created on a new stream too, so no deletion is missed). Where that history is gone
-//! (compacted), the watch simply reports a deletion: the waiter reads the pool again, and
-//! a spurious wake-up costs one read. It starts at the read's revision, not the one after:
-//! a compaction at exactly the first deletion's revision drops that tombstone, and etcd
-//! reports a watch as compacted only if it starts *before* the compaction revision. (A
-//! deletion at the read's own revision, which the read already saw, wakes it in vain.) A prefix watch the server cancels or refuses for
+//! from now with its gap covered: it replays from that read (re-created on a new stream
+//! too, so no deletion is missed). Where that history is gone (compacted), the watch
+//! simply reports a deletion: the waiter reads the pool again, and a spurious wake-up
+//! costs one read. Its first creation starts just after the read: when nothing was
+//! written since, that is "now", a synced watch, without the sync loop's 100 ms on the
+//! hand-off. If something was (the creation's answer tells), and on every later creation,
+//! it starts at the read's own revision instead, because a compaction at exactly the first
+//! deletion's revision drops that tombstone, and etcd reports a watch as compacted only if
+//! it starts *before* the compaction revision. (A deletion at the read's own revision,
+//! which the read already saw, then wakes it in vain.) A prefix watch the server cancels or refuses for
 //! another reason is created again as it was, after the resync delay.
 //!
 //! The hub task never waits for the network itself: opening the stream and every read run
@@ -335,15 +338,13 @@ impl Watch {
 
     /// Starts a creation as `server`; returns its start revision: now (0) the first time (a
     /// synced watch, checked on creation), `from` itself afterwards (replay matters more);
-    /// a prefix watch's always `from`.
+    /// a prefix watch's `from + 1` the first time, `from` afterwards (see the module docs).
     fn begin_creation(&mut self, server: i64) -> i64 {
         self.server = Some(server);
         if self.prefix {
-            // Always a replay (no read could cover a gap), from the read's own revision, not
-            // the one after: a compaction at the first deletion's revision drops its
-            // tombstone, and only a watch starting before the compaction is told of it.
-            self.from_now = false;
-            return self.from;
+            let first = std::mem::take(&mut self.fresh);
+            self.from_now = first;
+            return if first { self.from + 1 } else { self.from };
         }
         let start = if std::mem::take(&mut self.fresh) {
             0
@@ -759,12 +760,20 @@ impl HubTask {
     }
 
     /// Watch `id` was created from now, after `revision`: if the store moved past the
-    /// watch's `from` before that, read the key once (see the module docs for why).
+    /// watch's `from` before that, read the key once (see the module docs for why). A prefix
+    /// watch, created from just after its read, is created again from the read's own
+    /// revision instead.
     fn check_gap(&mut self, id: i64, revision: i64) {
         let Some(watch) = self.watches.get_mut(&id) else {
             return;
         };
         if !std::mem::take(&mut watch.from_now) {
+            return;
+        }
+        if watch.prefix {
+            if revision > watch.from {
+                self.resync(id);
+            }
             return;
         }
         self.cover(id, revision);
