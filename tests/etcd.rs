@@ -869,22 +869,30 @@ async fn a_guarded_write_whose_answer_was_lost_is_applied_once() {
 async fn a_late_write_is_not_taken_for_the_next_one() {
     let h = EtcdHarness::new().await;
     let proxy = common::proxy::Proxy::start(&etcd_endpoint()).await;
-    let url = format!("{}&request_timeout=2s", h.url_via(&proxy.endpoint(), 30));
+    // Margins for a slow machine: the first write's attempts (hedged every 500 ms, the last
+    // sent at 1.5 s) reach etcd at 5 to 6.5 s, after its 4 s timeout; the second write, from
+    // 4 s, has until 8 s although its attempts queue behind them.
+    let url = format!("{}&request_timeout=4s", h.url_via(&proxy.endpoint(), 30));
     let client = Client::connect(&url).await.unwrap();
     let name = unique("late-write");
     let key = h.data_key(&name);
-    let guard = client.mutex(&name).unwrap().lock().await.unwrap();
+    let guard = Arc::new(client.mutex(&name).unwrap().lock().await.unwrap());
 
-    proxy.delay(Duration::from_millis(2500), Duration::ZERO);
-    let first = guard
-        .guarded_write(&[fairlock::WriteOp::put(key.clone(), "first")])
-        .await;
+    proxy.delay(Duration::from_secs(5), Duration::ZERO);
+    let first = tokio::spawn({
+        let (guard, key) = (guard.clone(), key.clone());
+        async move { (guard.guarded_write(&[fairlock::WriteOp::put(key, "first")])).await }
+    });
+    // Once its last attempt is on the way, and well before it gives up: what the client
+    // sends from then on (the cancellations of its attempts, the second write) is delayed
+    // only a little, queued behind the first write's attempts.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    proxy.delay(Duration::from_millis(200), Duration::ZERO);
+    let first = first.await.unwrap();
     assert!(
         matches!(first, Err(Error::OutcomeUnknown { .. })),
         "{first:?}"
     );
-    // The second write's attempts queue behind the first's on the connection.
-    proxy.delay(Duration::from_millis(200), Duration::ZERO);
     let second = soon(
         "the second write",
         guard.guarded_write(&[fairlock::WriteOp::put(key.clone(), "second")]),
@@ -898,6 +906,7 @@ async fn a_late_write_is_not_taken_for_the_next_one() {
         Some(b"second".to_vec()),
         "the second write was acknowledged, so it is the last one applied"
     );
+    let guard = Arc::into_inner(guard).expect("the first write's task is done");
     guard.release().await.unwrap();
     client.close().await.unwrap();
 }
